@@ -1,0 +1,38 @@
+# cachebrew: the two set-up commands are `make demo` (run) and `make test` (tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-slow lint demo bench clean
+
+install: $(STAMP)
+
+# torch first, from the CPU wheel on disk: a bare `torch` requirement on a fresh
+# environment pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(PY) -m ruff check cachebrew tests examples
+	$(PY) -m ruff format --check cachebrew tests examples
+	$(PY) -m mypy cachebrew
+
+demo: install
+	$(PY) examples/demo.py
+
+bench: install
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

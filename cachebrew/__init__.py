@@ -1,0 +1,54 @@
+"""cachebrew: knowledge distillation that runs the teacher once.
+
+``cachebrew precompute`` writes the teacher's outputs to a compressed cache; ``cachebrew distill``
+trains students from it with TextBrewer's losses. Python users start from::
+
+    from cachebrew import DistillationConfig, TrainingConfig, GeneralDistiller
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachebrew.config import DistillationConfig, IntermediateMatch, TrainingConfig
+from cachebrew.errors import (
+    CacheCorruptError,
+    CacheError,
+    CacheMismatchError,
+    CachebrewError,
+    ConfigError,
+)
+
+__version__ = "0.1.0"
+
+_DISTILLERS = (
+    "BasicTrainer",
+    "BasicDistiller",
+    "GeneralDistiller",
+    "MultiTeacherDistiller",
+    "MultiTaskDistiller",
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The distillers pull in the training loop; load them on first use so that
+    # `import cachebrew` stays cheap for the CLI and the cache tools.
+    if name in _DISTILLERS:
+        from cachebrew import distill
+
+        return getattr(distill, name)
+    raise AttributeError(f"module 'cachebrew' has no attribute {name!r}")
+
+
+__all__ = [
+    "CacheCorruptError",
+    "CacheError",
+    "CacheMismatchError",
+    "CachebrewError",
+    "ConfigError",
+    "DistillationConfig",
+    "IntermediateMatch",
+    "TrainingConfig",
+    "__version__",
+    *_DISTILLERS,
+]

@@ -1,0 +1,3 @@
+from cachebrew.cli import main
+
+main()
