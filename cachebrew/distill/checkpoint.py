@@ -1,0 +1,170 @@
+"""Full training checkpoints: write atomically, find the latest, read without pickle.
+
+Layout under ``output_dir``::
+
+    checkpoint-gs{N}/
+      student.safetensors       the (unwrapped) student's state dict
+      projections.safetensors   the match projections, keyed '<match index>.<param>' (if any)
+      training_state.pt         tensors only: optimizer, LR scheduler and grad-scaler state
+                                dicts, torch RNG states, the data passes' RNG snapshots;
+                                read with torch.load(weights_only=True)
+      trainer_state.json        global step, epoch, data positions, Python/NumPy RNG states,
+                                task-sampler state, plan, cachebrew version
+    latest                      name of the newest complete checkpoint directory
+
+A checkpoint is written into a hidden temporary directory and renamed into place when every
+file is written, then ``latest`` is replaced (write + rename): a run killed while saving
+leaves at most a ``.tmp-*`` directory, never a ``checkpoint-gs{N}`` that looks complete.
+TextBrewer saved ``gs{N}.pkl`` (student weights only, pickled): no resume, and the trained
+projections were lost (its issue #116).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from cachebrew.errors import CachebrewError
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "checkpoint-gs"
+LATEST = "latest"
+STUDENT_FILE = "student.safetensors"
+PROJECTIONS_FILE = "projections.safetensors"
+TENSORS_FILE = "training_state.pt"
+STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(CachebrewError):
+    """A checkpoint cannot be found or read."""
+
+
+def checkpoint_dir(output_dir: str | os.PathLike[str], global_step: int) -> Path:
+    """``output_dir/checkpoint-gs{global_step}``."""
+    return Path(output_dir) / f"{PREFIX}{global_step}"
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike[str],
+    global_step: int,
+    student: nn.Module,
+    projections: nn.Module | None,
+    state: dict[str, Any],
+    tensors: dict[str, Any],
+) -> Path:
+    """Write a complete checkpoint for ``global_step`` and point ``latest`` at it.
+
+    Args:
+        output_dir: created if missing.
+        global_step: optimizer steps taken.
+        student: the unwrapped student.
+        projections: a module holding the projections, or None.
+        state: JSON-able trainer state.
+        tensors: state dicts and RNG tensors (anything ``torch.load(weights_only=True)`` reads).
+
+    Returns:
+        The checkpoint directory.
+    """
+    final = checkpoint_dir(output_dir, global_step)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    save_model(student, str(tmp / STUDENT_FILE))
+    if projections is not None and len(list(projections.parameters())) > 0:
+        save_model(projections, str(tmp / PROJECTIONS_FILE))
+    torch.save(tensors, tmp / TENSORS_FILE)
+    _write_json(tmp / STATE_FILE, state)
+    _publish(tmp, final)
+    _write_text_atomic(final.parent / LATEST, final.name)
+    logger.info("saved checkpoint %s", final)
+    return final
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``, replacing an older checkpoint of the same step."""
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def resolve_checkpoint(resume_from: str | os.PathLike[str], output_dir: str) -> Path | None:
+    """Find the checkpoint ``resume_from`` names.
+
+    Args:
+        resume_from: ``'latest'`` (the newest under ``output_dir``), a checkpoint directory, or
+            a directory holding a ``latest`` pointer.
+        output_dir: where ``'latest'`` looks.
+
+    Returns:
+        The checkpoint directory, or None for ``'latest'`` when ``output_dir`` has none yet
+        (so a restarted job with ``resume_from='latest'`` starts from scratch the first time).
+
+    Raises:
+        CheckpointError: an explicit path that is not a complete checkpoint.
+    """
+    if str(resume_from) == LATEST:
+        pointer = Path(output_dir) / LATEST
+        if not pointer.exists():
+            logger.info("resume_from='latest': no checkpoint in %s yet, starting fresh", output_dir)
+            return None
+        path = Path(output_dir) / pointer.read_text(encoding="utf-8").strip()
+    else:
+        path = Path(resume_from)
+        if (path / LATEST).is_file() and not (path / STATE_FILE).exists():
+            path = path / (path / LATEST).read_text(encoding="utf-8").strip()
+    if not (path / STATE_FILE).is_file() or not (path / STUDENT_FILE).is_file():
+        raise CheckpointError(
+            f"resume_from={str(resume_from)!r}: {path} is not a complete cachebrew checkpoint "
+            f"(needs {STUDENT_FILE} and {STATE_FILE})"
+        )
+    return path
+
+
+def load_checkpoint(
+    path: Path, student: nn.Module, projections: nn.Module | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load weights into ``student``/``projections``; return ``(state, tensors)``.
+
+    Raises:
+        CheckpointError: projections expected but missing, or the reverse.
+    """
+    load_model(student, str(path / STUDENT_FILE), strict=True)
+    has_projections = projections is not None and len(list(projections.parameters())) > 0
+    if has_projections != (path / PROJECTIONS_FILE).is_file():
+        raise CheckpointError(
+            f"{path}: the distiller {'has' if has_projections else 'has no'} projections but "
+            f"the checkpoint {'has none' if has_projections else 'has some'}"
+        )
+    if has_projections:
+        assert projections is not None
+        load_model(projections, str(path / PROJECTIONS_FILE), strict=True)
+    with open(path / STATE_FILE, encoding="utf-8") as f:
+        state = json.load(f)
+    tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
+    return state, tensors

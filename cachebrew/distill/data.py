@@ -1,0 +1,160 @@
+"""Reading dataloaders pass after pass, with a position that a checkpoint can restore.
+
+**Resuming mid-epoch.** A stream's state is ``(pass index, batches consumed)`` plus a snapshot,
+taken just before the pass's iterator was created, of the RNGs that decide the pass's order:
+torch's global CPU generator (which an unseeded ``RandomSampler`` and the DataLoader's worker
+base seed draw from) and any ``torch.Generator`` attached to the DataLoader or its sampler. On
+resume the stream calls ``set_epoch``, restores that snapshot, creates the iterator and skips
+the consumed batches, so the resumed pass yields exactly the batches the uninterrupted run
+would have; the loop then restores the checkpoint's own RNG state.
+
+The data order of a pass must therefore be a function of that snapshot and of
+``set_epoch(pass index)``, which holds for ``DataLoader(shuffle=True)`` with or without a
+seeded ``generator``, for ``DistributedSampler`` and for datasets/samplers with ``set_epoch``
+(the cache reader's order is a pure function of ``(seed, epoch)``). Randomness inside
+``Dataset.__getitem__`` or ``collate_fn`` drawn from the *global* RNG is not replayed; derive
+it from the example index instead. Skipped batches are read and dropped (their loading cost is
+paid again; with the cache reader that is decode time only, no teacher).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from cachebrew.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _epoch_targets(dataloader: Iterable[Any]) -> list[Any]:
+    """The distinct objects of a dataloader that define ``set_epoch``."""
+    candidates = [
+        dataloader,
+        getattr(dataloader, "sampler", None),
+        getattr(dataloader, "batch_sampler", None),
+        getattr(dataloader, "dataset", None),
+    ]
+    found: dict[int, Any] = {}
+    for candidate in candidates:
+        if candidate is not None and callable(getattr(candidate, "set_epoch", None)):
+            found.setdefault(id(candidate), candidate)
+    return list(found.values())
+
+
+def _generators(dataloader: Iterable[Any]) -> list[torch.Generator]:
+    """The distinct ``torch.Generator`` objects that decide a DataLoader's order."""
+    sampler = getattr(dataloader, "sampler", None)
+    candidates = [getattr(dataloader, "generator", None), getattr(sampler, "generator", None)]
+    found: dict[int, torch.Generator] = {}
+    for generator in candidates:
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
+
+
+class DataStream:
+    """One dataloader read as consecutive passes (epochs), resumable at any batch.
+
+    Args:
+        dataloader: any iterable of batches; a ``torch.utils.data.DataLoader`` usually.
+        name: used in error messages (the task name for multi-task training).
+    """
+
+    def __init__(self, dataloader: Iterable[Any], name: str = "dataloader"):
+        self.dataloader = dataloader
+        self.name = name
+        self.pass_index = -1
+        self.position = 0
+        self._iterator: Iterator[Any] | None = None
+        self._pass_rng: dict[str, Any] = {}
+
+    def start_pass(self, index: int) -> None:
+        """Begin pass ``index``: ``set_epoch(index)``, snapshot the order RNGs, new iterator."""
+        for target in _epoch_targets(self.dataloader):
+            target.set_epoch(index)
+        self._pass_rng = {
+            "torch": torch.get_rng_state(),
+            "generators": [g.get_state() for g in _generators(self.dataloader)],
+        }
+        self._iterator = iter(self.dataloader)
+        self.pass_index = index
+        self.position = 0
+
+    def next_batch(self) -> Any:
+        """The next batch; an exhausted pass is followed by the next one (step mode cycles)."""
+        if self._iterator is None:
+            self.start_pass(self.pass_index + 1)
+        assert self._iterator is not None
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            if self.position == 0:
+                raise ConfigError(f"{self.name} yielded no batches") from None
+            self.start_pass(self.pass_index + 1)
+            return self.next_batch()
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(plain, tensors)``: pass index and position; the pass's RNG snapshot."""
+        return {"pass_index": self.pass_index, "position": self.position}, dict(self._pass_rng)
+
+    def load_state_dict(self, plain: dict[str, Any], tensors: dict[str, Any]) -> None:
+        """Restore a position: replay the pass's order and skip the consumed batches."""
+        if plain["pass_index"] < 0:
+            return
+        for target in _epoch_targets(self.dataloader):
+            target.set_epoch(plain["pass_index"])
+        torch.set_rng_state(tensors["torch"])
+        generators = _generators(self.dataloader)
+        if len(generators) != len(tensors["generators"]):
+            raise ConfigError(
+                f"resume: {self.name} has {len(generators)} torch.Generator(s) but the "
+                f"checkpoint recorded {len(tensors['generators'])}; build it as in the first run"
+            )
+        for generator, state in zip(generators, tensors["generators"], strict=True):
+            generator.set_state(state)
+        self._pass_rng = dict(tensors)
+        self._iterator = iter(self.dataloader)
+        self.pass_index = plain["pass_index"]
+        self.position = 0
+        for _ in range(plain["position"]):
+            self.next_batch()
+        logger.info("%s: resumed pass %d at batch %d", self.name, self.pass_index, self.position)
+
+
+class SingleSource:
+    """Micro-batches from one dataloader, for the single-task distillers and BasicTrainer."""
+
+    def __init__(self, dataloader: Iterable[Any]):
+        self.stream = DataStream(dataloader)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from the beginning of the data (epoch mode)."""
+        self.stream.start_pass(epoch)
+
+    def next_micro_batch(self) -> tuple[Any, str | None]:
+        """The next batch, with no task name."""
+        return self.stream.next_batch(), None
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(plain, tensors)`` for the checkpoint."""
+        return self.stream.state_dict()
+
+    def load_state_dict(self, plain: dict[str, Any], tensors: dict[str, Any]) -> None:
+        """Restore the position saved by :meth:`state_dict`."""
+        self.stream.load_state_dict(plain, tensors)
+
+
+def num_batches(dataloader: Iterable[Any]) -> int:
+    """``len(dataloader)``, or a ConfigError explaining that epoch mode needs a length."""
+    try:
+        return len(dataloader)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(
+            "num_epochs needs a dataloader with a length; pass num_steps to cycle a stream"
+        ) from None

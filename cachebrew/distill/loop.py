@@ -1,0 +1,272 @@
+"""The one training loop behind every distiller: setup -> train -> save_checkpoint -> cleanup.
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches, each: postprocess the
+batch, forwards under autocast, loss in fp32, ``(loss / GA).backward()``. Then clip (student
+*and* projections), ``optimizer.step()``, ``scheduler.step()``, ``zero_grad()``, log, and save +
+callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
+``train_with_num_epochs`` / ``MultiTaskDistiller.train`` merged, with these decisions:
+
+- **Epoch mode** runs ``len(dataloader) // GA`` steps per epoch (TextBrewer's count). The
+  ``len % GA`` leftover micro-batches at the end of an epoch are not read: TextBrewer ran them
+  and then discarded their gradients with ``zero_grad()`` at the next epoch start, so the
+  weights are the same and the compute is saved (only their log points are gone).
+- **Step mode** cycles the dataloader (accumulation groups may straddle passes, as in
+  TextBrewer), calls ``set_epoch(pass)`` on each new pass, and saves every ``ckpt_steps``
+  steps if set, and always at the end (TextBrewer required ``ckpt_steps``).
+- **Loss weights** come from :func:`~cachebrew.distill.compute.scheduled_weights` as a pure
+  function of the step; the config is never written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cachebrew import __version__
+from cachebrew.config import DistillationConfig, TrainingConfig
+from cachebrew.distill import checkpoint as ckpt
+from cachebrew.distill import runtime
+from cachebrew.distill.batches import count_examples, split_batch
+from cachebrew.distill.compute import scheduled_weights
+from cachebrew.distill.logger import MetricsLogger
+from cachebrew.distill.objectives import Objective
+from cachebrew.distill.plan import TrainPlan
+
+logger = logging.getLogger(__name__)
+
+
+class BatchSource(Protocol):
+    """Where micro-batches come from (:mod:`~cachebrew.distill.data`, :mod:`.multitask`)."""
+
+    def begin_epoch(self, epoch: int) -> None: ...
+
+    def next_micro_batch(self) -> tuple[Any, str | None]: ...
+
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+    def load_state_dict(self, plain: dict[str, Any], tensors: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainJob:
+    """Everything one ``train()`` call needs; built by the distiller façades."""
+
+    objective: Objective
+    student: nn.Module
+    projections: nn.ModuleDict
+    teachers: list[nn.Module]
+    train_config: TrainingConfig
+    distill_config: DistillationConfig | None
+    optimizer: torch.optim.Optimizer
+    source: BatchSource
+    plan: TrainPlan
+    scheduler_class: Callable[..., Any] | None = None
+    scheduler_args: Mapping[str, Any] | None = None
+    scheduler: Any = None
+    max_grad_norm: float = -1.0
+    callback: Callable[..., Any] | None = None
+    postprocess: Callable[[Any, str | None], Any] = lambda batch, task: batch
+    forward_args: Mapping[str, Any] = field(default_factory=dict)
+    log_flush_steps: int = 20
+
+
+@dataclass
+class LoopState:
+    """Progress counters saved in checkpoints."""
+
+    global_step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+
+
+def add_projection_groups(optimizer: torch.optim.Optimizer, job: TrainJob) -> None:
+    """Add one param group per projection, once (a second ``train()`` does not re-add them).
+
+    The group options are the match's ``proj[3]`` dict (e.g. ``{'lr': 1e-3}``), as TextBrewer.
+    """
+    present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert job.distill_config is not None or not job.projections
+    for name, projection in job.projections.items():
+        params = list(projection.parameters())
+        if params and not any(id(p) in present for p in params):
+            options = job.distill_config.intermediate_matches[int(name)].proj[3]  # type: ignore[union-attr]
+            optimizer.add_param_group({"params": params, **options})
+
+
+class TrainingRun:
+    """One ``train()`` call. Use :func:`run_training`, or call the four phases in order."""
+
+    def __init__(self, job: TrainJob):
+        self.job = job
+        self.config = job.train_config
+        self.plan = job.plan
+        self.state = LoopState()
+        self.rank = runtime.global_rank(self.config)
+        self.device = self.config.resolved_device()
+        self.metrics = MetricsLogger(None, enabled=False)
+
+    # ---------------------------------------------------------------------------- setup
+
+    def setup(self, resume_from: str | None = None) -> None:
+        """Place modules, seed, build scheduler/precision/DDP/logger, optionally resume."""
+        job = self.job
+        job.student.to(self.device)
+        job.projections.to(self.device)
+        for teacher in job.teachers:
+            teacher.to(self.device)
+        self.precision = runtime.Precision(self.config, self.device)
+        if self.config.seed is not None:
+            runtime.seed_everything(self.config.seed)
+        add_projection_groups(job.optimizer, job)
+        self.scheduler = job.scheduler
+        if job.scheduler_class is not None:
+            self.scheduler = job.scheduler_class(
+                optimizer=job.optimizer, **(job.scheduler_args or {})
+            )
+        elif job.scheduler is not None:
+            logger.warning("scheduler= is deprecated; pass scheduler_class and scheduler_args")
+        self.model = runtime.wrap_student(job.student, self.config, self.device)
+        self.projections = runtime.wrap_projections(job.projections, self.config, self.device)
+        self.parameters = [*job.student.parameters(), *job.projections.parameters()]
+        self.metrics = MetricsLogger(
+            self.config.log_dir, enabled=self.rank == 0, flush_every=job.log_flush_steps
+        )
+        if resume_from is not None:
+            path = ckpt.resolve_checkpoint(resume_from, self.config.output_dir)
+            if path is not None:
+                self.resume(path)
+
+    def resume(self, path: Any) -> None:
+        """Restore weights, optimizer/scheduler/scaler, counters, data position and RNGs."""
+        job = self.job
+        state, tensors = ckpt.load_checkpoint(path, job.student, job.projections)
+        self.plan.check_resumable(state["plan"])
+        job.optimizer.load_state_dict(tensors["optimizer"])
+        if self.scheduler is not None and "scheduler" in tensors:
+            self.scheduler.load_state_dict(tensors["scheduler"])
+        self.precision.scaler.load_state_dict(tensors["scaler"])
+        self.state = LoopState(**state["loop"])
+        if self.plan.resumes_mid_pass(self.state):
+            job.source.load_state_dict(state["source"], tensors["source"])
+        runtime.restore_rng(state["rng"], tensors["rng"])
+        logger.info("resumed from %s at global step %d", path, self.state.global_step)
+
+    # ---------------------------------------------------------------------------- train
+
+    def train(self) -> None:
+        """Run optimizer steps until the plan's total."""
+        total = self.plan.total_steps
+        bar = tqdm(total=total, initial=self.state.global_step, disable=self.rank != 0 or None)
+        with bar:
+            while self.state.global_step < total:
+                self._begin_epoch_if_needed()
+                weights = scheduled_weights(self.job.distill_config, self.state.global_step, total)
+                for _ in range(self.plan.accumulation):
+                    self._train_micro_batch(weights)
+                lr = self._optimizer_step()
+                self.state.global_step += 1
+                self.state.step_in_epoch += 1
+                self.metrics.end_step(self.state.global_step, lr)
+                if self.plan.should_save(self.state):
+                    self.save_checkpoint()
+                    self._run_callback()
+                bar.update(1)
+
+    def _begin_epoch_if_needed(self) -> None:
+        if not self.plan.by_epochs:
+            return
+        if self.state.step_in_epoch == self.plan.steps_per_epoch:
+            self.state.epoch += 1
+            self.state.step_in_epoch = 0
+        if self.state.step_in_epoch == 0:
+            logger.info("epoch %d", self.state.epoch + 1)
+            self.job.source.begin_epoch(self.state.epoch)
+            self.job.optimizer.zero_grad()
+
+    def _train_micro_batch(self, weights: Any) -> None:
+        job = self.job
+        batch, task = job.source.next_micro_batch()
+        batch = job.postprocess(batch, task)
+        with self.precision.autocast():
+            forwarded = job.objective.forward(self.model, batch, task, job.forward_args)
+        output = job.objective.loss(forwarded, weights, self.projections)
+        self.metrics.add_micro_batch(output, count_examples(split_batch(batch).student))
+        loss = output.total / self.plan.accumulation
+        self.precision.scaler.scale(loss).backward()
+
+    def _optimizer_step(self) -> float:
+        """Clip, step, schedule, zero; returns the learning rate the step used."""
+        optimizer, scaler = self.job.optimizer, self.precision.scaler
+        if self.job.max_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.job.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        scaler.step(optimizer)
+        scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        optimizer.zero_grad()
+        return float(lr)
+
+    def _run_callback(self) -> None:
+        if self.job.callback is not None and self.rank == 0:
+            logger.info("running callback at global step %d", self.state.global_step)
+            runtime.call_with_student_restored(
+                self.job.callback, self.job.student, self.state.global_step
+            )
+
+    # ------------------------------------------------------------------ save / cleanup
+
+    def save_checkpoint(self) -> None:
+        """Write a full checkpoint on rank 0 (see :mod:`~cachebrew.distill.checkpoint`)."""
+        self.metrics.flush()
+        if self.rank != 0:
+            return
+        source_plain, source_tensors = self.job.source.state_dict()
+        rng_plain, rng_tensors = runtime.capture_rng()
+        state = {
+            "cachebrew_version": __version__,
+            "loop": vars(self.state).copy(),
+            "plan": self.plan.describe(),
+            "source": source_plain,
+            "rng": rng_plain,
+        }
+        tensors = {
+            "optimizer": self.job.optimizer.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "source": source_tensors,
+            "rng": rng_tensors,
+        }
+        if self.scheduler is not None:
+            tensors["scheduler"] = self.scheduler.state_dict()
+        ckpt.save_checkpoint(
+            self.config.output_dir,
+            self.state.global_step,
+            self.job.student,
+            self.job.projections,
+            state,
+            tensors,
+        )
+
+    def cleanup(self) -> None:
+        """Flush and close the metrics writer."""
+        self.metrics.close()
+
+
+def run_training(job: TrainJob, resume_from: str | None = None) -> TrainingRun:
+    """setup -> train -> cleanup for one job, with the student in train mode and every
+    teacher in eval mode throughout (previous modes restored afterwards)."""
+    run = TrainingRun(job)
+    with runtime.training_modes(job.student, job.teachers):
+        try:
+            run.setup(resume_from)
+            run.train()
+        finally:
+            run.cleanup()
+    return run
