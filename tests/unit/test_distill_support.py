@@ -120,16 +120,19 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def general_matches(proj: bool = True) -> list[dict[str, Any]]:
-    """hidden_mse (16 -> 32 linear projection), attention_mse and nst matches."""
-    return [
-        {
-            "layer_T": 2,
-            "layer_S": 1,
-            "feature": "hidden",
-            "loss": "hidden_mse",
-            "weight": 1,
-            **({"proj": ["linear", 16, 32]} if proj else {}),
-        },
+    """hidden_mse (16 -> 32 linear projection), attention_mse and nst matches.
+
+    ``proj=False`` drops hidden_mse (which needs the projection): attention_mse and nst only.
+    """
+    hidden = {
+        "layer_T": 2,
+        "layer_S": 1,
+        "feature": "hidden",
+        "loss": "hidden_mse",
+        "weight": 1,
+        "proj": ["linear", 16, 32],
+    }
+    return [hidden] * proj + [
         {"layer_T": 1, "layer_S": 0, "feature": "attention", "loss": "attention_mse", "weight": 1},
         {"layer_T": [0, 2], "layer_S": [0, 2], "feature": "hidden", "loss": "nst", "weight": 1},
     ]
