@@ -1,0 +1,68 @@
+"""``describe_cache``: the plain-JSON summary behind ``cachebrew inspect --json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachebrew.cache.codecs import CODEC_CONFIGS
+from cachebrew.cache.reader import CacheReader
+
+
+def describe_cache(reader: CacheReader) -> dict[str, Any]:
+    """Summarise a cache from its manifest (no data is read).
+
+    Returns:
+        A JSON-ready dict: ``format_version``, ``cachebrew_version``, ``path``,
+        ``num_examples``, ``num_shards``, ``bytes_on_disk``, ``bytes_per_example``,
+        ``uncompressed_bytes``, ``teacher``, ``corpus_fingerprint``, ``tokenizer_hash``,
+        ``label_type``, ``spec`` (CLI form) and ``features``: one object per stored kind with
+        ``name``, ``dtype``, ``codec``, ``layers``, ``reduction``/``topk`` (logits), ``arrays``,
+        ``width``, ``bytes``, ``uncompressed_bytes``, ``compression_ratio`` (stored dtype bytes
+        / disk bytes) and ``bytes_per_example``.
+    """
+    manifest = reader.manifest
+    totals = manifest["totals"]
+    n = max(1, totals["num_examples"])
+    features = []
+    for feature in reader.spec:
+        stats = totals["features"].get(feature.kind, {"bytes": 0, "uncompressed_bytes": 0})
+        arrays = [a for a in manifest["arrays"] if a.split(".", 1)[0] == feature.kind]
+        entry: dict[str, Any] = {
+            "name": feature.name,
+            "dtype": feature.dtype,
+            "codec": feature.codec,
+            "codec_config": CODEC_CONFIGS[feature.codec],
+            "arrays": arrays,
+            "width": {a: manifest["arrays"][a]["width"] for a in arrays},
+            "bytes": stats["bytes"],
+            "uncompressed_bytes": stats["uncompressed_bytes"],
+            "compression_ratio": _ratio(stats["uncompressed_bytes"], stats["bytes"]),
+            "bytes_per_example": stats["bytes"] / n,
+        }
+        if feature.kind == "logits":
+            entry.update(reduction=feature.reduction, topk=feature.topk)
+        else:
+            entry["layers"] = list(feature.layers)
+        features.append(entry)
+    return {
+        "format_version": manifest["format_version"],
+        "cachebrew_version": manifest.get("cachebrew_version"),
+        "path": reader.path,
+        "created_at": manifest.get("created_at"),
+        "num_examples": totals["num_examples"],
+        "num_shards": totals["num_shards"],
+        "shard_size": manifest.get("shard_size"),
+        "bytes_on_disk": totals["bytes_on_disk"],
+        "bytes_per_example": totals["bytes_on_disk"] / n,
+        "uncompressed_bytes": totals["uncompressed_bytes"],
+        "teacher": manifest["teacher"],
+        "corpus_fingerprint": manifest.get("corpus_fingerprint"),
+        "tokenizer_hash": manifest.get("tokenizer_hash"),
+        "label_type": manifest.get("label_type"),
+        "spec": reader.spec.to_cli(),
+        "features": features,
+    }
+
+
+def _ratio(uncompressed: int, on_disk: int) -> float | None:
+    return round(uncompressed / on_disk, 4) if on_disk else None

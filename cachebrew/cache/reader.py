@@ -1,0 +1,220 @@
+"""Read a teacher cache: :func:`open_cache` -> :class:`CacheReader`.
+
+Examples come back as dicts::
+
+    {"example_id": str, "input_ids": (L,) int64, "label": int | float | ndarray | None,
+     "length": int, "features": {array name: (rows, width) float32 (top-k ids int64)}}
+
+Feature arrays are the stored 2-D rows (``restore_shape`` turns attention rows back into
+``(H, L, L)``). Streaming (:meth:`CacheReader.iter_shard`, :meth:`CacheReader.iter_examples`)
+reads chunk-aligned windows sequentially; :meth:`CacheReader.get` reads only the chunks one
+example overlaps. Every chunk's crc32 is checked the first time it is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from cachebrew.cache.manifest import read_manifest
+from cachebrew.cache.shard import ShardReader
+from cachebrew.cache.spec import FeatureSpec, StoredFeature, layer_names
+from cachebrew.cache.storage import CacheLocation
+from cachebrew.errors import CacheCorruptError, CacheError, CacheMismatchError
+
+DEFAULT_WINDOW_BYTES = 16 * 2**20
+
+
+def open_cache(
+    path: str | os.PathLike[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+    verify: bool = True,
+) -> CacheReader:
+    """Open a complete cache for reading.
+
+    Args:
+        path: cache root (local path or fsspec URL such as ``memory://`` or ``s3://``).
+        storage_options: fsspec options.
+        verify: check chunk checksums on first read (cheap: crc32).
+
+    Raises:
+        CacheError: no manifest (an unfinished precompute: rerun it to resume) or an unknown
+            format version.
+    """
+    loc = CacheLocation(path, storage_options)
+    return CacheReader(loc, read_manifest(loc), verify=verify)
+
+
+class CacheReader:
+    """Reads examples and metadata of one cache (see :func:`open_cache`)."""
+
+    def __init__(self, loc: CacheLocation, manifest: dict[str, Any], *, verify: bool = True):
+        self.manifest = manifest
+        self.spec = FeatureSpec.from_dict(manifest["spec"])
+        self.verify = verify
+        self._loc = loc
+        self._shards: dict[int, ShardReader] = {}
+        self._lookup: dict[str, tuple[int, int]] | None = None
+
+    @property
+    def path(self) -> str:
+        return self._loc.path
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.manifest["totals"]["num_examples"])
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def shard(self, index: int) -> ShardReader:
+        """The reader of shard ``index`` (index file checked against the manifest on first use)."""
+        if index not in self._shards:
+            if not 0 <= index < self.num_shards:
+                raise CacheError(f"shard {index} does not exist; the cache has {self.num_shards}")
+            entry = self.manifest["shards"][index]
+            self._shards[index] = ShardReader(self._loc, entry, self.spec, self.verify)
+        return self._shards[index]
+
+    def example_ids(self) -> list[str]:
+        """Every example id, in shard and row order (reads every shard's index)."""
+        return [i for k in range(self.num_shards) for i in self.shard(k).example_ids]
+
+    def _locate(self, example_id: str) -> tuple[int, int]:
+        if self._lookup is None:
+            self._lookup = {
+                i: (k, row)
+                for k in range(self.num_shards)
+                for row, i in enumerate(self.shard(k).example_ids)
+            }
+        try:
+            return self._lookup[example_id]
+        except KeyError:
+            raise KeyError(f"example {example_id!r} is not in the cache {self.path}") from None
+
+    def get(self, example_id: str) -> dict[str, Any]:
+        """One example by id (random access; prefer streaming for whole passes).
+
+        Raises:
+            KeyError: unknown id.
+            CacheCorruptError: a chunk it overlaps fails its checksum.
+        """
+        shard, row = self._locate(example_id)
+        return self.shard(shard).example(row)
+
+    def iter_shard(
+        self, shard: int, *, window_bytes: int = DEFAULT_WINDOW_BYTES
+    ) -> Iterator[dict[str, Any]]:
+        """Every example of one shard, in row order, read in chunk-aligned windows."""
+        return self.shard(shard).iter_examples(window_bytes)
+
+    def iter_examples(
+        self,
+        shard_order: Sequence[int] | None = None,
+        *,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+    ) -> Iterator[dict[str, Any]]:
+        """Every example once, shard by shard (``shard_order`` defaults to 0, 1, ...)."""
+        order = range(self.num_shards) if shard_order is None else shard_order
+        for shard in order:
+            yield from self.iter_shard(shard, window_bytes=window_bytes)
+
+    # ------------------------------------------------------------------ checks
+
+    def require(
+        self,
+        features: FeatureSpec | Iterable[str],
+        *,
+        widths: Mapping[str, int] | None = None,
+        example_ids: Iterable[str] | None = None,
+    ) -> None:
+        """Check that the cache holds what a run needs; every problem is reported at once.
+
+        Args:
+            features: a FeatureSpec (e.g. from ``feature_spec_from_matches``), or names such as
+                ``'hidden.4'``, ``'hidden:4,8'``, ``'logits'``.
+            widths: expected widths by array name (e.g. ``{'hidden.4': 768}``).
+            example_ids: ids the run will read.
+
+        Raises:
+            CacheMismatchError: listing what is missing and what the cache stores.
+        """
+        if isinstance(features, FeatureSpec):
+            problems = [p for f in features for p in self._feature_problems(f)]
+        else:
+            stored = set(self.spec.input_names) | set(self.spec.data_arrays)
+            problems = [
+                f"{name!r} is not stored" for name in layer_names(features) if name not in stored
+            ]
+        problems += self._width_problems(widths or {})
+        if example_ids is not None:
+            problems += self._id_problems(example_ids)
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            raise CacheMismatchError(
+                f"the cache {self.path} does not hold what this run needs:\n{lines}\n"
+                f"it stores: {', '.join(self.spec.input_names)} "
+                f"(spec {self.spec.to_cli()}); rerun precompute with a matching feature spec"
+            )
+
+    def _feature_problems(self, needed: StoredFeature) -> list[str]:
+        stored = self.spec.get(needed.kind)
+        if stored is None:
+            return [f"{needed.kind} is not stored (needed: {', '.join(needed.input_names)})"]
+        problems = [
+            f"{needed.kind}.{layer} is not stored"
+            for layer in needed.layers
+            if layer not in stored.layers
+        ]
+        if needed.kind == "logits":
+            if needed.reduction == "raw" and stored.reduction == "logprobs":
+                problems.append(
+                    "raw logits are needed (kd mse / flsw) but the cache stores log-probs"
+                )
+            if stored.topk and (not needed.topk or needed.topk > stored.topk):
+                problems.append(
+                    f"logits top-{needed.topk or 'all'} are needed but the cache stores top-{stored.topk}"
+                )
+        return problems
+
+    def _width_problems(self, widths: Mapping[str, int]) -> list[str]:
+        arrays = self.manifest["arrays"]
+        problems = []
+        for name, width in widths.items():
+            if name in arrays and arrays[name]["width"] != width:
+                problems.append(
+                    f"{name!r} has width {arrays[name]['width']}, the run expects {width}"
+                )
+            elif name not in arrays:
+                problems.append(f"{name!r} is not stored")
+        return problems
+
+    def _id_problems(self, example_ids: Iterable[str]) -> list[str]:
+        stored = set(self.example_ids())
+        missing = [i for i in example_ids if i not in stored]
+        if not missing:
+            return []
+        return [f"{len(missing)} example ids are not in the cache, e.g. {missing[:5]}"]
+
+    def verify_all(self) -> dict[str, Any]:
+        """Check every index and chunk checksum.
+
+        Returns:
+            ``{"ok": bool, "shards": n, "chunks": n, "bytes": stored bytes checked,
+            "problems": [message, ...]}`` (one problem at most per shard).
+        """
+        report: dict[str, Any] = {"ok": True, "shards": 0, "chunks": 0, "bytes": 0, "problems": []}
+        for index in range(self.num_shards):
+            try:
+                chunks, nbytes = self.shard(index).verify_all()
+            except CacheCorruptError as e:
+                report["problems"].append(str(e))
+                continue
+            report["shards"] += 1
+            report["chunks"] += chunks
+            report["bytes"] += nbytes
+        report["ok"] = not report["problems"]
+        return report
