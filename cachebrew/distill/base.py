@@ -12,7 +12,7 @@ from torch import nn
 from cachebrew.config import DistillationConfig, TrainingConfig
 from cachebrew.distill.compute import DistillationLoss
 from cachebrew.distill.data import SingleSource, num_batches
-from cachebrew.distill.loop import BatchSource, TrainingRun, TrainJob, run_training
+from cachebrew.distill.loop import TrainingRun, TrainJob, run_training
 from cachebrew.distill.objectives import (
     DistillObjective,
     Objective,
@@ -73,9 +73,11 @@ class Trainer:
         return []
 
     def __enter__(self) -> Trainer:
-        self._saved_modes = [(m, m.training) for m in [self.model_S, *self.teacher_modules()]]
+        """Student in train mode, teachers in eval mode (restored on exit); returns self."""
+        teachers = self.teacher_modules()
+        self._saved_modes = [(m, m.training) for m in [self.model_S, *teachers]]
         self.model_S.train()
-        for teacher in self.teacher_modules():
+        for teacher in teachers:
             teacher.eval()
         return self
 
@@ -83,37 +85,84 @@ class Trainer:
         for module, was_training in self._saved_modes:
             module.train(was_training)
 
-    def _train(
-        self,
-        objective: Objective,
-        optimizer: torch.optim.Optimizer,
-        source: BatchSource,
-        plan: TrainPlan,
-        options: dict[str, Any],
-        postprocess: Callable[[Any, str | None], Any],
-        forward_args: Mapping[str, Any],
-    ) -> TrainingRun:
-        job = TrainJob(
-            objective=objective,
+    def _objective(self) -> Objective:
+        raise NotImplementedError
+
+    def _job_parts(self) -> dict[str, Any]:
+        """The :class:`TrainJob` fields this object owns."""
+        return dict(
+            objective=self._objective(),
             student=self.model_S,
             projections=self.projections,
             teachers=self.teacher_modules(),
             train_config=self.t_config,
             distill_config=getattr(self, "d_config", None),
-            optimizer=optimizer,
-            source=source,
-            plan=plan,
-            postprocess=postprocess,
-            forward_args=dict(forward_args),
             log_flush_steps=self.log_flush_steps,
-            **{k: v for k, v in options.items() if k != "resume_from"},
         )
-        run = run_training(job, options.get("resume_from"))
+
+    def _run(self, job: TrainJob, resume_from: str | None) -> TrainingRun:
+        run = run_training(job, resume_from)
         self.loss_history = run.metrics.history
         return run
 
+    def train(
+        self,
+        optimizer: torch.optim.Optimizer,
+        dataloader: Iterable[Any],
+        num_epochs: int | None = None,
+        scheduler_class: Callable[..., Any] | None = None,
+        scheduler_args: Mapping[str, Any] | None = None,
+        scheduler: Any = None,
+        max_grad_norm: float = -1.0,
+        num_steps: int | None = None,
+        callback: Callable[..., Any] | None = None,
+        batch_postprocessor: Callable[[Any], Any] | None = None,
+        resume_from: str | None = None,
+        **args: Any,
+    ) -> None:
+        """Train the student.
+
+        Args:
+            optimizer: optimizer over the student's parameters; projection param groups are
+                added on the first call (``proj[3]`` options), never twice.
+            dataloader: iterable of batches (tuple, Mapping, or teacher/student/teacher_cache).
+            num_epochs: epochs to train (needs ``len(dataloader)``).
+            scheduler_class: LR scheduler class, built as
+                ``scheduler_class(optimizer=optimizer, **scheduler_args)`` after the projection
+                groups are added; ``scheduler_args=None`` means ``{}``.
+            scheduler_args: keyword arguments of ``scheduler_class``.
+            scheduler: deprecated pre-built scheduler (does not cover projection groups).
+            max_grad_norm: clip the student's and projections' gradient norm (<= 0: no clip).
+            num_steps: optimizer steps to train; wins over ``num_epochs``; cycles the data.
+            callback: ``callback(model=student, step=global_step)`` after each checkpoint, on
+                rank 0, with the unwrapped student, which is put back in train mode after.
+            batch_postprocessor: ``fn(batch) -> batch`` applied first to every batch.
+            resume_from: checkpoint directory, or ``'latest'`` in ``output_dir``.
+            **args: extra keyword arguments for the model forwards.
+
+        Raises:
+            ConfigError: invalid arguments, adaptor keys, or a missing teacher.
+        """
+        self._run(
+            TrainJob(
+                **self._job_parts(),
+                optimizer=optimizer,
+                source=SingleSource(dataloader),
+                plan=make_plan(self.t_config, dataloader, num_epochs, num_steps),
+                scheduler_class=scheduler_class,
+                scheduler_args=scheduler_args,
+                scheduler=scheduler,
+                max_grad_norm=max_grad_norm,
+                callback=callback,
+                postprocess=single_postprocess(batch_postprocessor),
+                forward_args=args,
+            ),
+            resume_from,
+        )
+
 
 def single_postprocess(fn: Callable[[Any], Any] | None) -> Callable[[Any, str | None], Any]:
+    """``batch_postprocessor`` in the loop's ``(batch, task)`` form (identity for None)."""
     return (lambda batch, task: batch) if fn is None else (lambda batch, task: fn(batch))
 
 
@@ -184,54 +233,3 @@ class Distiller(Trainer):
             self._loss_fn(),
             self.t_config.resolved_device(),
         )
-
-    def train(
-        self,
-        optimizer: torch.optim.Optimizer,
-        dataloader: Iterable[Any],
-        num_epochs: int | None = None,
-        scheduler_class: Callable[..., Any] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-        scheduler: Any = None,
-        max_grad_norm: float = -1.0,
-        num_steps: int | None = None,
-        callback: Callable[..., Any] | None = None,
-        batch_postprocessor: Callable[[Any], Any] | None = None,
-        resume_from: str | None = None,
-        **args: Any,
-    ) -> None:
-        """Train the student.
-
-        Args:
-            optimizer: optimizer over the student's parameters; projection param groups are
-                added on the first call (``proj[3]`` options), never twice.
-            dataloader: iterable of batches (tuple, Mapping, or teacher/student/teacher_cache).
-            num_epochs: epochs to train (needs ``len(dataloader)``).
-            scheduler_class: LR scheduler class, built as
-                ``scheduler_class(optimizer=optimizer, **scheduler_args)`` after the projection
-                groups are added; ``scheduler_args=None`` means ``{}``.
-            scheduler_args: keyword arguments of ``scheduler_class``.
-            scheduler: deprecated pre-built scheduler (does not cover projection groups).
-            max_grad_norm: clip the student's and projections' gradient norm (<= 0: no clip).
-            num_steps: optimizer steps to train; wins over ``num_epochs``; cycles the data.
-            callback: ``callback(model=student, step=global_step)`` after each checkpoint, on
-                rank 0, with the unwrapped student, which is put back in train mode after.
-            batch_postprocessor: ``fn(batch) -> batch`` applied first to every batch.
-            resume_from: checkpoint directory, or ``'latest'`` in ``output_dir``.
-            **args: extra keyword arguments for the model forwards.
-
-        Raises:
-            ConfigError: invalid arguments, adaptor keys, or a missing teacher.
-        """
-        plan = make_plan(self.t_config, dataloader, num_epochs, num_steps)
-        options = dict(
-            scheduler_class=scheduler_class,
-            scheduler_args=scheduler_args,
-            scheduler=scheduler,
-            max_grad_norm=max_grad_norm,
-            callback=callback,
-            resume_from=resume_from,
-        )
-        source = SingleSource(dataloader)
-        postprocess = single_postprocess(batch_postprocessor)
-        self._train(self._objective(), optimizer, source, plan, options, postprocess, args)

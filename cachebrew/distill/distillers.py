@@ -31,11 +31,10 @@ from cachebrew.distill.base import (
     Trainer,
     as_list,
     make_plan,
-    single_postprocess,
 )
 from cachebrew.distill.batches import Adaptor
 from cachebrew.distill.compute import normalise_teacher_weights
-from cachebrew.distill.data import SingleSource
+from cachebrew.distill.loop import TrainJob
 from cachebrew.distill.multitask import MultiTaskSource
 from cachebrew.distill.objectives import (
     DistillObjective,
@@ -62,35 +61,8 @@ class BasicTrainer(Trainer):
         self.model = model
         self.adaptor = adaptor
 
-    def train(
-        self,
-        optimizer: torch.optim.Optimizer,
-        dataloader: Iterable[Any],
-        num_epochs: int | None = None,
-        scheduler_class: Callable[..., Any] | None = None,
-        scheduler_args: Mapping[str, Any] | None = None,
-        scheduler: Any = None,
-        max_grad_norm: float = -1.0,
-        num_steps: int | None = None,
-        callback: Callable[..., Any] | None = None,
-        batch_postprocessor: Callable[[Any], Any] | None = None,
-        resume_from: str | None = None,
-        **args: Any,
-    ) -> None:
-        """Train; arguments as :meth:`GeneralDistiller.train`."""
-        objective = SupervisedObjective(self.adaptor, self.t_config.resolved_device())
-        plan = make_plan(self.t_config, dataloader, num_epochs, num_steps)
-        options = dict(
-            scheduler_class=scheduler_class,
-            scheduler_args=scheduler_args,
-            scheduler=scheduler,
-            max_grad_norm=max_grad_norm,
-            callback=callback,
-            resume_from=resume_from,
-        )
-        source = SingleSource(dataloader)
-        postprocess = single_postprocess(batch_postprocessor)
-        self._train(objective, optimizer, source, plan, options, postprocess, args)
+    def _objective(self) -> SupervisedObjective:
+        return SupervisedObjective(self.adaptor, self.t_config.resolved_device())
 
 
 class BasicDistiller(Distiller):
@@ -253,20 +225,25 @@ class MultiTaskDistiller(Distiller):
         unknown = set(dataloaders) - set(self.adaptor_S)
         if unknown:
             raise ConfigError(f"dataloaders has tasks {sorted(unknown)} without an adaptor_S")
-        plan = make_plan(self.t_config, dataloaders.values(), None, num_steps)
-        source = MultiTaskSource(dataloaders, tau, size, self.t_config.seed)
         processors = dict(batch_postprocessors or {})
 
         def postprocess(batch: Any, task: str | None) -> Any:
             processor = processors.get(task) if task is not None else None
             return processor(batch) if processor is not None else batch
 
-        options = dict(
-            scheduler_class=scheduler_class,
-            scheduler_args=scheduler_args,
-            scheduler=scheduler,
-            max_grad_norm=max_grad_norm,
-            callback=callback,
-            resume_from=resume_from,
+        self._run(
+            TrainJob(
+                **self._job_parts(),
+                optimizer=optimizer,
+                source=MultiTaskSource(dataloaders, tau, size, self.t_config.seed),
+                plan=make_plan(self.t_config, dataloaders.values(), None, num_steps),
+                scheduler_class=scheduler_class,
+                scheduler_args=scheduler_args,
+                scheduler=scheduler,
+                max_grad_norm=max_grad_norm,
+                callback=callback,
+                postprocess=postprocess,
+                forward_args=args,
+            ),
+            resume_from,
         )
-        self._train(self._objective(), optimizer, source, plan, options, postprocess, args)

@@ -13,6 +13,9 @@ callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
 - **Step mode** cycles the dataloader (accumulation groups may straddle passes, as in
   TextBrewer), calls ``set_epoch(pass)`` on each new pass, and saves every ``ckpt_steps``
   steps if set, and always at the end (TextBrewer required ``ckpt_steps``).
+- **Placement**: the student, the projections and any online teacher are moved to the
+  training device (TextBrewer left models to the user); only the student (and, under DDP,
+  each projection) is wrapped for data parallelism, never a teacher.
 - **Loss weights** come from :func:`~cachebrew.distill.compute.scheduled_weights` as a pure
   function of the step; the config is never written.
 """
@@ -90,13 +93,15 @@ def add_projection_groups(optimizer: torch.optim.Optimizer, job: TrainJob) -> No
 
     The group options are the match's ``proj[3]`` dict (e.g. ``{'lr': 1e-3}``), as TextBrewer.
     """
+    if job.distill_config is None:
+        return
+    matches = job.distill_config.intermediate_matches
     present = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    assert job.distill_config is not None or not job.projections
     for name, projection in job.projections.items():
         params = list(projection.parameters())
-        if params and not any(id(p) in present for p in params):
-            options = job.distill_config.intermediate_matches[int(name)].proj[3]  # type: ignore[union-attr]
-            optimizer.add_param_group({"params": params, **options})
+        proj = matches[int(name)].proj
+        if params and proj is not None and not any(id(p) in present for p in params):
+            optimizer.add_param_group({"params": params, **proj[3]})
 
 
 class TrainingRun:
@@ -141,6 +146,7 @@ class TrainingRun:
             path = ckpt.resolve_checkpoint(resume_from, self.config.output_dir)
             if path is not None:
                 self.resume(path)
+        job.optimizer.zero_grad()  # stale gradients from before train() never leak into step 1
 
     def resume(self, path: Any) -> None:
         """Restore weights, optimizer/scheduler/scaler, counters, data position and RNGs."""

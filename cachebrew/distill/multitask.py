@@ -44,7 +44,7 @@ def sampling_probabilities(sizes: Mapping[str, int | None], tau: float) -> dict[
     if any(value is None for value in sizes.values()):
         logger.info("the size of some tasks is unknown: sampling tasks uniformly")
         return {name: 1 / len(sizes) for name in sizes}
-    powered = {name: float(value) ** tau for name, value in sizes.items()}  # type: ignore[operator]
+    powered = {name: float(value or 0) ** tau for name, value in sizes.items()}
     total = sum(powered.values())
     if total <= 0:
         raise ConfigError(f"multi-task sizes must not all be empty, got {dict(sizes)}")
@@ -70,7 +70,7 @@ class TaskSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state (JSON-able)."""
-        return self.rng.bit_generator.state
+        return dict(self.rng.bit_generator.state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the generator's state."""

@@ -122,13 +122,14 @@ class TeacherSide:
         )
 
     def _run_online(self, teacher_batch: Any, args: Mapping[str, Any]) -> list[Any]:
-        if not self.models or any(model is None for model in self.models):
+        models = [model for model in self.models if model is not None]
+        if not models or len(models) < len(self.models):
             raise ConfigError(
                 "model_T is None but the batch has no 'teacher_cache': either pass the teacher "
                 "model or feed {'teacher': ..., 'student': ..., 'teacher_cache': ...} batches"
             )
         with torch.no_grad():
-            return [forward(model, teacher_batch, args) for model in self.models]
+            return [forward(model, teacher_batch, args) for model in models]
 
 
 class DistillObjective:

@@ -59,7 +59,7 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, Any]]:
     kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     plain = {
         "python": [version, list(py_state), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
     }
     tensors: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

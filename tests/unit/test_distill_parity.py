@@ -18,6 +18,7 @@ from test_distill_support import (
     general_matches,
     teacher_adaptor,
     teacher_and_student,
+    tiny_bert,
 )
 
 import cachebrew
@@ -142,3 +143,30 @@ def test_config_is_not_mutated_by_weight_schedulers(tmp_path):
     distiller.train(torch.optim.SGD(student.parameters(), lr=0.1), batches(2), num_steps=3)
     assert distill_config.kd_loss_weight == 0.7
     assert_same_weights(teacher, teacher)  # the teacher is untouched (sanity)
+
+
+def test_multi_teacher_same_losses_as_textbrewer(tmp_path):
+    teachers = [teacher_and_student()[0], tiny_bert(32, seed=2).eval()]
+    student = tiny_bert(16, seed=1)
+    data = batches(4)
+    runs = {}
+    for name, lib in (("tb", textbrewer), ("cb", cachebrew)):
+        train_config = lib.TrainingConfig(device="cpu", output_dir=str(tmp_path / name))
+        distill_config = lib.DistillationConfig(temperature=2, hard_label_weight=0.5)
+        model = clone(student)
+        distiller = lib.MultiTeacherDistiller(
+            train_config, distill_config, teachers, model, teacher_adaptor, adaptor
+        )
+        records = []
+        distiller.write_loss = lambda total, step, terms, records=records: records.append(
+            {"total_loss": total.item(), **{k: v.item() for k, v in terms.items()}}
+        )
+        with distiller:
+            distiller.train(torch.optim.AdamW(model.parameters(), lr=1e-3), data, num_epochs=2)
+        runs[name] = (distiller, records)
+    tb_records, ours = runs["tb"][1], runs["cb"][0].loss_history
+    assert len(tb_records) == len(ours) == 8
+    for theirs, mine in zip(tb_records, ours, strict=True):
+        for key, value in theirs.items():
+            assert mine[key] == pytest.approx(value, rel=1e-6)
+    assert_same_weights(runs["tb"][0].model_S, runs["cb"][0].model_S)
