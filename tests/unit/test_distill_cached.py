@@ -69,3 +69,34 @@ def test_cached_batches_never_call_a_teacher(tmp_path):
 
     distiller = _train(tmp_path, "x", Exploding(), None, student, cached)
     assert len(distiller.loss_history) == 4
+
+
+def test_custom_adaptor_T_receives_teacher_batch_and_cache(tmp_path):
+    teacher, student = teacher_and_student()
+    plain = batches(2)
+    raw = [
+        {"teacher": b, "student": b, "teacher_cache": {"scores": c["teacher_cache"]["logits"]}}
+        for b, c in zip(plain, cached_batches(teacher, plain), strict=True)
+    ]
+    calls = []
+
+    def adaptor_T(batch, cache):
+        calls.append(batch["input_ids"].shape)
+        return {"logits": cache["scores"]}
+
+    def student_adaptor(batch, outputs):
+        return {"logits": outputs.logits}
+
+    def kd_only(model_T, adaptor, data, name):
+        config = TrainingConfig(device="cpu", output_dir=str(tmp_path / name))
+        model = clone(student)
+        distiller = GeneralDistiller(
+            config, DistillationConfig(), model_T, model, adaptor, student_adaptor
+        )
+        distiller.train(torch.optim.SGD(model.parameters(), lr=0.1), data, num_epochs=1)
+        return distiller
+
+    online = kd_only(teacher, lambda b, o: {"logits": o.logits}, plain, "online")
+    cached = kd_only(None, adaptor_T, raw, "cached")
+    assert len(calls) == 2
+    assert online.loss_history == cached.loss_history
