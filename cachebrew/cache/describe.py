@@ -6,6 +6,7 @@ from typing import Any
 
 from cachebrew.cache.codecs import CODEC_CONFIGS
 from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.spec import StoredFeature
 
 
 def describe_cache(reader: CacheReader) -> dict[str, Any]:
@@ -18,32 +19,13 @@ def describe_cache(reader: CacheReader) -> dict[str, Any]:
         ``label_type``, ``spec`` (CLI form) and ``features``: one object per stored kind with
         ``name``, ``dtype``, ``codec``, ``layers``, ``reduction``/``topk`` (logits), ``arrays``,
         ``width``, ``bytes``, ``uncompressed_bytes``, ``compression_ratio`` (stored dtype bytes
-        / disk bytes) and ``bytes_per_example``.
+        / disk bytes), ``ratio_vs_fp32`` (unpadded fp32 bytes / disk bytes) and
+        ``bytes_per_example``. Disk bytes include Zarr metadata (~1 KB per array and shard).
     """
     manifest = reader.manifest
     totals = manifest["totals"]
     n = max(1, totals["num_examples"])
-    features = []
-    for feature in reader.spec:
-        stats = totals["features"].get(feature.kind, {"bytes": 0, "uncompressed_bytes": 0})
-        arrays = [a for a in manifest["arrays"] if a.split(".", 1)[0] == feature.kind]
-        entry: dict[str, Any] = {
-            "name": feature.name,
-            "dtype": feature.dtype,
-            "codec": feature.codec,
-            "codec_config": CODEC_CONFIGS[feature.codec],
-            "arrays": arrays,
-            "width": {a: manifest["arrays"][a]["width"] for a in arrays},
-            "bytes": stats["bytes"],
-            "uncompressed_bytes": stats["uncompressed_bytes"],
-            "compression_ratio": _ratio(stats["uncompressed_bytes"], stats["bytes"]),
-            "bytes_per_example": stats["bytes"] / n,
-        }
-        if feature.kind == "logits":
-            entry.update(reduction=feature.reduction, topk=feature.topk)
-        else:
-            entry["layers"] = list(feature.layers)
-        features.append(entry)
+    features = [_feature_entry(manifest, feature, n) for feature in reader.spec]
     return {
         "format_version": manifest["format_version"],
         "cachebrew_version": manifest.get("cachebrew_version"),
@@ -62,6 +44,34 @@ def describe_cache(reader: CacheReader) -> dict[str, Any]:
         "spec": reader.spec.to_cli(),
         "features": features,
     }
+
+
+def _feature_entry(manifest: dict[str, Any], feature: StoredFeature, n: int) -> dict[str, Any]:
+    stats = manifest["totals"]["features"].get(feature.kind, {"bytes": 0, "uncompressed_bytes": 0})
+    arrays = [a for a in manifest["arrays"] if a.split(".", 1)[0] == feature.kind]
+    fp32_bytes = sum(
+        4 * manifest["arrays"][a]["rows"] * manifest["arrays"][a]["width"]
+        for a in arrays
+        if not a.endswith(".scale")
+    )
+    entry: dict[str, Any] = {
+        "name": feature.name,
+        "dtype": feature.dtype,
+        "codec": feature.codec,
+        "codec_config": CODEC_CONFIGS[feature.codec],
+        "arrays": [a for a in arrays if not a.endswith(".scale")],
+        "width": {a: manifest["arrays"][a]["width"] for a in arrays if not a.endswith(".scale")},
+        "bytes": stats["bytes"],
+        "uncompressed_bytes": stats["uncompressed_bytes"],
+        "compression_ratio": _ratio(stats["uncompressed_bytes"], stats["bytes"]),
+        "ratio_vs_fp32": _ratio(fp32_bytes, stats["bytes"]),
+        "bytes_per_example": stats["bytes"] / n,
+    }
+    if feature.kind == "logits":
+        entry.update(reduction=feature.reduction, topk=feature.topk)
+    else:
+        entry["layers"] = list(feature.layers)
+    return entry
 
 
 def _ratio(uncompressed: int, on_disk: int) -> float | None:

@@ -176,57 +176,57 @@ def _check_ranks_done(loc: CacheLocation, world_size: int | None) -> None:
         )
 
 
+_RUN_FIELDS = ("teacher", "corpus_fingerprint", "tokenizer_hash", "shard_size", "spec", "extra")
+
+
 def build_manifest(loc: CacheLocation, run: dict[str, Any], shards: list[int]) -> dict[str, Any]:
     """The manifest for ``shards`` (all published, contiguous from 0) of the run ``run``."""
     spec = FeatureSpec.from_dict(run["spec"])
     entries: list[dict[str, Any]] = []
     arrays: dict[str, Any] = {}
-    label_types: set[str | None] = set()
+    label_types: set[str] = set()
     seen: set[str] = set()
     for shard in shards:
-        table, meta, raw = read_shard_index(loc, shard)
-        _check_shard(shard, meta, run["shard_size"], shard == shards[-1])
-        ids = table.column("example_id").to_pylist()
-        dupes = seen.intersection(ids)
-        if dupes or len(set(ids)) != len(ids):
-            raise CacheError(f"shard {shard}: duplicate example ids, e.g. {sorted(dupes)[:5]}")
-        seen.update(ids)
-        label_types.add(meta["label_type"])
+        meta, entry = _shard_entry(loc, shard, run["shard_size"], shard == shards[-1], seen)
+        if meta["label_type"] is not None:
+            label_types.add(meta["label_type"])
         _accumulate_arrays(arrays, shard, meta["arrays"])
-        entries.append(
-            {
-                "index": shard,
-                "path": f"{SHARDS}/{shard:05d}",
-                "num_examples": meta["num_examples"],
-                "bytes": loc.size(loc.shard_path(shard)),
-                "index_sha256": bytes_checksum(raw),
-            }
-        )
-    kinds = sorted(t for t in label_types if t is not None)
-    if len(kinds) > 1:
-        raise CacheError(f"shards hold different label types {kinds}")
+        entries.append(entry)
+    if len(label_types) > 1:
+        raise CacheError(f"shards hold different label types {sorted(label_types)}")
     return {
         "format_version": FORMAT_VERSION,
         "cachebrew_version": cachebrew_version(),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        **{
-            k: run[k]
-            for k in (
-                "teacher",
-                "corpus_fingerprint",
-                "tokenizer_hash",
-                "shard_size",
-                "spec",
-                "extra",
-            )
-        },
-        "label_type": kinds[0] if kinds else None,
+        **{k: run[k] for k in _RUN_FIELDS},
+        "label_type": min(label_types, default=None),
         "checksums": {"chunk": CHUNK_CHECKSUM, "index": INDEX_CHECKSUM},
         "codecs": {f.codec: CODEC_CONFIGS[f.codec] for f in spec},
         "arrays": arrays,
         "shards": entries,
         "totals": _totals(spec, entries, arrays),
     }
+
+
+def _shard_entry(
+    loc: CacheLocation, shard: int, shard_size: int, last: bool, seen: set[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(index metadata, manifest entry) of one shard; adds its ids to ``seen``."""
+    table, meta, raw = read_shard_index(loc, shard)
+    _check_shard(shard, meta, shard_size, last)
+    ids = table.column("example_id").to_pylist()
+    dupes = seen.intersection(ids)
+    if dupes or len(set(ids)) != len(ids):
+        raise CacheError(f"shard {shard}: duplicate example ids, e.g. {sorted(dupes)[:5]}")
+    seen.update(ids)
+    entry = {
+        "index": shard,
+        "path": f"{SHARDS}/{shard:05d}",
+        "num_examples": meta["num_examples"],
+        "bytes": loc.size(loc.shard_path(shard)),
+        "index_sha256": bytes_checksum(raw),
+    }
+    return meta, entry
 
 
 def _check_shard(shard: int, meta: dict[str, Any], shard_size: int, last: bool) -> None:

@@ -66,6 +66,9 @@ class CacheReader:
     def num_examples(self) -> int:
         return int(self.manifest["totals"]["num_examples"])
 
+    def __len__(self) -> int:
+        return self.num_examples
+
     @property
     def num_shards(self) -> int:
         return len(self.manifest["shards"])

@@ -141,3 +141,16 @@ def test_no_cache_module_imports_pickle() -> None:
             assert not any(n.split(".")[0] in ("pickle", "cloudpickle", "dill") for n in names), (
                 path
             )
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+def test_torch_and_numpy_decode_are_bit_identical(dtype: str, monkeypatch) -> None:
+    import sys
+
+    import torch  # noqa: F401  (decode uses torch only when it is already loaded)
+
+    x = np.random.default_rng(3).normal(size=(300, 256)).astype(np.float32)  # above the size cut
+    stored, scale = encode(x, dtype)
+    with_torch = decode(stored, scale, dtype)
+    monkeypatch.delitem(sys.modules, "torch")
+    np.testing.assert_array_equal(decode(stored, scale, dtype), with_torch)
