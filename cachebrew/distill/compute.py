@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from cachebrew.config import DistillationConfig, IntermediateMatch
@@ -348,8 +347,3 @@ def supervised_loss(results: Mapping[str, Any]) -> LossOutput:
     if not isinstance(total, Tensor):
         raise ConfigError("BasicTrainer: the adaptor returned an empty 'losses' list")
     return LossOutput(total, {}, None)
-
-
-def zero_loss(device: torch.device) -> Tensor:
-    """A scalar zero on ``device`` (a neutral element for accumulating losses)."""
-    return torch.zeros((), device=device)

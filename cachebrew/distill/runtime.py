@@ -156,15 +156,6 @@ def wrap_projections(
     }
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DDP or DataParallel wrapper (or the module itself)."""
-    return (
-        module.module
-        if isinstance(module, nn.DataParallel | nn.parallel.DistributedDataParallel)
-        else module
-    )
-
-
 @contextlib.contextmanager
 def training_modes(student: nn.Module, teachers: list[nn.Module]) -> Iterator[None]:
     """Student in train mode, every teacher in eval mode; previous modes restored on exit.
