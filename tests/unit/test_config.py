@@ -22,9 +22,9 @@ from cachebrew.config import (
     DistillationConfig,
     IntermediateMatch,
     TrainingConfig,
-    load_yaml_mapping,
 )
 from cachebrew.errors import ConfigError
+from cachebrew.validation import apply_overrides, load_yaml_mapping
 
 
 def hidden_match(**overrides: Any) -> dict[str, Any]:
@@ -513,3 +513,18 @@ def test_match_objects_and_dicts_mix_and_configs_pickle() -> None:
 def test_from_dict_needs_a_mapping() -> None:
     with pytest.raises(ConfigError, match=r"DistillationConfig: expected a mapping .*got \[1\]"):
         DistillationConfig.from_dict([1])  # type: ignore[arg-type]
+
+
+def test_apply_overrides_parses_yaml_values_and_dotted_keys() -> None:
+    base = {"training": {"seed": 1}, "temperature": 4}
+    out = apply_overrides(base, ["training.seed=3", "temperature=8.5", "layers=[0, 4]", "x=none"])
+    assert out == {"training": {"seed": 3}, "temperature": 8.5, "layers": [0, 4], "x": "none"}
+    assert base == {"training": {"seed": 1}, "temperature": 4}  # input not mutated
+
+
+def test_apply_overrides_reports_every_bad_item() -> None:
+    with pytest.raises(ConfigError) as info:
+        apply_overrides({"temperature": 4}, ["temperature", "=3", "temperature.x=1"])
+    assert len(info.value.problems) == 3
+    assert "expected key=value" in info.value.problems[0]
+    assert "temperature is 4, not a mapping" in info.value.problems[2]

@@ -1,0 +1,253 @@
+"""Validation building blocks shared by every config (training, distillation, precompute, CLI).
+
+Each ``check_*`` appends its problems to ``problems`` and returns the normalised value, so a
+config can collect every problem and raise one :class:`~cachebrew.errors.ConfigError`.
+:class:`ConfigBase` gives a frozen dataclass ``from_dict`` / ``from_json_file`` / ``from_yaml`` /
+``to_dict`` with unknown keys reported next to bad values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import numbers
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, fields
+from typing import Any, Self
+
+import torch
+import yaml
+
+from cachebrew.errors import ConfigError
+
+PathLike = str | os.PathLike[str]
+
+
+def load_yaml_mapping(path: PathLike) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid YAML, or its top level is
+            not a mapping; the message names ``path``.
+    """
+    return load_mapping(path, yaml.safe_load, yaml.YAMLError, "YAML")
+
+
+def load_mapping(
+    path: PathLike, parse: Callable[[Any], Any], parse_error: type[Exception], fmt: str
+) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = parse(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from e
+    except parse_error as e:
+        raise ConfigError(f"{path}: invalid {fmt}: {e}") from e
+    return require_mapping(data, path)
+
+
+def require_mapping(data: object, path: PathLike) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        got = "an empty document" if data is None else f"{type(data).__name__} {data!r}"
+        raise ConfigError(f"{path}: the top level must be a mapping of field names, got {got}")
+    return data
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_int(problems: list[str], name: str, value: Any, minimum: int) -> Any:
+    if is_int(value) and value >= minimum:
+        return int(value)
+    problems.append(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_real(problems: list[str], name: str, value: Any, positive: bool = False) -> Any:
+    if is_real(value) and (value > 0 or not positive):
+        return float(value)
+    wanted = "a number > 0" if positive else "a finite number"
+    problems.append(f"{name}: expected {wanted}, got {value!r}")
+    return value
+
+
+def check_bool(problems: list[str], name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        problems.append(f"{name}: expected true or false, got {value!r}")
+
+
+def check_choice(
+    problems: list[str], name: str, value: Any, choices: Iterable[str], what: str
+) -> None:
+    choices = list(choices)
+    if not (isinstance(value, str) and value in choices):
+        problems.append(f"{name}: unknown {what} {value!r}; choose one of {sorted(choices)}")
+
+
+def check_path(problems: list[str], name: str, value: Any, optional: bool) -> Any:
+    if value is None and optional:
+        return None
+    if isinstance(value, str | os.PathLike):
+        return os.fspath(value)
+    wanted = "None or a directory path" if optional else "a directory path"
+    problems.append(f"{name}: expected {wanted}, got {value!r}")
+    return value
+
+
+def check_device(problems: list[str], value: Any) -> Any:
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, str):
+        if value == "auto":
+            return value
+        try:
+            torch.device(value)
+            return value
+        except (RuntimeError, ValueError) as e:
+            problems.append(f"device: cannot parse {value!r} ({e}); use 'auto', 'cpu', 'cuda:N'")
+            return value
+    problems.append(
+        f"device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, got {value!r}"
+    )
+    return value
+
+
+def plain(value: Any) -> Any:
+    if isinstance(value, ConfigBase):
+        return value.to_dict()
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def raise_if_any(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+def key_problems(cls: type, data: Mapping[Any, Any], where: str) -> list[str]:
+    names = [f.name for f in fields(cls)]
+    prefix = f"{where}: " if where else ""
+    problems = []
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{prefix}unknown key {key!r}{hint}; valid fields: {names}")
+    required = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [name for name in required if name not in data]
+    if missing:
+        problems.append(f"{prefix}missing required key(s) {missing}")
+    return problems
+
+
+class ConfigBase:
+    """Loading, saving and printing shared by the config dataclasses."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Build from a mapping of field names; raises ConfigError listing every problem."""
+        return cls._from_mapping(data, where="")
+
+    @classmethod
+    def _from_mapping(cls, data: Any, where: str) -> Self:
+        if not isinstance(data, Mapping):
+            name = where or cls.__name__
+            raise ConfigError(f"{name}: expected a mapping of field names, got {data!r}")
+        problems = key_problems(cls, data, where)
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        try:
+            # Validate the known keys too, so unknown keys and bad values are reported together.
+            config = cls(**{k: v for k, v in data.items() if k in names})
+        except ConfigError as e:
+            problems.extend(f"{where}.{p}" if where else p for p in e.problems)
+        except TypeError:
+            if not problems:  # not the missing keys already reported: a bug, let it surface
+                raise
+        else:
+            if not problems:
+                return config
+        raise ConfigError(problems)
+
+    @classmethod
+    def from_json_file(cls, path: PathLike) -> Self:
+        """Build from a JSON file holding one object; problems name ``path``."""
+        return cls._from_file_data(load_mapping(path, json.load, ValueError, "JSON"), path)
+
+    @classmethod
+    def from_yaml(cls, path: PathLike) -> Self:
+        """Build from a YAML file holding one mapping; problems name ``path``."""
+        return cls._from_file_data(load_yaml_mapping(path), path)
+
+    @classmethod
+    def _from_file_data(cls, data: dict[str, Any], path: PathLike) -> Self:
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError([f"{path}: {p}" for p in e.problems]) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-serialisable dict; ``from_dict(cfg.to_dict()) == cfg``."""
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return "\n".join(f"{f.name} : {getattr(self, f.name)}" for f in fields(self))  # type: ignore[arg-type]
+
+
+def set_field(config: object, name: str, value: Any) -> None:
+    object.__setattr__(config, name, value)  # frozen dataclass: normalise in __post_init__ only
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set key=value`` overrides to a config mapping (returns a new dict).
+
+    Dotted keys reach into nested mappings (``training.seed=3``); values are parsed as YAML, so
+    ``3`` is an int, ``true`` a bool, ``[0, 4]`` a list and ``none``-like strings stay strings.
+
+    Raises:
+        ConfigError: every override without ``=`` or with an empty key, or whose dotted path
+            runs through a non-mapping value.
+    """
+    result: dict[str, Any] = _deep_copy_mappings(data)
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected key=value, e.g. --set batch_size=64")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            problems.append(f"--set {item!r}: cannot parse the value ({e})")
+            continue
+        _set_dotted(result, key.strip().split("."), value, item, problems)
+    raise_if_any(problems)
+    return result
+
+
+def _deep_copy_mappings(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy_mappings(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def _set_dotted(
+    target: dict[str, Any], path: list[str], value: Any, item: str, problems: list[str]
+) -> None:
+    for i, part in enumerate(path[:-1]):
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(path[: i + 1])
+            problems.append(f"--set {item!r}: {where} is {child!r}, not a mapping")
+            return
+        target = child
+    target[path[-1]] = value
