@@ -248,3 +248,15 @@ def test_ddp_single_process_gloo(tmp_path):
     assert calls == [student]  # unwrapped, not the DDP wrapper
     assert not torch.equal(before.classifier.weight, student.classifier.weight)
     assert (tmp_path / "out" / "checkpoint-gs2" / "student.safetensors").exists()
+
+
+def test_distill_imports_no_teacher_code_path():
+    import subprocess
+
+    code = (
+        "import sys, cachebrew.distill; "
+        "bad = [m for m in sys.modules if m.startswith(('cachebrew.models', 'cachebrew.corpus', "
+        "'cachebrew.precompute', 'transformers', 'tensorboard'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
