@@ -120,6 +120,8 @@ class CacheWriter:
         if self._state != "new":
             raise CacheError("a CacheWriter can be entered only once; create a new one")
         self._prepare_directory()
+        # The marker means "this rank's latest run finished"; it is rewritten on a clean exit.
+        self._loc.remove(self._loc.join(DONE, done_marker_name(self.rank, self.world_size)))
         self._load_completed()
         self._next_shard = self._next_free_shard(self.rank)
         self._state = "open"
