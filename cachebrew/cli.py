@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import typer
 
@@ -13,6 +15,7 @@ app = typer.Typer(
     help="Distill NLP models with a teacher that runs once: precompute a cache, then distill from it.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 
@@ -21,22 +24,121 @@ def _not_yet(command: str, issue: str) -> None:
     raise typer.Exit(code=2)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def precompute() -> None:
+@app.command()
+def precompute(
+    teacher: str | None = typer.Option(
+        None, help="Teacher: HF directory, HF config JSON or module:function."
+    ),
+    data: str | None = typer.Option(
+        None, help="Corpus: jsonl, csv, tsv, parquet or a save_to_disk directory."
+    ),
+    out: str | None = typer.Option(None, help="Cache directory or fsspec URL to write."),
+    features: str | None = typer.Option(
+        None, help="What to store, e.g. logits,hidden:0,4,attention:4."
+    ),
+    distill_config: str | None = typer.Option(
+        None, help="Derive the features from this DistillationConfig YAML."
+    ),
+    dtype: str | None = typer.Option(None, help="fp16 (default), bf16, fp32 or int8."),
+    codec: str | None = typer.Option(None, help="zstd (default), lz4, blosc-zstd or none."),
+    topk: int | None = typer.Option(
+        None, help="Store only the top-k logits per row (+ ids, log-sum-exp)."
+    ),
+    text_field: str | None = typer.Option(None, help="Text column (default: text)."),
+    text_pair_field: str | None = typer.Option(None, help="Second text column for pairs."),
+    label_field: str | None = typer.Option(None, help="Label column."),
+    id_field: str | None = typer.Option(None, help="Example id column (default: derived, stable)."),
+    split: str | None = typer.Option(None, help="Split of a save_to_disk DatasetDict."),
+    task: str | None = typer.Option(None, help="Teacher head when the checkpoint names none."),
+    max_length: int | None = typer.Option(None, help="Truncate to this many tokens (default 128)."),
+    batch_size: int | None = typer.Option(None, help="Teacher batch size (default 32)."),
+    shard_size: int | None = typer.Option(None, help="Examples per shard (default 256)."),
+    device: str | None = typer.Option(None, help="auto (default), cpu, cuda, cuda:N."),
+    config: str | None = typer.Option(
+        None, "--config", help="precompute.yaml with any of these keys."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a key: --set batch_size=64 (repeatable)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a complete or different cache."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
     """Run the teacher once over a corpus and write its outputs to a cache."""
-    _not_yet("precompute", "'Cache format v1 and cachebrew precompute'")
+    flags = {k: v for k, v in locals().items() if k not in ("config", "set_", "quiet")}
+    from cachebrew.precompute import describe_summary, load_precompute_config, run_precompute
+
+    flags["overwrite"] = overwrite or None
+    cfg = load_precompute_config(config, flags, set_)
+    summary = run_precompute(cfg, progress=not quiet)
+    typer.echo(describe_summary(summary))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def inspect() -> None:
-    """Describe a cache: teacher, corpus, features, sizes."""
-    _not_yet("inspect", "'Cache format v1 and cachebrew precompute'")
+@app.command()
+def inspect(
+    cache: str = typer.Argument(..., help="Cache directory or fsspec URL."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Describe a cache: teacher, corpus, features, layers, dtypes, sizes."""
+    from cachebrew.cache import describe_cache, open_cache
+
+    info = describe_cache(open_cache(cache, verify=False))
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    typer.echo(_describe_text(info))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def verify() -> None:
-    """Check a cache's checksums and, with a teacher, its values."""
-    _not_yet("verify", "'Cache format v1 and cachebrew precompute'")
+def _describe_text(info: dict[str, Any]) -> str:
+    teacher = info["teacher"]
+    lines = [
+        f"cache        {info['path']} (format v{info['format_version']})",
+        f"teacher      {teacher.get('class')} from {teacher.get('source')}",
+        f"corpus       {str(info['corpus_fingerprint'])[:16]}",
+        f"examples     {info['num_examples']} in {info['num_shards']} shards",
+        f"on disk      {info['bytes_on_disk'] / 1e6:.2f} MB "
+        f"({info['bytes_per_example'] / 1e3:.1f} KB per example)",
+        "features:",
+    ]
+    for f in info["features"]:
+        layers = f" layers {f['layers']}" if f.get("layers") else ""
+        ratio = f.get("compression_ratio")
+        ratio_text = f", {ratio:.2f}x compressed" if ratio else ""
+        lines.append(
+            f"  {f['name']:<15}{layers} {f['dtype']}/{f['codec']}: "
+            f"{f['bytes'] / 1e6:.2f} MB{ratio_text}"
+        )
+    return "\n".join(lines)
+
+
+@app.command()
+def verify(
+    cache: str = typer.Argument(..., help="Cache directory or fsspec URL."),
+    teacher: str | None = typer.Option(
+        None, help="Recompute examples with this teacher and compare."
+    ),
+    sample: int = typer.Option(8, help="How many random examples to recompute."),
+    seed: int = typer.Option(0, help="Seed of the sample."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Check every checksum; with --teacher, compare recomputed values with the cache."""
+    from cachebrew.verify import verify_cache
+
+    report = verify_cache(cache, teacher=teacher, sample=sample, seed=seed, device=device)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        sums = report["checksums"]
+        typer.echo(f"checksums: {sums['chunks']} chunks in {sums['shards']} shards checked")
+        for problem in sums["problems"]:
+            typer.echo(f"  CORRUPT {problem}")
+        for name, stats in (report["values"] or {}).items():
+            text = ", ".join(f"{k} {v:.3g}" for k, v in stats.items())
+            typer.echo(f"  {name}: {text}")
+    if not report["ok"]:
+        raise typer.Exit(code=1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

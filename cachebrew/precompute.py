@@ -1,0 +1,375 @@
+"""``cachebrew precompute``: corpus -> teacher -> cache writer, once, resumably.
+
+The corpus is cut into shard windows of ``shard_size`` consecutive examples; shard k holds
+corpus positions ``[k * shard_size, (k + 1) * shard_size)``. Inside a window the examples are
+length-bucketed into batches (less padding), run through the teacher in inference mode, and
+handed back in corpus order to a background thread that encodes, compresses and writes them,
+so compression never stalls the device. The cache content therefore does not depend on the
+batch size, the device or the number of ranks, and an interrupted run resumes by skipping the
+windows whose shards are already published.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from cachebrew.cache import CacheWriter, FeatureSpec, feature_spec_from_matches, parse_feature_spec
+from cachebrew.cache.spec import DTYPES
+from cachebrew.config import DistillationConfig
+from cachebrew.corpus import (
+    Record,
+    length_bucketed_batches,
+    pad_batch,
+    read_corpus,
+    tokenize_records,
+)
+from cachebrew.errors import ConfigError
+from cachebrew.models import LoadedModel, load_model, resolve_device
+from cachebrew.validation import (
+    ConfigBase,
+    check_bool,
+    check_choice,
+    check_int,
+    load_yaml_mapping,
+    raise_if_any,
+    set_field,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FEATURES = "logits"
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig(ConfigBase):
+    """Everything ``cachebrew precompute`` needs; YAML keys and CLI flags share these names.
+
+    What to store comes from ``features`` (CLI form, e.g. ``logits,hidden:0,4,attention:4``),
+    or is derived from the ``DistillationConfig`` YAML at ``distill_config`` (its kd loss and
+    matches); without either, only ``logits`` are stored.
+    """
+
+    teacher: str
+    data: str
+    out: str
+    features: str | None = None
+    distill_config: str | None = None
+    dtype: str = "fp16"
+    codec: str = "zstd"
+    topk: int | None = None
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    id_field: str | None = None
+    split: str | None = None
+    task: str | None = None
+    num_labels: int | None = None
+    max_length: int = 128
+    batch_size: int = 32
+    shard_size: int = 256
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for name in ("teacher", "data", "out", "text_field"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                problems.append(f"{name}: expected a non-empty string, got {getattr(self, name)!r}")
+        if self.features is not None and self.distill_config is not None:
+            problems.append(
+                "features and distill_config both given: choose one way to say what to store"
+            )
+        check_choice(problems, "dtype", self.dtype, DTYPES, "cache dtype")
+        for name, minimum in (("max_length", 2), ("batch_size", 1), ("shard_size", 1)):
+            set_field(self, name, check_int(problems, name, getattr(self, name), minimum))
+        for name in ("topk", "num_labels"):
+            if getattr(self, name) is not None:
+                set_field(self, name, check_int(problems, name, getattr(self, name), 1))
+        check_bool(problems, "overwrite", self.overwrite)
+        raise_if_any(problems)
+
+
+def load_precompute_config(
+    config_path: str | None, flags: Mapping[str, Any], overrides: Sequence[str] = ()
+) -> PrecomputeConfig:
+    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate."""
+    from cachebrew.validation import apply_overrides
+
+    data = load_yaml_mapping(config_path) if config_path else {}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return PrecomputeConfig.from_dict(apply_overrides(data, overrides))
+
+
+def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> FeatureSpec:
+    """The feature spec from ``features``, from ``distill_config``, or the default (logits)."""
+    if cfg.distill_config is not None:
+        distill = DistillationConfig.from_yaml(cfg.distill_config)
+        scheduler = distill.temperature_scheduler
+        scheduler_name = scheduler if isinstance(scheduler, str) else scheduler[0]
+        return feature_spec_from_matches(
+            distill.kd_loss_type,
+            scheduler_name,
+            [m.to_dict() for m in distill.intermediate_matches],
+            dtype=cfg.dtype,
+            codec=cfg.codec,
+            topk=cfg.topk,
+            vocab_size=vocab_size,
+        )
+    return parse_feature_spec(
+        cfg.features or DEFAULT_FEATURES, dtype=cfg.dtype, codec=cfg.codec, topk=cfg.topk
+    )
+
+
+@dataclass
+class PrecomputeSummary:
+    """What a precompute run did (printed by the CLI, returned to Python callers)."""
+
+    out: str
+    num_examples: int
+    examples_computed: int
+    shards_skipped: int
+    seconds: float
+    bytes_on_disk: int
+    uncompressed_bytes: int
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples_computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> PrecomputeSummary:
+    """Run the teacher over the corpus once and write the cache at ``cfg.out``.
+
+    Raises:
+        ConfigError: bad teacher, corpus fields, features or layers not produced by the teacher.
+        CacheError: the output holds a different cache (names what differs) or a complete one
+            without ``overwrite``; a write failed (no manifest is written).
+    """
+    start = time.perf_counter()
+    teacher = load_model(cfg.teacher, task=cfg.task, num_labels=cfg.num_labels, role="teacher")
+    if teacher.tokenizer is None:
+        raise ConfigError(f"teacher {cfg.teacher}: no tokenizer.json next to the weights")
+    corpus = read_corpus(
+        cfg.data,
+        text_field=cfg.text_field,
+        text_pair_field=cfg.text_pair_field,
+        label_field=cfg.label_field,
+        id_field=cfg.id_field,
+        split=cfg.split,
+    )
+    spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None))
+    device = resolve_device(cfg.device)
+    teacher.model.to(device)
+    records = list(corpus)
+    writer = CacheWriter(
+        cfg.out,
+        spec,
+        teacher_info=teacher.identity,
+        corpus_fingerprint=corpus.fingerprint,
+        tokenizer_hash=teacher.identity.get("tokenizer_sha256"),
+        shard_size=cfg.shard_size,
+        overwrite=cfg.overwrite,
+        extra={"max_length": cfg.max_length, "label_names": corpus.label_names},
+    )
+    with writer, _BackgroundWriter(writer) as sink:
+        skipped = set(writer.completed_shards())
+        todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if k not in skipped]
+        bar = tqdm(total=len(records), disable=not progress, unit="ex", desc="precompute")
+        bar.update(len(records) - sum(len(_window(records, k, cfg.shard_size)) for k in todo))
+        for k in todo:
+            window = _window(records, k, cfg.shard_size)
+            for example in _run_window(teacher, spec, window, cfg, device):
+                sink.put(example)
+            bar.update(len(window))
+            bar.set_postfix_str(sink.progress_text())
+        bar.close()
+    manifest = writer.manifest or {}
+    totals = manifest.get("totals", {})
+    computed = sum(len(_window(records, k, cfg.shard_size)) for k in todo)
+    return PrecomputeSummary(
+        out=cfg.out,
+        num_examples=totals.get("num_examples", len(records)),
+        examples_computed=computed,
+        shards_skipped=len(skipped),
+        seconds=time.perf_counter() - start,
+        bytes_on_disk=totals.get("bytes_on_disk", 0),
+        uncompressed_bytes=totals.get("uncompressed_bytes", 0),
+    )
+
+
+def _num_windows(num_records: int, shard_size: int) -> int:
+    return (num_records + shard_size - 1) // shard_size
+
+
+def _window(records: list[Record], k: int, shard_size: int) -> list[Record]:
+    return records[k * shard_size : (k + 1) * shard_size]
+
+
+def _run_window(
+    teacher: LoadedModel,
+    spec: FeatureSpec,
+    window: list[Record],
+    cfg: PrecomputeConfig,
+    device: torch.device,
+) -> Iterator[dict[str, Any]]:
+    """Teacher features for one shard window, yielded in corpus order."""
+    words = isinstance(window[0].text, list)
+    items = tokenize_records(window, teacher.tokenizer, cfg.max_length, is_split_into_words=words)
+    results: dict[int, dict[str, Any]] = {}
+    lengths = [len(item["input_ids"]) for item in items]
+    for batch_indices in length_bucketed_batches(lengths, cfg.batch_size):
+        batch_items = [items[i] for i in batch_indices]
+        features = teacher_features(teacher, spec, batch_items, device)
+        for i, example_features in zip(batch_indices, features, strict=True):
+            results[i] = {
+                "example_id": window[i].example_id,
+                "features": example_features,
+                "input_ids": items[i]["input_ids"],
+                "label": items[i].get("labels"),
+            }
+    for i in range(len(window)):
+        yield results.pop(i)
+
+
+@torch.inference_mode()
+def teacher_features(
+    teacher: LoadedModel, spec: FeatureSpec, items: list[dict[str, Any]], device: torch.device
+) -> list[dict[str, torch.Tensor]]:
+    """Run one padded batch; return per-example feature tensors (float32, CPU, unpadded)."""
+    pad_id = teacher.tokenizer.pad_token_id or 0
+    padded = pad_batch(
+        [{k: v for k, v in it.items() if k in _MODEL_INPUTS} for it in items], pad_id
+    )
+    batch = {k: v.to(device) for k, v in padded.items()}
+    autocast = device.type == "cuda" and spec_dtype_is_half(spec)
+    with torch.autocast(device.type, enabled=autocast):
+        outputs = teacher.model(**batch)
+    adapted = teacher.adaptor(batch, outputs)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    per_kind = {name: _extract(adapted, name, batch, lengths) for name in spec.input_names}
+    return [{name: per_kind[name][b] for name in per_kind} for b in range(len(items))]
+
+
+def spec_dtype_is_half(spec: FeatureSpec) -> bool:
+    """Whether every stored feature is 16-bit or less (then the teacher may run in autocast)."""
+    return all(feature.dtype != "fp32" for feature in spec)
+
+
+def _extract(
+    adapted: Mapping[str, Any], name: str, batch: Mapping[str, torch.Tensor], lengths: list[int]
+) -> list[torch.Tensor]:
+    """One stored input (``logits``, ``hidden.4``, ``attention_sum.2`` ...) for each example."""
+    kind, _, layer_text = name.partition(".")
+    if kind == "logits":
+        return _extract_logits(adapted, batch)
+    source = "hidden" if kind.startswith("hidden") else "attention"
+    layers = adapted.get(source)
+    layer = int(layer_text)
+    if layers is None or layer >= len(layers):
+        available = 0 if layers is None else len(layers)
+        raise ConfigError(
+            f"feature {name!r}: the teacher gives {available} {source} layers "
+            f"(indices 0..{available - 1}); choose layers in that range"
+        )
+    values = layers[layer].float()
+    reduce = {"attention_sum": lambda t: t.sum(0), "attention_mean": lambda t: t.mean(0)}
+    out = []
+    for b, n in enumerate(lengths):
+        if kind == "hidden_cls":
+            out.append(values[b, 0].cpu())
+        elif source == "hidden":
+            out.append(values[b, :n].cpu())
+        else:
+            block = values[b, :, :n, :n]
+            out.append(reduce.get(kind, lambda t: t)(block).cpu())
+    return out
+
+
+def _extract_logits(
+    adapted: Mapping[str, Any], batch: Mapping[str, torch.Tensor]
+) -> list[torch.Tensor]:
+    logits = adapted.get("logits")
+    if isinstance(logits, list | tuple):
+        if len(logits) != 1:
+            raise ConfigError(
+                f"the teacher adaptor gives {len(logits)} logits heads; cachebrew caches one"
+            )
+        logits = logits[0]
+    if logits is None:
+        raise ConfigError("feature 'logits': the teacher adaptor returns no 'logits'")
+    logits = logits.float()
+    if logits.dim() == 2:
+        return [row.cpu() for row in logits]
+    mask = adapted.get("logits_mask")
+    mask = batch["attention_mask"] if mask is None else mask
+    if isinstance(mask, list | tuple):
+        mask = mask[0]
+    return [logits[b][mask[b].bool()].cpu() for b in range(logits.size(0))]
+
+
+class _BackgroundWriter:
+    """Feeds examples to a :class:`CacheWriter` from a thread (bounded queue, errors re-raised)."""
+
+    def __init__(self, writer: CacheWriter, max_pending: int = 512):
+        self._writer = writer
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cachebrew-writer", daemon=True)
+        self.examples_written = 0
+
+    def __enter__(self) -> _BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if exc_type is None and self._error is not None:
+            raise self._error
+
+    def put(self, example: dict[str, Any]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(example)
+
+    def progress_text(self) -> str:
+        written = getattr(self._writer, "bytes_written", 0)
+        raw = getattr(self._writer, "uncompressed_bytes_written", 0)
+        ratio = f", ratio {raw / written:.2f}x" if written else ""
+        return f"{written / 1e6:.1f} MB written{ratio}"
+
+    def _run(self) -> None:
+        while (example := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain so the producer never blocks on a dead writer
+            try:
+                self._writer.add(
+                    example["example_id"],
+                    {k: v.numpy() for k, v in example["features"].items()},
+                    input_ids=example["input_ids"],
+                    label=example["label"],
+                )
+                self.examples_written += 1
+            except BaseException as error:  # re-raised in the main thread
+                self._error = error
+
+
+def describe_summary(summary: PrecomputeSummary) -> str:
+    """One human-readable paragraph for the end of a run."""
+    ratio = summary.uncompressed_bytes / summary.bytes_on_disk if summary.bytes_on_disk else 0.0
+    return (
+        f"cache {summary.out}: {summary.num_examples} examples "
+        f"({summary.examples_computed} computed now, {summary.shards_skipped} shards kept), "
+        f"{summary.bytes_on_disk / 1e6:.1f} MB on disk ({ratio:.2f}x compression), "
+        f"{summary.seconds:.1f} s, {summary.examples_per_s:.1f} examples/s"
+    )

@@ -1,0 +1,128 @@
+"""``cachebrew verify``: checksums of a whole cache, and optionally its values against the teacher.
+
+With a teacher, N random examples are recomputed from the input ids stored in the cache and
+compared, per stored array, with what the cache decodes to: max absolute error, max relative
+error (max |cached - fresh| / max |fresh|) and, for logits, the mean KL(fresh || cached).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from cachebrew.cache import open_cache, prepare_example
+from cachebrew.cache.reader import CacheReader
+from cachebrew.errors import CacheMismatchError
+from cachebrew.models import LoadedModel, load_model, resolve_device
+from cachebrew.precompute import teacher_features
+
+
+def verify_cache(
+    path: str,
+    *,
+    teacher: str | None = None,
+    sample: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Check every checksum; with ``teacher``, recompute ``sample`` examples and compare.
+
+    Returns:
+        ``{"checksums": reader.verify_all() report, "values": {array: {max_abs_error,
+        max_rel_error, kl (logits only)}} or None, "sampled": [example ids], "ok": bool}``.
+
+    Raises:
+        CacheError: not a complete cache. CacheMismatchError: ``teacher`` is not the teacher
+        the cache was made with (its weights or config hash differ).
+    """
+    reader = open_cache(path)
+    report: dict[str, Any] = {"checksums": reader.verify_all(), "values": None, "sampled": []}
+    if teacher is not None:
+        loaded = load_model(teacher, role="teacher")
+        _check_same_teacher(reader, loaded, teacher)
+        ids = random.Random(seed).sample(reader.example_ids(), min(sample, reader.num_examples))
+        report["sampled"] = ids
+        report["values"] = _compare_values(reader, loaded, ids, resolve_device(device))
+    report["ok"] = report["checksums"]["ok"]
+    return report
+
+
+def _check_same_teacher(reader: CacheReader, loaded: LoadedModel, source: str) -> None:
+    stored = reader.manifest.get("teacher", {})
+    for key in ("config_sha256", "weights_sha256"):
+        if stored.get(key) != loaded.identity.get(key):
+            raise CacheMismatchError(
+                f"{source} is not the teacher of {reader.path}: {key} differs "
+                f"(cache {str(stored.get(key))[:12]}, given {str(loaded.identity.get(key))[:12]}); "
+                f"the cache was made from {stored.get('source')}"
+            )
+
+
+def _compare_values(
+    reader: CacheReader, loaded: LoadedModel, ids: list[str], device: torch.device
+) -> dict[str, dict[str, float]]:
+    loaded.model.to(device)
+    errors: dict[str, dict[str, list[float]]] = {}
+    for example_id in ids:
+        cached = reader.get(example_id)
+        item = _model_inputs(cached["input_ids"], loaded.tokenizer)
+        fresh_inputs = teacher_features(loaded, reader.spec, [item], device)[0]
+        fresh = prepare_example(reader.spec, fresh_inputs, len(item["input_ids"]))
+        for name, fresh_array in fresh.items():
+            stats = errors.setdefault(name, {"abs": [], "rel": [], "kl": []})
+            _accumulate(stats, name, fresh_array, cached["features"][name], reader)
+    return {name: _summarise(stats) for name, stats in errors.items()}
+
+
+def _model_inputs(input_ids: Any, tokenizer: Any) -> dict[str, list[int]]:
+    """Teacher inputs rebuilt from stored ids: segment 1 after the first [SEP] (text pairs)."""
+    ids = [int(i) for i in input_ids]
+    item = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+    sep = getattr(tokenizer, "sep_token_id", None)
+    if sep is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+        first = ids.index(sep) if sep in ids else len(ids) - 1
+        item["token_type_ids"] = [0 if i <= first else 1 for i in range(len(ids))]
+    return item
+
+
+def _accumulate(
+    stats: dict[str, list[float]],
+    name: str,
+    fresh: np.ndarray,
+    cached: np.ndarray,
+    reader: CacheReader,
+) -> None:
+    if name.endswith(".topk_ids"):
+        stats["abs"].append(float(np.mean(fresh != cached)))  # share of ids that differ
+        return
+    diff = np.abs(fresh.astype(np.float64) - cached.astype(np.float64))
+    peak = float(np.abs(fresh).max()) if fresh.size else 0.0
+    stats["abs"].append(float(diff.max()) if diff.size else 0.0)
+    stats["rel"].append(float(diff.max()) / peak if peak > 0 else 0.0)
+    if name == "logits":
+        stats["kl"].append(_mean_kl(fresh, cached, _logits_reduction(reader)))
+
+
+def _logits_reduction(reader: CacheReader) -> str:
+    return next(f.reduction or "raw" for f in reader.spec if f.kind == "logits")
+
+
+def _mean_kl(fresh: np.ndarray, cached: np.ndarray, reduction: str) -> float:
+    log_p = torch.log_softmax(torch.from_numpy(fresh).double(), dim=-1)
+    log_q = torch.log_softmax(torch.from_numpy(cached).double(), dim=-1)
+    if reduction == "logprobs":  # stored values are already log-probabilities
+        log_p, log_q = torch.from_numpy(fresh).double(), torch.from_numpy(cached).double()
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return float(kl.mean())
+
+
+def _summarise(stats: dict[str, list[float]]) -> dict[str, float]:
+    out = {"max_abs_error": max(stats["abs"], default=0.0)}
+    if stats["rel"]:
+        out["max_rel_error"] = max(stats["rel"])
+    if stats["kl"]:
+        out["kl"] = float(np.mean(stats["kl"]))
+    return out
