@@ -12,10 +12,10 @@ from typing import Any
 
 from cachebrew.config import DistillationConfig, IntermediateMatch, TrainingConfig
 from cachebrew.errors import (
+    CachebrewError,
     CacheCorruptError,
     CacheError,
     CacheMismatchError,
-    CachebrewError,
     ConfigError,
 )
 

@@ -167,8 +167,12 @@ def att_mse_sum_loss(
     Returns:
         Scalar loss.
     """
+    # Each side is reduced on its own, so a cached head-sum (B, L, L) teacher pairs with a
+    # (B, H, L, L) student; with both 4-D this is TextBrewer's computation.
     if attention_S.dim() == 4:
-        attention_S, attention_T = attention_S.sum(dim=1), attention_T.sum(dim=1)
+        attention_S = attention_S.sum(dim=1)
+    if attention_T.dim() == 4:
+        attention_T = attention_T.sum(dim=1)
     if mask is None:
         return F.mse_loss(_zero_negative(attention_S), _zero_negative(attention_T))
     mask = mask.to(attention_S)
@@ -220,8 +224,11 @@ def att_ce_mean_loss(
     Returns:
         Scalar loss.
     """
+    # Each side is reduced on its own (a cached head-mean teacher is (B, L, L)).
     if attention_S.dim() == 4:
-        attention_S, attention_T = attention_S.mean(dim=1), attention_T.mean(dim=1)
+        attention_S = attention_S.mean(dim=1)
+    if attention_T.dim() == 4:
+        attention_T = attention_T.mean(dim=1)
     probs_T = F.softmax(attention_T, dim=-1)
     log_probs_S = F.log_softmax(attention_S, dim=-1)
     if mask is None:

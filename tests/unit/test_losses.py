@@ -546,3 +546,19 @@ def test_probability_shift_copy_leaves_input_and_in_place_handles_non_contiguous
 def test_probability_shift_rejects_bad_shapes(shape, label_shape, match):
     with pytest.raises(ValueError, match=match):
         losses.probability_shift_(torch.zeros(shape), torch.zeros(label_shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(
+    ("loss", "reduce"),
+    [(losses.att_mse_sum_loss, "sum"), (losses.att_ce_mean_loss, "mean")],
+)
+def test_head_reduced_teacher_pairs_with_a_full_student(loss, reduce, masked) -> None:
+    """A cache stores the teacher's head-sum/head-mean; the loss must equal the full-teacher one."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 4, 6, 6), torch.randn(3, 2, 6, 6)  # head counts may differ
+    mask = (torch.arange(6) < torch.tensor([[6], [4], [2]])).long() if masked else None
+    reduced = teacher.sum(dim=1) if reduce == "sum" else teacher.mean(dim=1)
+    torch.testing.assert_close(
+        loss(student, reduced, mask=mask), loss(student, teacher, mask=mask), rtol=1e-6, atol=1e-7
+    )
