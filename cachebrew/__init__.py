@@ -16,6 +16,7 @@ from cachebrew.errors import (
     CacheCorruptError,
     CacheError,
     CacheMismatchError,
+    CheckpointError,
     ConfigError,
 )
 
@@ -45,6 +46,8 @@ __all__ = [
     "CacheError",
     "CacheMismatchError",
     "CachebrewError",
+    "CheckpointError",
+    "CheckpointError",
     "ConfigError",
     "DistillationConfig",
     "IntermediateMatch",

@@ -36,3 +36,7 @@ class CacheCorruptError(CacheError):
 
 class CacheMismatchError(CacheError):
     """The cache does not hold what was asked (a feature, layer, corpus or teacher differs)."""
+
+
+class CheckpointError(CachebrewError):
+    """A training checkpoint cannot be found or read (names the path and what is missing)."""

@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from cachebrew.errors import CachebrewError
+from cachebrew.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ STUDENT_FILE = "student.safetensors"
 PROJECTIONS_FILE = "projections.safetensors"
 TENSORS_FILE = "training_state.pt"
 STATE_FILE = "trainer_state.json"
-
-
-class CheckpointError(CachebrewError):
-    """A checkpoint cannot be found or read."""
 
 
 def checkpoint_dir(output_dir: str | os.PathLike[str], global_step: int) -> Path:
