@@ -1,0 +1,119 @@
+"""Evaluation metrics on predicted and gold class ids: accuracy, macro-F1, token-level F1.
+
+Each function takes predictions and labels of the same shape (any array-like: lists, NumPy
+arrays or torch tensors), flattens them and drops positions whose label is ``ignore_index``
+(-100: special tokens and later sub-tokens in tagging, as in HF token classification).
+Values are fractions in [0, 1]; an empty selection gives 0.0.
+
+- :func:`accuracy`: fraction of positions where prediction == label.
+- :func:`macro_f1`: unweighted mean over classes of the per-class F1 (classes seen in the labels
+  or predictions, or ``range(num_classes)``); a class with no support and no prediction is
+  skipped, one with no correct prediction scores 0 (scikit-learn's ``average='macro'`` with
+  ``zero_division=0`` over the union of labels).
+- :func:`token_f1`: micro F1 over tokens for tagging. With ``outside_label`` (the ``O`` tag of
+  NER), tokens whose gold label is ``outside_label`` are negatives: precision = correct non-O
+  predictions / non-O predictions, recall = correct non-O predictions / non-O gold tokens. Without
+  it, every token is a positive and token F1 equals token accuracy (POS tagging). Token level,
+  not entity (span) level as seqeval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = -100
+
+
+def _flatten(predictions: Any, labels: Any, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both as flat int64 arrays without the ignored positions.
+
+    Raises:
+        ValueError: predictions and labels have different shapes.
+    """
+    pred = np.asarray(_to_numpy(predictions), dtype=np.int64)
+    gold = np.asarray(_to_numpy(labels), dtype=np.int64)
+    if pred.shape != gold.shape:
+        raise ValueError(f"predictions {pred.shape} and labels {gold.shape} differ in shape")
+    keep = gold.reshape(-1) != ignore_index
+    return pred.reshape(-1)[keep], gold.reshape(-1)[keep]
+
+
+def _to_numpy(values: Any) -> Any:
+    if hasattr(values, "detach"):  # torch tensor, without importing torch here
+        return values.detach().cpu().numpy()
+    return values
+
+
+def accuracy(predictions: Any, labels: Any, *, ignore_index: int = IGNORE_INDEX) -> float:
+    """Fraction of (non-ignored) positions where the prediction equals the label.
+
+    Args:
+        predictions: predicted class ids, e.g. (N,) or (B, L).
+        labels: gold class ids, same shape; ``ignore_index`` positions are skipped.
+    """
+    pred, gold = _flatten(predictions, labels, ignore_index)
+    return float((pred == gold).mean()) if gold.size else 0.0
+
+
+def _f1(true_positives: float, predicted: float, actual: float) -> float:
+    if true_positives == 0:
+        return 0.0
+    precision, recall = true_positives / predicted, true_positives / actual
+    return 2 * precision * recall / (precision + recall)
+
+
+def macro_f1(
+    predictions: Any,
+    labels: Any,
+    *,
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> float:
+    """Unweighted mean of the per-class F1 scores.
+
+    Args:
+        predictions, labels: class ids of the same shape.
+        num_classes: average over ``range(num_classes)`` (classes absent from both are
+            skipped); None: over the classes present in labels or predictions.
+    """
+    pred, gold = _flatten(predictions, labels, ignore_index)
+    if not gold.size:
+        return 0.0
+    classes = np.union1d(np.unique(pred), np.unique(gold))
+    if num_classes is not None:
+        classes = classes[(classes >= 0) & (classes < num_classes)]
+    scores = [
+        _f1(float(np.sum((pred == c) & (gold == c))), np.sum(pred == c), np.sum(gold == c))
+        for c in classes
+    ]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def token_f1(
+    predictions: Any,
+    labels: Any,
+    *,
+    outside_label: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> float:
+    """Micro F1 over tokens (see the module docstring for ``outside_label``).
+
+    Args:
+        predictions, labels: (B, L) or flat tag ids; ``ignore_index`` positions are skipped.
+        outside_label: the tag id that means "no entity", or None (every token counts).
+    """
+    pred, gold = _flatten(predictions, labels, ignore_index)
+    if outside_label is None:
+        return float((pred == gold).mean()) if gold.size else 0.0
+    correct = float(np.sum((pred == gold) & (gold != outside_label)))
+    return _f1(correct, float(np.sum(pred != outside_label)), float(np.sum(gold != outside_label)))
+
+
+METRICS: dict[str, Callable[..., float]] = {
+    "accuracy": accuracy,
+    "macro_f1": macro_f1,
+    "token_f1": token_f1,
+}

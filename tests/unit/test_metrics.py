@@ -1,0 +1,57 @@
+"""Accuracy, macro-F1 and token-level F1 against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cachebrew.metrics import METRICS, accuracy, macro_f1, token_f1
+
+
+def test_accuracy_counts_matches_and_skips_ignored_positions() -> None:
+    assert accuracy([0, 1, 2, 1], [0, 1, 1, 1]) == pytest.approx(0.75)
+    assert accuracy(torch.tensor([[1, 2, 0]]), torch.tensor([[1, -100, 2]])) == pytest.approx(0.5)
+    assert accuracy([], []) == 0.0
+
+
+def test_macro_f1_is_the_mean_of_per_class_f1() -> None:
+    predictions = [0, 0, 1, 1, 2, 2]
+    labels = [0, 1, 1, 1, 2, 0]
+    # class 0: tp 1, pred 2, gold 2 -> 0.5; class 1: tp 2, pred 2, gold 3 -> 0.8;
+    # class 2: tp 1, pred 2, gold 1 -> 2/3
+    expected = (0.5 + 0.8 + 2 / 3) / 3
+    assert macro_f1(predictions, labels) == pytest.approx(expected)
+    assert macro_f1(np.array(predictions), np.array(labels), num_classes=3) == pytest.approx(
+        expected
+    )
+
+
+def test_macro_f1_scores_a_never_predicted_class_zero() -> None:
+    # class 1 is never predicted: F1 0, so the mean is (F1_0 + 0) / 2
+    value = macro_f1([0, 0, 0, 0], [0, 0, 1, 1])
+    assert value == pytest.approx((2 * 0.5 * 1.0 / 1.5) / 2)
+
+
+def test_token_f1_without_outside_label_is_token_accuracy() -> None:
+    predictions = torch.tensor([[3, 1, 2, 0], [1, 1, 0, 0]])
+    labels = torch.tensor([[-100, 1, 1, -100], [1, 2, 0, -100]])
+    assert token_f1(predictions, labels) == pytest.approx(accuracy(predictions, labels))
+    assert token_f1(predictions, labels) == pytest.approx(3 / 5)
+
+
+def test_token_f1_with_outside_label_ignores_correct_outside_tokens() -> None:
+    outside = 0
+    predictions = [0, 1, 1, 2, 0, 0]
+    labels = [0, 1, 2, 2, 1, 0]
+    # non-O predictions: 3 (1, 1, 2), correct among them: 2; non-O gold: 4 (1, 2, 2, 1)
+    precision, recall = 2 / 3, 2 / 4
+    expected = 2 * precision * recall / (precision + recall)
+    assert token_f1(predictions, labels, outside_label=outside) == pytest.approx(expected)
+    assert token_f1([0, 0], [0, 0], outside_label=outside) == 0.0
+
+
+def test_shapes_must_agree_and_metrics_are_registered_by_name() -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        accuracy([0, 1], [0, 1, 2])
+    assert set(METRICS) == {"accuracy", "macro_f1", "token_f1"}
