@@ -14,7 +14,9 @@ seeded ``generator``, for ``DistributedSampler`` and for datasets/samplers with 
 (the cache reader's order is a pure function of ``(seed, epoch)``). Randomness inside
 ``Dataset.__getitem__`` or ``collate_fn`` drawn from the *global* RNG is not replayed; derive
 it from the example index instead. Skipped batches are read and dropped (their loading cost is
-paid again; with the cache reader that is decode time only, no teacher).
+paid again), except for a dataloader (or its ``dataset``) with a callable ``resume_at(position)``
+such as ``CacheDataset``: its order is known without reading, so after ``set_epoch`` the stream
+calls ``resume_at(position)`` and the new iterator starts at that batch directly.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def _epoch_targets(dataloader: Iterable[Any]) -> list[Any]:
         if candidate is not None and callable(getattr(candidate, "set_epoch", None)):
             found.setdefault(id(candidate), candidate)
     return list(found.values())
+
+
+def _resume_target(dataloader: Iterable[Any]) -> Any:
+    """The dataloader or its ``dataset`` if it can start a pass at a batch (``resume_at``)."""
+    for candidate in (dataloader, getattr(dataloader, "dataset", None)):
+        if candidate is not None and callable(getattr(candidate, "resume_at", None)):
+            return candidate
+    return None
 
 
 def _generators(dataloader: Iterable[Any]) -> list[torch.Generator]:
@@ -104,7 +114,8 @@ class DataStream:
         return {"pass_index": self.pass_index, "position": self.position}, dict(self._pass_rng)
 
     def load_state_dict(self, plain: dict[str, Any], tensors: dict[str, Any]) -> None:
-        """Restore a position: replay the pass's order and skip the consumed batches."""
+        """Restore a position: replay the pass's order and skip (or ``resume_at``) the consumed
+        batches."""
         if plain["pass_index"] < 0:
             return
         for target in _epoch_targets(self.dataloader):
@@ -119,10 +130,13 @@ class DataStream:
         for generator, state in zip(generators, tensors["generators"], strict=True):
             generator.set_state(state)
         self._pass_rng = dict(tensors)
+        resumable = _resume_target(self.dataloader)
+        if resumable is not None:
+            resumable.resume_at(plain["position"])
         self._iterator = iter(self.dataloader)
         self.pass_index = plain["pass_index"]
-        self.position = 0
-        for _ in range(plain["position"]):
+        self.position = 0 if resumable is None else plain["position"]
+        for _ in range(plain["position"] - self.position):
             self.next_batch()
         logger.info("%s: resumed pass %d at batch %d", self.name, self.pass_index, self.position)
 

@@ -1,0 +1,456 @@
+"""Decode the examples of chosen batches and collate them into TextBrewer-shaped batches.
+
+Used by :class:`~cachebrew.cache.dataset.CacheDataset`, which decides the order
+(:class:`EpochPlan`). :class:`EpochReader` decodes runs chunk-aligned in stream order through a
+:class:`ChunkCache`; :func:`collate_examples` pads them into one batch. An *example* is what :meth:`ShardReader.record` returns: ``example_id``, ``input_ids`` (L,)
+int64 (the teacher's tokens), ``label``, ``length`` L and ``features`` ``{array name: (rows,
+width)}`` float32 (top-k ids int64). A batch is::
+
+    {"student": {"input_ids": (B, L_S), "attention_mask": (B, L_S), ["token_type_ids"],
+                 ["labels": (B,) or (B, L_S) padded with -100 or (B, C) multi-label]},
+     "teacher": {"input_ids": (B, L), "attention_mask": (B, L), ["token_type_ids"]},
+     "teacher_cache": {"logits": (B, C) or (N_sel, C), "hidden": [...], "attention": [...],
+                       "inputs_mask": (B, L)},        # absent in online mode
+     "example_ids": [str] * B}
+
+``hidden`` and ``attention`` are lists indexed by the teacher layer (``results_T[feature]
+[layer_T]`` in the distiller), ``None`` at layers the cache does not hold: a list, not a dict,
+because the distiller checks ``layer_T < len(results_T[feature])``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.shard import ShardReader
+from cachebrew.cache.spec import FeatureSpec
+from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
+
+LABEL_PAD = -100
+# Remaining probability mass below this is treated as this (keeps log finite).
+_MIN_REST_MASS = 1e-30
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Which stored array serves each teacher output of a batch.
+
+    Attributes:
+        logits: ``None`` (no logits), ``"dense"`` (``logits``: raw or log-probs, passed as
+            stored) or ``"topk"`` (``logits.topk_*``, rebuilt into full log-probs).
+        logits_reduction: ``"raw"`` or ``"logprobs"``.
+        num_classes: V, the full width a top-k row is rebuilt to.
+        hidden: teacher layer -> ``hidden.<l>`` (B, L, D) or ``hidden_cls.<l>`` (B, D).
+        attention: teacher layer -> ``attention.<l>`` (B, H, L, L) or a head-reduced
+            ``attention_sum.<l>`` / ``attention_mean.<l>`` (B, L, L).
+    """
+
+    logits: str | None = None
+    logits_reduction: str = "raw"
+    num_classes: int | None = None
+    hidden: dict[int, str] = field(default_factory=dict)
+    attention: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The stored data arrays a cached batch reads (others are never decoded)."""
+        names: list[str] = []
+        if self.logits == "dense":
+            names.append("logits")
+        elif self.logits == "topk":
+            names += ["logits.topk_values", "logits.topk_ids", "logits.logsumexp"]
+        return (*names, *self.hidden.values(), *self.attention.values())
+
+
+def feature_layout(spec: FeatureSpec, num_classes: int | None = None) -> FeatureLayout:
+    """The layout of a cache's batches; a full feature wins over its reduction at one layer.
+
+    Raises:
+        CacheMismatchError: ``attention_sum`` and ``attention_mean`` both stored for a layer
+            without the full ``attention`` (which one a match wants is ambiguous).
+        ConfigError: top-k logits without a known vocabulary size (pass ``num_classes``).
+    """
+    by_kind = {f.kind: f.layers for f in spec}
+    hidden = {layer: f"hidden_cls.{layer}" for layer in by_kind.get("hidden_cls", ())}
+    hidden.update({layer: f"hidden.{layer}" for layer in by_kind.get("hidden", ())})
+    attention: dict[int, str] = {}
+    ambiguous = []
+    for kind in ("attention_sum", "attention_mean"):
+        for layer in by_kind.get(kind, ()):
+            if layer in attention and layer not in by_kind.get("attention", ()):
+                ambiguous.append(layer)
+            attention[layer] = f"{kind}.{layer}"
+    if ambiguous:
+        raise CacheMismatchError(
+            f"the cache stores both attention_sum and attention_mean for layers {ambiguous} "
+            "but not the full attention, so which one a match uses is ambiguous; rerun "
+            "precompute for one reduction, or store the full attention for these layers"
+        )
+    attention.update({layer: f"attention.{layer}" for layer in by_kind.get("attention", ())})
+    hidden, attention = dict(sorted(hidden.items())), dict(sorted(attention.items()))
+    logits = spec.get("logits")
+    if logits is None:
+        return FeatureLayout(hidden=hidden, attention=attention)
+    classes = num_classes if num_classes is not None else logits.vocab_size
+    if logits.topk and classes is None:
+        raise ConfigError(
+            f"the cache stores top-{logits.topk} logits without their vocabulary size; pass "
+            "num_classes= (the teacher's number of logits) to rebuild full rows"
+        )
+    return FeatureLayout(
+        logits="topk" if logits.topk else "dense",
+        logits_reduction=str(logits.reduction),
+        num_classes=classes,
+        hidden=hidden,
+        attention=attention,
+    )
+
+
+@dataclass(frozen=True)
+class CollateOptions:
+    """How to build model inputs (see ``CacheDataset``)."""
+
+    pad_id: int = 0
+    sep_id: int | None = None
+    with_token_type_ids: bool = False
+    teacher_cache: bool = True
+
+
+def collate_examples(
+    examples: Sequence[Mapping[str, Any]],
+    layout: FeatureLayout,
+    options: CollateOptions,
+    student_items: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One batch (module docstring) from B decoded examples, in the given order."""
+    ids = [str(e["example_id"]) for e in examples]
+    teacher = model_inputs([e["input_ids"] for e in examples], options)
+    if student_items is None:
+        student = dict(teacher)
+        labels = collate_labels([e["label"] for e in examples], ids, student["input_ids"].shape[1])
+    else:
+        items = [student_items[i] for i in ids]
+        student = student_model_inputs(items, options)
+        labels = collate_labels(
+            [i.get("labels") for i in items], ids, student["input_ids"].shape[1]
+        )
+    if labels is not None:
+        student["labels"] = labels
+    batch: dict[str, Any] = {"student": student, "teacher": teacher}
+    if options.teacher_cache:
+        batch["teacher_cache"] = teacher_outputs(examples, layout, teacher["attention_mask"])
+    batch["example_ids"] = ids
+    return batch
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """One rank's epoch, from the index alone.
+
+    Attributes:
+        stream: (S, 2) int64 ``(shard, row)`` in read order (padding repeats appended).
+        group_starts: (G + 1,) stream positions where read groups (runs) start, then S.
+        order: (M,) the stream position of each output position.
+    """
+
+    stream: np.ndarray
+    group_starts: np.ndarray
+    order: np.ndarray
+
+
+class ChunkCache:
+    """Decoded chunks of the arrays of a cache, least recently used evicted past a budget.
+
+    Args:
+        reader: the open cache.
+        budget_bytes: decoded bytes kept between read groups (a group may exceed it).
+    """
+
+    def __init__(self, reader: CacheReader, budget_bytes: int):
+        self.reader = reader
+        self.budget_bytes = budget_bytes
+        self.decoded_chunks = 0
+        self._chunks: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def load(self, shard: ShardReader, name: str, starts: np.ndarray, stops: np.ndarray) -> None:
+        """Decode the chunks that rows ``[starts[i], stops[i])`` overlap and are not cached."""
+        info = shard.meta["arrays"][name]
+        chunk_rows, total_rows = info["chunk_rows"], info["rows"]
+        wanted: set[int] = set()
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
+            if stop > start:
+                wanted.update(range(start // chunk_rows, (stop - 1) // chunk_rows + 1))
+        missing = sorted(c for c in wanted if (shard.index, name, c) not in self._chunks)
+        for first, last in _consecutive_ranges(missing):
+            lo, hi = first * chunk_rows, min((last + 1) * chunk_rows, total_rows)
+            block = shard.decoded_rows(name, lo, hi)
+            for chunk in range(first, last + 1):
+                part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
+                self._chunks[(shard.index, name, chunk)] = part
+                self._bytes += part.nbytes
+            self.decoded_chunks += last - first + 1
+
+    def rows(self, shard: ShardReader, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of a loaded array, as a new array (chunks may be evicted)."""
+        info = shard.meta["arrays"][name]
+        chunk_rows = info["chunk_rows"]
+        if stop <= start:
+            return np.empty((0, info["width"]), dtype=np.float32)
+        parts = []
+        for chunk in range(start // chunk_rows, (stop - 1) // chunk_rows + 1):
+            key = (shard.index, name, chunk)
+            self._chunks.move_to_end(key)
+            base = chunk * chunk_rows
+            parts.append(self._chunks[key][max(start - base, 0) : stop - base])
+        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+
+    def trim(self) -> None:
+        """Evict least recently used chunks down to the budget."""
+        while self._bytes > self.budget_bytes and self._chunks:
+            _, part = self._chunks.popitem(last=False)
+            self._bytes -= part.nbytes
+
+
+def _consecutive_ranges(values: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """``[1, 2, 3, 7, 8] -> (1, 3), (7, 8)``."""
+    start = previous = None
+    for value in values:
+        if previous is None or value != previous + 1:
+            if start is not None:
+                yield start, previous  # type: ignore[misc]
+            start = value
+        previous = value
+    if start is not None:
+        yield start, previous  # type: ignore[misc]
+
+
+class EpochReader:
+    """Decodes the examples of chosen batches of one :class:`EpochPlan`, in stream order."""
+
+    def __init__(
+        self, reader: CacheReader, plan: EpochPlan, arrays: Sequence[str], cache: ChunkCache
+    ):
+        self.reader, self.plan, self.arrays, self.cache = reader, plan, tuple(arrays), cache
+
+    def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[list[dict[str, Any]]]:
+        """The examples of each batch index, in order; only their chunks are decoded."""
+        plan = self.plan
+        needed = np.zeros(len(plan.stream), dtype=bool)
+        for j in indices:
+            needed[plan.order[j * batch_size : (j + 1) * batch_size]] = True
+        pending: dict[int, dict[str, Any]] = {}
+        next_group = 0
+        for j in indices:
+            positions = plan.order[j * batch_size : (j + 1) * batch_size].tolist()
+            last_group = int(np.searchsorted(plan.group_starts, max(positions), side="right")) - 1
+            for group in range(next_group, last_group + 1):
+                self._decode_group(group, needed, pending)
+            next_group = max(next_group, last_group + 1)
+            yield [pending.pop(p) for p in positions]
+
+    def _decode_group(
+        self, group: int, needed: np.ndarray, pending: dict[int, dict[str, Any]]
+    ) -> None:
+        start, stop = self.plan.group_starts[group], self.plan.group_starts[group + 1]
+        positions = np.arange(start, stop)[needed[start:stop]]
+        items = self.plan.stream[positions]  # (n, 2) (shard, row)
+        for shard_index in np.unique(items[:, 0]).tolist():
+            mine = items[:, 0] == shard_index
+            shard = self.reader.shard(shard_index)
+            rows = items[mine, 1]
+            spans = {}
+            for name in self.arrays:
+                offsets, lengths = shard.rows[name]
+                spans[name] = (offsets[rows], offsets[rows] + lengths[rows])
+                self.cache.load(shard, name, *spans[name])
+            for i, (position, row) in enumerate(zip(positions[mine], rows, strict=True)):
+                features = {
+                    name: self.cache.rows(shard, name, int(lo[i]), int(hi[i]))
+                    for name, (lo, hi) in spans.items()
+                }
+                pending[int(position)] = shard.record(int(row), features)
+        self.cache.trim()
+
+
+# ---------------------------------------------------------------------------- model inputs
+
+
+def pad_sequences(sequences: Sequence[Any], pad_value: int) -> torch.Tensor:
+    """Right-pad 1-D integer sequences to the longest: (B, L) int64."""
+    length = max((len(s) for s in sequences), default=0)
+    out = np.full((len(sequences), length), pad_value, dtype=np.int64)
+    for b, sequence in enumerate(sequences):
+        out[b, : len(sequence)] = sequence
+    return torch.from_numpy(out)
+
+
+def token_type_ids(input_ids: torch.Tensor, lengths: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """BERT segment ids (B, L): 0 up to and including the first ``sep_id``, then 1; 0 on padding."""
+    positions = torch.arange(input_ids.shape[1])
+    is_sep = (input_ids == sep_id) & (positions < lengths[:, None])
+    first_sep = torch.where(is_sep.any(1), is_sep.int().argmax(1), lengths)  # (B,)
+    second = (positions > first_sep[:, None]) & (positions < lengths[:, None])
+    return second.long()
+
+
+def model_inputs(sequences: Sequence[Any], options: CollateOptions) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` (and ``token_type_ids``) of the teacher's tokens."""
+    input_ids = pad_sequences(sequences, options.pad_id)
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
+    inputs = {"input_ids": input_ids, "attention_mask": mask}
+    if options.with_token_type_ids:
+        assert options.sep_id is not None  # checked by CacheDataset
+        inputs["token_type_ids"] = token_type_ids(input_ids, lengths, options.sep_id)
+    return inputs
+
+
+def student_model_inputs(
+    items: Sequence[Mapping[str, Any]], options: CollateOptions
+) -> dict[str, torch.Tensor]:
+    """Pad pre-tokenized student items (their own tokenizer); ``labels`` are handled apart."""
+    inputs = model_inputs([item["input_ids"] for item in items], options)
+    for key in items[0]:
+        if key not in ("input_ids", "labels"):
+            inputs[key] = pad_sequences([item[key] for item in items], 0)
+    return inputs
+
+
+def collate_labels(labels: Sequence[Any], ids: Sequence[str], length: int) -> torch.Tensor | None:
+    """(B,) class ids (long) or targets (float), (B, L) token labels padded with -100, or
+    (B, C) float multi-label targets; None when no example has a label.
+
+    Raises:
+        CacheError: some examples of the batch have a label and others do not.
+    """
+    missing = [i for i, label in zip(ids, labels, strict=True) if label is None]
+    if len(missing) == len(labels):
+        return None
+    if missing:
+        raise CacheError(
+            f"examples {missing[:5]} have no label but others in the batch do; select labelled "
+            "examples with example_ids="
+        )
+    values = [np.asarray(label) for label in labels]
+    if values[0].ndim == 0:
+        array = np.stack(values)
+        return torch.from_numpy(array.astype(np.float32 if array.dtype.kind == "f" else np.int64))
+    if values[0].dtype.kind == "f":  # multi-label targets (B, C)
+        return torch.from_numpy(np.stack(values).astype(np.float32))
+    out = np.full((len(values), length), LABEL_PAD, dtype=np.int64)
+    for b, value in enumerate(values):
+        out[b, : len(value)] = value
+    return torch.from_numpy(out)
+
+
+# ---------------------------------------------------------------------------- teacher outputs
+
+
+def teacher_outputs(
+    examples: Sequence[Mapping[str, Any]], layout: FeatureLayout, inputs_mask: torch.Tensor
+) -> dict[str, Any]:
+    """The ``teacher_cache`` entry: adaptor keys only (the identity adaptor validates them)."""
+    lengths = [int(e["length"]) for e in examples]
+    width = int(inputs_mask.shape[1])
+    features = [e["features"] for e in examples]
+    out: dict[str, Any] = {}
+    if layout.logits is not None:
+        out["logits"] = _logits(features, layout)
+    if layout.hidden:
+        out["hidden"] = _layer_list(layout.hidden, features, lengths, width)
+    if layout.attention:
+        out["attention"] = _layer_list(layout.attention, features, lengths, width)
+    out["inputs_mask"] = inputs_mask
+    return out
+
+
+def _logits(features: Sequence[Mapping[str, np.ndarray]], layout: FeatureLayout) -> torch.Tensor:
+    """(B, C) for a sequence head; (N_sel, C), every example's rows in batch order, else."""
+    if layout.logits == "dense":
+        return torch.from_numpy(np.concatenate([f["logits"] for f in features]))
+    assert layout.num_classes is not None
+    return rebuild_topk(
+        torch.from_numpy(np.concatenate([f["logits.topk_values"] for f in features])),
+        torch.from_numpy(np.concatenate([f["logits.topk_ids"] for f in features])),
+        torch.from_numpy(np.concatenate([f["logits.logsumexp"] for f in features])),
+        layout.num_classes,
+        layout.logits_reduction,
+    )
+
+
+def rebuild_topk(
+    values: torch.Tensor,
+    ids: torch.Tensor,
+    logsumexp: torch.Tensor,
+    num_classes: int,
+    reduction: str,
+) -> torch.Tensor:
+    """Full log-probabilities (rows, V) from top-k rows.
+
+    The k stored entries get their exact log-probability (``v - logsumexp`` for raw values,
+    ``v`` for stored log-probs); the remaining mass ``1 - sum(exp(logp_topk))`` is spread
+    evenly over the other V - k ids. At T=1 every top-k probability and the tail's total are
+    exact; at other temperatures (and for kd mse, which needs raw logits) it is an
+    approximation, since the tail's shape is unknown.
+
+    Args:
+        values: (rows, k) stored top-k values; ids: (rows, k) int64; logsumexp: (rows, 1).
+        num_classes: V.
+        reduction: ``"raw"`` or ``"logprobs"`` (how ``values`` were stored).
+    """
+    logp = values - logsumexp if reduction == "raw" else values  # (rows, k)
+    k = logp.shape[1]
+    rest = (1 - logp.double().exp().sum(1, keepdim=True)).clamp_min(_MIN_REST_MASS)
+    fill = (rest / max(num_classes - k, 1)).log().float()  # (rows, 1)
+    out = fill.expand(-1, num_classes).clone()
+    return out.scatter_(1, ids.long(), logp.float())
+
+
+def _layer_list(
+    arrays: Mapping[int, str],
+    features: Sequence[Mapping[str, np.ndarray]],
+    lengths: Sequence[int],
+    width: int,
+) -> list[torch.Tensor | None]:
+    """Padded per-layer tensors, indexed by teacher layer (None where nothing is stored)."""
+    layers: list[torch.Tensor | None] = [None] * (max(arrays) + 1)
+    for layer, name in arrays.items():
+        rows = [f[name] for f in features]
+        layers[layer] = torch.from_numpy(_pad_feature(name, rows, lengths, width))
+    return layers
+
+
+def _pad_feature(
+    name: str, rows: Sequence[np.ndarray], lengths: Sequence[int], width: int
+) -> np.ndarray:
+    """Zero-padded batch of one array: hidden (B, L, D), hidden_cls (B, D), attention
+    (B, H, L, L), attention_sum/mean (B, L, L); L = ``width`` (the batch's longest)."""
+    kind = name.split(".", 1)[0]
+    batch = len(rows)
+    if kind == "hidden_cls":
+        return np.concatenate(rows).astype(np.float32, copy=False)  # (B, D)
+    if kind == "hidden":
+        out = np.zeros((batch, width, rows[0].shape[1]), dtype=np.float32)
+        for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
+            out[b, :n] = value
+        return out
+    heads = rows[0].size // (lengths[0] * lengths[0]) if kind == "attention" else 0
+    shape = (batch, heads, width, width) if heads else (batch, width, width)
+    out = np.zeros(shape, dtype=np.float32)
+    for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
+        if heads:
+            out[b, :, :n, :n] = value.reshape(heads, n, n)
+        else:
+            out[b, :n, :n] = value.reshape(n, n)
+    return out

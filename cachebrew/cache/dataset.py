@@ -1,0 +1,349 @@
+"""Stream collated, TextBrewer-shaped batches from a teacher cache: :class:`CacheDataset`.
+
+**Order (a pure function of seed, epoch and rank, computed from the index alone).** Shard i
+belongs to rank ``i % world_size``. Each epoch a rank permutes its shards, cuts each shard into
+contiguous *runs* of rows (about ``window_bytes`` of decoded features each), permutes the runs
+of each shard, and reads them in that order: the *stream*. A mixing buffer of ``buffer_size``
+examples is then simulated over the stream with ``numpy.random.default_rng([seed, epoch,
+rank])``: the output order is a permutation of stream positions known before any data is read.
+``shuffle=False`` gives corpus order (shard 0 row 0, row 1, ...). Because the order is known
+up front, :meth:`CacheDataset.resume_at` starts mid-epoch without decoding the skipped batches.
+
+**Reading.** Runs are decoded in stream order, chunk-aligned and one Zarr read per consecutive
+chunk range (never per-example random gathers); a small LRU of decoded chunks serves chunks
+shared by neighbouring runs. Decoded examples wait in memory until their batch is emitted (at
+most about ``buffer_size`` examples: that is the mixing buffer's memory). Only the examples
+of batches this process yields are decoded, so a resumed pass or a DataLoader worker decodes
+only the chunks its own batches touch.
+
+**Ranks.** Every rank yields the same number of batches: with ``drop_last=False`` ranks with
+fewer examples repeat examples from the start of their own epoch order up to the largest
+rank's count (as ``DistributedSampler`` pads), with ``drop_last=True`` every rank keeps only
+the smallest rank's count (a different subset each epoch when shuffling) and a trailing
+partial batch is dropped.
+
+**DataLoader workers.** ``DataLoader(dataset, batch_size=None, num_workers=k)``: worker w yields
+the batches ``start + w, start + w + k, ...``, which the DataLoader's round-robin returns in the
+same order as without workers, so the batch sequence (and resuming) does not depend on k. On a
+2-core CPU workers slow training down (DESIGN §4): use the dataset directly or ``num_workers=0``.
+
+**Example ids** travel in ``batch["example_ids"]`` (a top-level key next to ``teacher``,
+``student`` and ``teacher_cache``): the distiller reads only those three keys, so the ids reach
+neither a model (online mode feeds ``batch["teacher"]`` to the teacher as keyword arguments)
+nor the identity teacher adaptor (which rejects keys outside ``ADAPTOR_KEYS``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from cachebrew.cache.collate import (
+    ChunkCache,
+    CollateOptions,
+    EpochPlan,
+    EpochReader,
+    collate_examples,
+    feature_layout,
+)
+from cachebrew.cache.reader import DEFAULT_WINDOW_BYTES, CacheReader, open_cache
+from cachebrew.errors import CacheMismatchError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+_DECODED_ITEMSIZE = 4  # features decode to float32 / int64 ids (the run size is an estimate)
+
+
+@dataclass(frozen=True)
+class ShardSelection:
+    """The selected rows of one shard (ascending) and the row span of one run."""
+
+    shard: int
+    rows: np.ndarray
+    run_rows: int
+
+
+def mixing_order(num_items: int, buffer_size: int, rng: np.random.Generator) -> np.ndarray:
+    """The output order of a shuffle buffer over ``num_items`` streamed items.
+
+    Fill the buffer, then for each new item emit a uniformly chosen buffered one and put the
+    new item in its place; at the end emit the rest in a random order. Returns (n,) positions.
+    """
+    size = min(buffer_size, num_items)
+    buffer = list(range(size))
+    picks = rng.integers(0, size, size=num_items - size).tolist() if size else []
+    out = []
+    for incoming, slot in zip(range(size, num_items), picks, strict=True):
+        out.append(buffer[slot])
+        buffer[slot] = incoming
+    out.extend(buffer[i] for i in rng.permutation(size).tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+def plan_epoch(
+    selections: Sequence[ShardSelection],
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    shuffle: bool,
+    buffer_size: int,
+    num_examples: int,
+) -> EpochPlan:
+    """Shard order, run order and mixing buffer of one epoch, fitted to ``num_examples``."""
+    rng = np.random.default_rng([seed, epoch, rank])
+    shard_order = rng.permutation(len(selections)) if shuffle else range(len(selections))
+    pieces: list[np.ndarray] = []
+    for i in shard_order:
+        selection = selections[i]
+        run_ids = selection.rows // selection.run_rows
+        runs = np.split(selection.rows, np.flatnonzero(np.diff(run_ids)) + 1)
+        if shuffle:
+            runs = [runs[j] for j in rng.permutation(len(runs))]
+        pieces += [np.stack([np.full_like(run, selection.shard), run], axis=1) for run in runs]
+    stream = np.concatenate(pieces).astype(np.int64)
+    sizes = [len(p) for p in pieces]
+    order = mixing_order(len(stream), buffer_size, rng) if shuffle else np.arange(len(stream))
+    if num_examples < len(order):
+        order = order[:num_examples]
+    elif num_examples > len(order):  # pad: repeat from the start of this rank's order
+        repeats = order[np.arange(num_examples - len(order)) % len(order)]
+        extra = np.arange(len(stream), len(stream) + len(repeats))
+        stream = np.concatenate([stream, stream[repeats]])
+        order = np.concatenate([order, extra])
+        group = max(sizes)
+        sizes += [min(group, len(repeats) - s) for s in range(0, len(repeats), group)]
+    group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return EpochPlan(stream=stream, group_starts=group_starts, order=order)
+
+
+class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Collated TextBrewer-shaped batches streamed from a cache (module docstring).
+
+    Args:
+        cache: a cache path / fsspec URL, or an open :class:`CacheReader`.
+        batch_size: examples per batch (B).
+        seed: the order of epoch e is a pure function of ``(seed, e, rank)``.
+        shuffle: shard, run and mixing-buffer shuffling; False gives corpus order.
+        buffer_size: examples in the mixing buffer (1 = runs only); also bounds the decoded
+            examples held in memory.
+        drop_last: drop a trailing partial batch (and truncate ranks to the smallest).
+        example_ids: the examples to use (e.g. a train split); None = all.
+        student_items: ``example_id -> {input_ids: [...], [attention_mask, token_type_ids,
+            ...], [labels]}`` for a student with another tokenizer; None = the cache's input
+            ids (and labels).
+        pad_id: padding id of input ids.
+        sep_id: the ``[SEP]`` id, to derive ``token_type_ids`` (0 up to and including the
+            first ``[SEP]``, then 1) when ``with_token_type_ids``.
+        with_token_type_ids: add ``token_type_ids`` to the model inputs.
+        teacher_cache: False = online mode: no ``teacher_cache`` and no feature decoding; the
+            ``teacher`` part holds the teacher's model inputs so a live teacher sees the same.
+        rank, world_size: this process's share of the shards (shard i to rank i % world_size).
+        num_classes: the logits width V to rebuild top-k rows to (default: the cache's
+            ``vocab_size``).
+        window_bytes: decoded bytes per contiguous run (the unit of within-shard shuffling).
+
+    Raises:
+        ConfigError: an invalid argument (all problems at once).
+        CacheMismatchError: unknown example ids, ids missing from ``student_items``, an empty
+            selection, a rank without examples, or ambiguous reduced attention.
+    """
+
+    teacher_forwards: int = 0  # the cache replaces every teacher forward
+
+    def __init__(
+        self,
+        cache: str | os.PathLike[str] | CacheReader,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer_size: int = 1024,
+        drop_last: bool = False,
+        example_ids: Sequence[str] | None = None,
+        student_items: Mapping[str, dict[str, Any]] | None = None,
+        pad_id: int = 0,
+        sep_id: int | None = None,
+        with_token_type_ids: bool = False,
+        teacher_cache: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        num_classes: int | None = None,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+    ):
+        _check_arguments(batch_size, seed, buffer_size, rank, world_size, window_bytes)
+        if with_token_type_ids and sep_id is None:
+            raise ConfigError("with_token_type_ids=True needs sep_id (the [SEP] token id)")
+        self.reader = cache if isinstance(cache, CacheReader) else open_cache(cache)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.buffer_size, self.drop_last = buffer_size, drop_last
+        self.rank, self.world_size, self.window_bytes = rank, world_size, window_bytes
+        self.layout = feature_layout(self.reader.spec, num_classes)
+        self.options = CollateOptions(pad_id, sep_id, with_token_type_ids, teacher_cache)
+        self.student_items = student_items
+        counts, self._selections = self._select(example_ids)
+        self.num_examples = min(counts) if drop_last else max(counts)
+        self._num_batches = _batch_count(self.num_examples, batch_size, drop_last)
+        if student_items is not None:
+            _check_student_items(self.reader, self._selections, student_items)
+        self.epoch = 0
+        self._resume_position = 0
+
+    # ------------------------------------------------------------------ selection
+
+    def _select(self, example_ids: Sequence[str] | None) -> tuple[list[int], list[ShardSelection]]:
+        """Examples per rank, and this rank's selected rows per shard."""
+        reader, world = self.reader, self.world_size
+        shards = range(reader.num_shards)
+        run_rows = _run_rows(reader, self.window_bytes)
+        if example_ids is None:
+            sizes = [int(s["num_examples"]) for s in reader.manifest["shards"]]
+            rows = {k: np.arange(sizes[k]) for k in shards if k % world == self.rank}
+        else:
+            wanted = set(example_ids)
+            rows = _rows_of(reader, wanted)
+            sizes = [len(rows[k]) for k in shards]
+            rows = {k: r for k, r in rows.items() if k % world == self.rank}
+        counts = [sum(sizes[k] for k in shards if k % world == r) for r in range(world)]
+        if sum(counts) == 0:
+            raise CacheMismatchError(f"no examples selected from the cache {reader.path}")
+        empty = [r for r, count in enumerate(counts) if count == 0]
+        if empty:
+            raise CacheMismatchError(
+                f"ranks {empty} of world_size {world} get no examples: the cache {reader.path} "
+                f"has {reader.num_shards} shards (shard i goes to rank i % world_size); rerun "
+                "precompute with a smaller shard_size or use fewer ranks"
+            )
+        selections = [ShardSelection(k, r, run_rows) for k, r in rows.items() if len(r)]
+        return counts, selections
+
+    # ------------------------------------------------------------------ epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of epoch ``epoch`` for the next iteration (clears ``resume_at``)."""
+        self.epoch = int(epoch)
+        self._resume_position = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (all DataLoader workers together)."""
+        return self._num_batches
+
+    def resume_at(self, position: int) -> None:
+        """Make the next iteration start at batch ``position`` of the current epoch, without
+        decoding the skipped batches. Call after :meth:`set_epoch`."""
+        if not 0 <= position <= self._num_batches:
+            raise ConfigError(
+                f"resume_at({position}): the position must be in [0, {self._num_batches}], the "
+                "batches per epoch of this dataset; was the checkpoint made with the same "
+                "batch_size, example_ids and world_size?"
+            )
+        self._resume_position = int(position)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """This rank's order of ``epoch`` (default: the current one), from the index alone."""
+        return plan_epoch(
+            self._selections,
+            seed=self.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            rank=self.rank,
+            shuffle=self.shuffle,
+            buffer_size=self.buffer_size,
+            num_examples=self.num_examples,
+        )
+
+    def example_order(self, epoch: int | None = None) -> list[str]:
+        """The example ids this rank yields in ``epoch``, in order (no data is decoded)."""
+        plan = self.plan(epoch)
+        kept = self._num_batches * self.batch_size
+        items = plan.stream[plan.order[:kept]]
+        return [self.reader.shard(s).example_ids[r] for s, r in items.tolist()]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The batches of the current epoch from the resume position (this worker's share)."""
+        start, self._resume_position = self._resume_position, 0
+        worker = torch.utils.data.get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        indices = range(start + worker_id, self._num_batches, num_workers)
+        arrays = self.layout.arrays if self.options.teacher_cache else ()
+        cache = ChunkCache(self.reader, 4 * self.window_bytes)
+        reader = EpochReader(self.reader, self.plan(), arrays, cache)
+        for examples in reader.batches(indices, self.batch_size):
+            yield collate_examples(examples, self.layout, self.options, self.student_items)
+
+
+def _check_arguments(
+    batch_size: int, seed: int, buffer_size: int, rank: int, world_size: int, window_bytes: int
+) -> None:
+    problems = []
+    for name, value, minimum in (
+        ("batch_size", batch_size, 1),
+        ("seed", seed, 0),
+        ("buffer_size", buffer_size, 1),
+        ("world_size", world_size, 1),
+        ("rank", rank, 0),
+        ("window_bytes", window_bytes, 1),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            problems.append(f"{name}={value!r}: expected an integer >= {minimum}")
+    if isinstance(rank, int) and isinstance(world_size, int) and rank >= world_size >= 1:
+        problems.append(f"rank={rank} must be below world_size={world_size}")
+    if problems:
+        raise ConfigError([f"CacheDataset: {p}" for p in problems])
+
+
+def _batch_count(num_examples: int, batch_size: int, drop_last: bool) -> int:
+    count = num_examples // batch_size if drop_last else -(-num_examples // batch_size)
+    if count == 0:
+        raise CacheMismatchError(
+            f"{num_examples} examples per rank make no full batch of {batch_size} with "
+            "drop_last=True; lower batch_size or set drop_last=False"
+        )
+    return count
+
+
+def _run_rows(reader: CacheReader, window_bytes: int) -> int:
+    """Rows per contiguous run: about ``window_bytes`` of decoded features (cache-wide)."""
+    arrays = reader.manifest["arrays"]
+    total = sum(info["rows"] * info["width"] for info in arrays.values()) * _DECODED_ITEMSIZE
+    per_example = max(1, total // max(1, reader.num_examples))
+    return max(1, window_bytes // per_example)
+
+
+def _rows_of(reader: CacheReader, wanted: set[str]) -> dict[int, np.ndarray]:
+    """Selected rows of every shard; unknown ids are an error listing a few."""
+    rows: dict[int, np.ndarray] = {}
+    found = 0
+    for k in range(reader.num_shards):
+        ids = reader.shard(k).example_ids
+        rows[k] = np.asarray([i for i, e in enumerate(ids) if e in wanted], dtype=np.int64)
+        found += len(rows[k])
+    if found < len(wanted):
+        stored = {e for k in range(reader.num_shards) for e in reader.shard(k).example_ids}
+        unknown = sorted(wanted - stored)
+        raise CacheMismatchError(
+            f"{len(unknown)} of the {len(wanted)} example_ids are not in the cache "
+            f"{reader.path}, e.g. {unknown[:5]}; was it precomputed from the same corpus?"
+        )
+    return rows
+
+
+def _check_student_items(
+    reader: CacheReader, selections: Sequence[ShardSelection], items: Mapping[str, Any]
+) -> None:
+    missing = [
+        example_id
+        for selection in selections
+        for example_id in (reader.shard(selection.shard).example_ids[r] for r in selection.rows)
+        if example_id not in items
+    ]
+    if missing:
+        raise CacheMismatchError(
+            f"student_items lacks {len(missing)} selected examples, e.g. {missing[:5]}; "
+            "tokenize every example the run uses (or pass example_ids= for a subset)"
+        )
