@@ -1,0 +1,208 @@
+"""Check a distill run against its cache and student before step 1 (all problems at once).
+
+What is checked:
+
+- the features and layers the KD loss and matches need are stored (``CacheReader.require``;
+  its message lists what the cache stores); skipped in online mode, where the teacher runs;
+- each match's ``proj`` ``dim_T`` equals the stored teacher feature width and ``dim_S`` the
+  student's hidden size; without ``proj``, losses that compare features element-wise
+  (``hidden_mse``, ``cos``, ``pkd``, ``fsp``/``gram``) need equal widths;
+- ``layer_S`` exists in the student (hidden states: embeddings + one per layer);
+- the student's vocabulary covers every stored input id (same-tokenizer students);
+- the student's label count equals the width of the cached logits (classification heads);
+- a student with another tokenizer: no token-level matches or token-level logits (teacher
+  features are aligned with the teacher's tokens, DESIGN §3);
+- hard-label training and held-out evaluation need labels in the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachebrew.cache import feature_spec_from_matches
+from cachebrew.cache.reader import CacheReader
+from cachebrew.config import DistillationConfig, IntermediateMatch
+from cachebrew.errors import CacheMismatchError, ConfigError
+from cachebrew.models import TOKEN_LEVEL_KINDS, LoadedModel
+from cachebrew.run_config import DistillRunConfig
+
+SAME_WIDTH_LOSSES = frozenset({"hidden_mse", "cos", "pkd", "fsp", "gram"})
+CLASSIFICATION_KINDS = ("sequence_classification", "token_classification")
+
+
+def check_run(
+    cfg: DistillRunConfig,
+    reader: CacheReader,
+    student: LoadedModel,
+    *,
+    other_tokenizer: bool,
+    teacher_config: Any = None,
+) -> None:
+    """Raise one ConfigError listing every way the run does not fit the cache or student.
+
+    Args:
+        cfg: the run config.
+        reader: the open cache.
+        student: the loaded student.
+        other_tokenizer: the student reads its own tokenization (``data:``), not the cache's ids.
+        teacher_config: the online teacher's HF config (widths come from it), or None.
+    """
+    problems: list[str] = []
+    distill = cfg.distill_config
+    if distill is not None:
+        if teacher_config is None:
+            problems += _feature_problems(reader, distill)
+        problems += _match_problems(reader, distill, student, teacher_config)
+        if other_tokenizer:
+            problems += _tokenizer_problems(reader, distill)
+    if not other_tokenizer:
+        problems += _vocab_problems(reader, student)
+    problems += _label_problems(cfg, reader, student)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _feature_problems(reader: CacheReader, distill: DistillationConfig) -> list[str]:
+    scheduler = distill.temperature_scheduler
+    kd_needed = distill.kd_loss_weight != 0 or distill.kd_loss_weight_scheduler != "none"
+    try:
+        spec = feature_spec_from_matches(
+            distill.kd_loss_type if kd_needed else None,
+            scheduler if isinstance(scheduler, str) else scheduler[0],
+            [m.to_dict() for m in distill.intermediate_matches],
+        )
+        reader.require(spec)
+    except (CacheMismatchError, ConfigError) as error:
+        return [str(error)]
+    return []
+
+
+def _stored_width(reader: CacheReader, match: IntermediateMatch, layer: int) -> int | None:
+    kind = "hidden_cls" if match.loss == "pkd" else "hidden"
+    info = reader.manifest["arrays"].get(f"{kind}.{layer}")
+    return None if info is None else int(info["width"])
+
+
+def _match_problems(
+    reader: CacheReader,
+    distill: DistillationConfig,
+    student: LoadedModel,
+    teacher_config: Any,
+) -> list[str]:
+    config = getattr(student.model, "config", None)
+    student_width = getattr(config, "hidden_size", None)
+    num_layers = getattr(config, "num_hidden_layers", None)
+    problems = []
+    for i, match in enumerate(distill.intermediate_matches):
+        where = f"distill.intermediate_matches[{i}]"
+        layers_S = match.layer_S if isinstance(match.layer_S, tuple) else (match.layer_S,)
+        layers_T = match.layer_T if isinstance(match.layer_T, tuple) else (match.layer_T,)
+        if num_layers is not None:
+            available = num_layers + 1 if match.feature == "hidden" else num_layers
+            bad = [layer for layer in layers_S if layer >= available]
+            if bad:
+                problems.append(
+                    f"{where}: layer_S {bad} out of range; the student gives {available} "
+                    f"{match.feature} layers (0..{available - 1})"
+                )
+        if match.feature != "hidden":
+            continue
+        if teacher_config is not None:
+            width_T = getattr(teacher_config, "hidden_size", None)
+        else:
+            width_T = _stored_width(reader, match, layers_T[0])
+        problems += _width_problems(where, match, student_width, width_T)
+    return problems
+
+
+def _width_problems(
+    where: str, match: IntermediateMatch, width_S: int | None, width_T: int | None
+) -> list[str]:
+    if match.proj is not None:
+        _kind, dim_S, dim_T, _options = match.proj
+        problems = []
+        if width_T is not None and dim_T != width_T:
+            problems.append(
+                f"{where}.proj: dim_T={dim_T} but the teacher's hidden states have width {width_T}"
+            )
+        if width_S is not None and dim_S != width_S:
+            problems.append(
+                f"{where}.proj: dim_S={dim_S} but the student's hidden size is {width_S}"
+            )
+        return problems
+    if match.loss in SAME_WIDTH_LOSSES and None not in (width_S, width_T) and width_S != width_T:
+        return [
+            f"{where}: loss {match.loss!r} compares student width {width_S} with teacher width "
+            f"{width_T}; add proj: [linear, {width_S}, {width_T}]"
+        ]
+    return []
+
+
+def _tokenizer_problems(reader: CacheReader, distill: DistillationConfig) -> list[str]:
+    problems = [
+        f"distill.intermediate_matches[{i}]: a {m.feature} match is token-aligned, but the "
+        "student uses another tokenizer than the cache; use logit KD only, or a student with "
+        "the teacher's tokenizer"
+        for i, m in enumerate(distill.intermediate_matches)
+        if m.loss != "pkd"
+    ]
+    if reader.manifest["teacher"].get("kind") in TOKEN_LEVEL_KINDS:
+        problems.append(
+            "the cached logits are per teacher token; a student with another tokenizer cannot "
+            "be distilled on them (use the teacher's tokenizer)"
+        )
+    return problems
+
+
+def _vocab_problems(reader: CacheReader, student: LoadedModel) -> list[str]:
+    vocab_size = getattr(getattr(student.model, "config", None), "vocab_size", None)
+    if vocab_size is None:
+        return []
+    largest = max_input_id(reader)
+    if largest >= vocab_size:
+        return [
+            f"student: vocab_size {vocab_size} does not cover the cache's input ids (largest "
+            f"{largest}); give the student vocab_size >= {largest + 1}, or data: to re-tokenize"
+        ]
+    return []
+
+
+def max_input_id(reader: CacheReader) -> int:
+    """The largest teacher input id stored in the cache (reads every shard's index)."""
+    import pyarrow.compute as pc
+
+    largest = -1
+    for k in range(reader.num_shards):
+        values = reader.shard(k).table.column("input_ids").combine_chunks().flatten()
+        if len(values):
+            largest = max(largest, int(pc.max(values).as_py()))
+    return largest
+
+
+def _label_problems(cfg: DistillRunConfig, reader: CacheReader, student: LoadedModel) -> list[str]:
+    problems = []
+    label_type = reader.manifest.get("label_type")
+    if cfg.distill_config is None and label_type is None:
+        problems.append(
+            "kd: hard-label training (no distill) needs labels, but the cache has none; "
+            "precompute with --label-field"
+        )
+    if cfg.eval is not None and cfg.eval.fraction is not None and label_type is None:
+        problems.append("eval.fraction: the cache has no labels to evaluate against")
+    if cfg.eval is not None and label_type in ("float", "float_list"):
+        problems.append(f"eval: {label_type} labels (regression) have no metric yet")
+    problems += _logit_width_problems(reader, student)
+    return problems
+
+
+def _logit_width_problems(reader: CacheReader, student: LoadedModel) -> list[str]:
+    logits = reader.manifest["arrays"].get("logits")
+    num_labels = getattr(getattr(student.model, "config", None), "num_labels", None)
+    if logits is None or num_labels is None or student.kind not in CLASSIFICATION_KINDS:
+        return []
+    if int(logits["width"]) != num_labels:
+        return [
+            f"student: {num_labels} labels but the cached teacher logits have "
+            f"{logits['width']} classes; set num_labels: {logits['width']}"
+        ]
+    return []

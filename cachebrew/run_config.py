@@ -1,0 +1,344 @@
+"""What one ``cachebrew distill`` run is: the YAML schema, validated at once, read-only.
+
+A run config is one mapping (YAML file, CLI flags, ``--set`` overrides, in increasing
+priority)::
+
+    cache: caches/sst                 # the teacher cache (required)
+    student: students/bert-2l.json    # HF config JSON (fresh, seeded), HF dir, module:function
+    out: runs/bert-2l                 # RUN_DIR: checkpoints/, tb/, config.yaml, metrics.json
+    teacher: null                     # a live teacher on the cached inputs (online mode)
+    init_from_teacher: {path: teacher_dir, layers: [0, 2]}
+    kd: true                          # false = hard labels only (BasicTrainer)
+    distill: {temperature: 8, ...}    # DistillationConfig fields; null = hard labels only
+    training: {seed: 0, ...}          # TrainingConfig fields except output_dir/log_dir
+    optimizer: {lr: 5.0e-5, weight_decay: 0.01}            # AdamW
+    schedule: {name: linear, warmup_ratio: 0.1}            # linear | constant | cosine
+    num_epochs: 3                     # or num_steps (exactly one; default 3 epochs)
+    batch_size: 32
+    max_grad_norm: 1.0
+    eval: {fraction: 0.1}             # or {data: dev.jsonl, label_field: label, metric: ...}
+    data: corpus.jsonl                # only for a student with another tokenizer
+    tokenizer: null                   # the student's tokenizer (default: see the runner)
+
+Relative paths are relative to the working directory. Omitting ``distill`` means KD with
+:class:`~cachebrew.config.DistillationConfig`'s defaults (temperature 4, ``ce``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cachebrew.config import DistillationConfig, TrainingConfig
+from cachebrew.errors import ConfigError
+from cachebrew.metrics import METRICS
+from cachebrew.validation import (
+    ConfigBase,
+    apply_overrides,
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    is_int,
+    is_real,
+    load_yaml_mapping,
+    raise_if_any,
+    set_field,
+)
+
+TASKS = ("sequence_classification", "token_classification", "masked_lm", "causal_lm")
+SCHEDULES = ("linear", "constant", "cosine")
+RUNNER_OWNED = ("output_dir", "log_dir")  # TrainingConfig fields the runner sets under RUN_DIR
+DEFAULT_EPOCHS = 3
+DEFAULT_SEED = 0
+
+
+def _check_str(problems: list[str], name: str, value: Any, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        problems.append(f"{name}: expected a non-empty string, got {value!r}")
+
+
+@dataclass(frozen=True)
+class InitFromTeacher(ConfigBase):
+    """Copy a BERT-family teacher's embeddings and ``layers`` (one per student layer)."""
+
+    path: str
+    layers: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _check_str(problems, "path", self.path, optional=False)
+        values = self.layers
+        if not isinstance(values, list | tuple) or not all(is_int(v) and v >= 0 for v in values):
+            problems.append(f"layers: expected a list of layer indices >= 0, got {values!r}")
+        else:
+            set_field(self, "layers", tuple(int(v) for v in values))
+        raise_if_any(problems)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig(ConfigBase):
+    """AdamW; no weight decay on biases and LayerNorm weights (as HF's Trainer)."""
+
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        set_field(self, "lr", check_real(problems, "lr", self.lr, positive=True))
+        set_field(self, "weight_decay", check_real(problems, "weight_decay", self.weight_decay))
+        set_field(self, "eps", check_real(problems, "eps", self.eps, positive=True))
+        betas = self.betas
+        if isinstance(betas, list | tuple) and len(betas) == 2 and all(map(is_real, betas)):
+            set_field(self, "betas", (float(betas[0]), float(betas[1])))
+        else:
+            problems.append(f"betas: expected two numbers like [0.9, 0.999], got {betas!r}")
+        raise_if_any(problems)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig(ConfigBase):
+    """Learning rate: linear warmup over ``warmup_steps`` (or ``warmup_ratio`` of the steps),
+    then ``linear`` decay to 0, ``cosine`` decay to 0, or ``constant``."""
+
+    name: str = "linear"
+    warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        check_choice(problems, "name", self.name, SCHEDULES, "schedule")
+        ratio = check_real(problems, "warmup_ratio", self.warmup_ratio)
+        if is_real(ratio) and not 0 <= ratio < 1:
+            problems.append(f"warmup_ratio: expected a number in [0, 1), got {ratio!r}")
+        set_field(self, "warmup_ratio", ratio)
+        if self.warmup_steps is not None:
+            set_field(
+                self, "warmup_steps", check_int(problems, "warmup_steps", self.warmup_steps, 0)
+            )
+        raise_if_any(problems)
+
+    def warmup(self, total_steps: int) -> int:
+        """Warmup steps for a run of ``total_steps`` optimizer steps."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(self.warmup_ratio * total_steps)
+
+
+def _check_corpus_fields(problems: list[str], config: Any) -> None:
+    for name in ("text_field", "text_pair_field", "label_field", "id_field", "split"):
+        _check_str(problems, name, getattr(config, name), optional=name != "text_field")
+
+
+@dataclass(frozen=True)
+class DataConfig(ConfigBase):
+    """The corpus the cache was built from, re-tokenized for a student with another tokenizer.
+
+    Use the same file and fields as ``precompute`` so the example ids match.
+    """
+
+    path: str
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    id_field: str | None = None
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        _check_str(problems, "path", self.path, optional=False)
+        _check_corpus_fields(problems, self)
+        raise_if_any(problems)
+
+
+@dataclass(frozen=True)
+class EvalConfig(ConfigBase):
+    """Evaluation after training: a held-out ``fraction`` of the cache's examples (chosen by a
+    hash of the example id and ``seed``; they are not trained on), or a labelled corpus at
+    ``data`` tokenized with the student's tokenizer.
+
+    ``metric`` defaults to ``accuracy`` for sequence classification and ``token_f1`` for
+    tagging; ``outside_label`` is the ``O`` tag id for ``token_f1``.
+    """
+
+    data: str | None = None
+    fraction: float | None = None
+    metric: str | None = None
+    batch_size: int = 64
+    seed: int = 0
+    outside_label: int | None = None
+    text_field: str = "text"
+    text_pair_field: str | None = None
+    label_field: str = "label"
+    id_field: str | None = None
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if (self.data is None) == (self.fraction is None):
+            problems.append(
+                "data or fraction: give exactly one (a labelled corpus, or a held-out share)"
+            )
+        _check_str(problems, "data", self.data)
+        if self.fraction is not None and not (is_real(self.fraction) and 0 < self.fraction < 1):
+            problems.append(f"fraction: expected a number in (0, 1), got {self.fraction!r}")
+        if self.metric is not None:
+            check_choice(problems, "metric", self.metric, METRICS, "metric")
+        set_field(self, "batch_size", check_int(problems, "batch_size", self.batch_size, 1))
+        set_field(self, "seed", check_int(problems, "seed", self.seed, 0))
+        if self.outside_label is not None:
+            check_int(problems, "outside_label", self.outside_label, 0)
+        _check_corpus_fields(problems, self)
+        raise_if_any(problems)
+
+
+# field -> config class of the nested mappings; None keeps the default for the first three
+_NESTED: dict[str, type[Any]] = {
+    "training": TrainingConfig,
+    "optimizer": OptimizerConfig,
+    "schedule": ScheduleConfig,
+    "distill": DistillationConfig,
+    "init_from_teacher": InitFromTeacher,
+    "eval": EvalConfig,
+    "data": DataConfig,
+}
+_DEFAULT_WHEN_NULL = ("training", "optimizer", "schedule")
+
+
+def _nested(problems: list[str], name: str, value: Any) -> Any:
+    """``value`` built into its config class; problems are prefixed with ``name``."""
+    cls = _NESTED[name]
+    if value is None:
+        return cls() if name in _DEFAULT_WHEN_NULL else None
+    if isinstance(value, cls):
+        return value
+    if name == "data" and isinstance(value, str):
+        value = {"path": value}
+    if name == "training" and isinstance(value, Mapping):
+        for key in RUNNER_OWNED:
+            if key in value:
+                problems.append(
+                    f"training.{key}: set by the runner under out (RUN_DIR/checkpoints, "
+                    "RUN_DIR/tb); remove it"
+                )
+        value = {k: v for k, v in value.items() if k not in RUNNER_OWNED}
+    try:
+        return cls._from_mapping(value, name)
+    except ConfigError as error:
+        problems.extend(error.problems)
+        return value
+
+
+@dataclass(frozen=True)
+class DistillRunConfig(ConfigBase):
+    """One student run over one cache (the module docstring shows every key).
+
+    Raises:
+        ConfigError: every problem at once: unknown keys (with a suggestion), bad values,
+            bad nested ``distill``/``training``/``optimizer``/``schedule``/``eval`` fields.
+    """
+
+    cache: str
+    student: str
+    out: str
+    teacher: str | None = None
+    task: str | None = None
+    num_labels: int | None = None
+    tokenizer: str | None = None
+    init_from_teacher: InitFromTeacher | None = None
+    kd: bool = True
+    distill: DistillationConfig | None = field(default_factory=DistillationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    num_epochs: int | None = None
+    num_steps: int | None = None
+    batch_size: int = 32
+    max_grad_norm: float = 1.0
+    shuffle_buffer: int = 1024
+    eval: EvalConfig | None = None
+    data: DataConfig | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for name in ("cache", "student", "out"):
+            _check_str(problems, name, getattr(self, name), optional=False)
+        for name in ("teacher", "tokenizer"):
+            _check_str(problems, name, getattr(self, name))
+        if self.task is not None:
+            check_choice(problems, "task", self.task, TASKS, "task")
+        check_bool(problems, "kd", self.kd)
+        for name in _NESTED:
+            set_field(self, name, _nested(problems, name, getattr(self, name)))
+        self._check_numbers(problems)
+        raise_if_any(problems)
+
+    def _check_numbers(self, problems: list[str]) -> None:
+        if self.num_epochs is not None and self.num_steps is not None:
+            problems.append(
+                f"num_epochs ({self.num_epochs}) and num_steps ({self.num_steps}) both given; "
+                "choose one"
+            )
+        for name in ("num_epochs", "num_steps", "num_labels"):
+            if getattr(self, name) is not None:
+                set_field(self, name, check_int(problems, name, getattr(self, name), 1))
+        if self.num_epochs is None and self.num_steps is None:
+            set_field(self, "num_epochs", DEFAULT_EPOCHS)
+        for name in ("batch_size", "shuffle_buffer"):
+            set_field(self, name, check_int(problems, name, getattr(self, name), 1))
+        set_field(self, "max_grad_norm", check_real(problems, "max_grad_norm", self.max_grad_norm))
+
+    @property
+    def distill_config(self) -> DistillationConfig | None:
+        """The distillation config, or None for hard-label training (``kd: false`` or null)."""
+        return self.distill if self.kd else None
+
+    @property
+    def run_dir(self) -> Path:
+        """RUN_DIR (``out``)."""
+        return Path(self.out)
+
+    def train_config(self) -> TrainingConfig:
+        """``training`` with ``output_dir``/``log_dir`` under RUN_DIR and a seed (default 0)."""
+        seed = DEFAULT_SEED if self.training.seed is None else self.training.seed
+        return dataclasses.replace(
+            self.training,
+            output_dir=str(self.run_dir / "checkpoints"),
+            log_dir=str(self.run_dir / "tb"),
+            seed=seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data; ``from_dict(cfg.to_dict()) == cfg``."""
+        data = super().to_dict()
+        data["training"] = {k: v for k, v in data["training"].items() if k not in RUNNER_OWNED}
+        return data
+
+
+_REQUIRED_HINT = " (give them in the YAML or as --cache / --student / --out)"
+
+
+def load_distill_config(
+    config_path: str | None, flags: Mapping[str, Any], overrides: Sequence[str] = ()
+) -> DistillRunConfig:
+    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate.
+
+    Raises:
+        ConfigError: every problem of the merged config at once.
+    """
+    data = load_yaml_mapping(config_path) if config_path else {}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return DistillRunConfig.from_dict(apply_overrides(data, overrides))
+    except ConfigError as error:
+        problems = [
+            p + _REQUIRED_HINT if p.startswith("missing required") else p for p in error.problems
+        ]
+        raise ConfigError(problems) from None
