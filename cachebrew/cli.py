@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -141,16 +144,64 @@ def verify(
         raise typer.Exit(code=1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def distill() -> None:
-    """Train a student from a cache."""
-    _not_yet("distill", "'cachebrew distill: stream the cache into a student'")
+@contextlib.contextmanager
+def _exit_on_error() -> Iterator[None]:
+    """A library error becomes ``error: <message>`` on stderr and exit code 1."""
+    try:
+        yield
+    except CachebrewError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from None
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sweep() -> None:
-    """Train many students over one cache."""
-    _not_yet("sweep", "'cachebrew distill: stream the cache into a student'")
+@app.command()
+def distill(
+    config: str | None = typer.Option(None, "--config", help="distill.yaml with any of the keys."),
+    cache: str | None = typer.Option(None, help="Teacher cache directory or fsspec URL."),
+    student: str | None = typer.Option(
+        None, help="Student: HF config JSON (fresh), HF directory or module:function."
+    ),
+    out: str | None = typer.Option(
+        None, help="RUN_DIR: checkpoints/, tb/, config.yaml, metrics.json."
+    ),
+    teacher: str | None = typer.Option(
+        None, help="Online mode: run this teacher on the cached inputs instead of reading features."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a key: --set distill.temperature=2 (repeatable)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from RUN_DIR/checkpoints/latest."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a student from a cache (flags override the YAML, --set overrides both)."""
+    with _exit_on_error():
+        from cachebrew.run_config import load_distill_config
+        from cachebrew.runner import run_distill
+
+        flags = {"cache": cache, "student": student, "out": out, "teacher": teacher}
+        cfg = load_distill_config(config, flags, set_)
+        metrics = run_distill(cfg, resume=resume, progress=not quiet)
+    summary = {k: v for k, v in metrics.items() if k not in ("loss_curve", "loss_terms")}
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def sweep(
+    sweep_file: str = typer.Argument(..., help="sweep.yaml: base plus grid and/or runs."),
+    out: str = typer.Option(..., "--out", help="Sweep directory: one RUN_DIR per run, results."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Runs at once (subprocesses)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train many students over one cache; write results.csv and results.md."""
+    with _exit_on_error():
+        from cachebrew.sweep import load_sweep, run_sweep
+
+        results = run_sweep(load_sweep(sweep_file), out, parallel=parallel, progress=not quiet)
+    typer.echo((Path(out) / "results.md").read_text(encoding="utf-8"))
+    if any(row["status"] != "ok" for row in results):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

@@ -1,0 +1,330 @@
+"""``cachebrew sweep``: many students over one cache, each a ``cachebrew distill`` run.
+
+A sweep file::
+
+    base: pipelines/tiny/distill.yaml     # a distill config mapping, or a path to one
+    grid:                                  # dotted key -> values; the cartesian product
+      student: [students/bert-1l.json, students/bert-2l.json]
+      kd: [true, false]
+    runs:                                  # and/or explicit runs (each crossed with the grid)
+      - name: hot                          # optional; derived from the overrides when absent
+        overrides: {distill.temperature: 8}
+
+Run ``<name>`` trains into ``DIR/<name>/`` (its ``out``). Runs go one after another in this
+process, or as ``--parallel N`` subprocesses (``python -m cachebrew distill --config
+DIR/<name>/config.yaml``, logs in ``DIR/<name>/log.txt``, ``OMP_NUM_THREADS`` split between
+them). A failed run is recorded with its error and the others continue. A run whose
+``metrics.json`` exists, made with the same resolved config and the same cache manifest, is
+skipped (so ``make`` can re-run a sweep cheaply); a stale or unfinished run directory is
+cleared and the run redone. ``DIR/results.csv`` and ``DIR/results.md`` get one row per run
+(:data:`COLUMNS`).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cachebrew.errors import CachebrewError, ConfigError
+from cachebrew.run_config import DistillRunConfig
+from cachebrew.validation import ConfigBase, apply_overrides, load_yaml_mapping, raise_if_any
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    "run", "student", "kd", "metric", "value", "params", "steps", "final_loss", "seconds",
+    "examples_per_s", "teacher_forwards", "status", "error",
+)  # fmt: skip
+RUN_FILES = ("checkpoints", "tb", "config.yaml", "metrics.json", "log.txt")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep: its name and its config mapping (``out`` not yet set)."""
+
+    name: str
+    overrides: tuple[str, ...]
+    data: Mapping[str, Any]
+
+    def config(self, sweep_dir: str | Path) -> DistillRunConfig:
+        """The validated run config training into ``sweep_dir/<name>``."""
+        return DistillRunConfig.from_dict({**self.data, "out": str(Path(sweep_dir) / self.name)})
+
+
+@dataclass(frozen=True)
+class SweepSpec(ConfigBase):
+    """The sweep file's three keys (unknown keys are reported with a suggestion)."""
+
+    base: Any = None
+    grid: Any = field(default_factory=dict)
+    runs: Any = None
+
+
+def load_sweep(path: str | Path) -> list[SweepRun]:
+    """Read a sweep file and expand it into runs; every run's config is validated up front.
+
+    Raises:
+        ConfigError: every problem at once (the sweep file's keys, the grid, the runs, and
+            each run's config, prefixed with the run name).
+    """
+    spec = SweepSpec.from_dict(load_yaml_mapping(path))
+    problems: list[str] = []
+    base = _base_mapping(spec.base, problems)
+    grid = _grid_points(spec.grid, problems)
+    named = _explicit_runs(spec.runs, problems)
+    raise_if_any(problems)
+    runs = []
+    for (run_name, run_overrides), point in itertools.product(named, grid):
+        overrides = run_overrides + [_override(k, v) for k, v in point.items()]
+        name = "_".join(p for p in (run_name, derive_name(point)) if p) or "base"
+        try:
+            runs.append(SweepRun(name, tuple(overrides), apply_overrides(base, overrides)))
+        except ConfigError as error:
+            problems += [f"run {name}: {p}" for p in error.problems]
+    problems += _run_problems(runs)
+    raise_if_any(problems)
+    return runs
+
+
+def _base_mapping(base: Any, problems: list[str]) -> dict[str, Any]:
+    if isinstance(base, str):
+        return load_yaml_mapping(base)
+    if isinstance(base, Mapping):
+        return dict(base)
+    problems.append(f"base: expected a distill config mapping or a path to one, got {base!r}")
+    return {}
+
+
+def _grid_points(grid: Any, problems: list[str]) -> list[dict[str, Any]]:
+    if grid is None:
+        return [{}]
+    if not isinstance(grid, Mapping):
+        problems.append(f"grid: expected a mapping of dotted key -> list of values, got {grid!r}")
+        return [{}]
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            problems.append(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+    if any(not isinstance(v, list) or not v for v in grid.values()):
+        return [{}]
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _explicit_runs(runs: Any, problems: list[str]) -> list[tuple[str, list[str]]]:
+    if runs is None:
+        return [("", [])]
+    if not isinstance(runs, list) or not runs:
+        problems.append(f"runs: expected a non-empty list of {{name, overrides}}, got {runs!r}")
+        return [("", [])]
+    named = []
+    for i, run in enumerate(runs):
+        extra = sorted(set(run) - {"name", "overrides"}) if isinstance(run, Mapping) else None
+        if extra is None or extra:
+            problems.append(f"runs[{i}]: expected {{name, overrides}}, got {run!r}")
+            continue
+        overrides = run.get("overrides") or {}
+        if isinstance(overrides, Mapping):
+            items = [_override(k, v) for k, v in overrides.items()]
+        elif isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+            items = list(overrides)
+        else:
+            problems.append(f"runs[{i}].overrides: expected a mapping or key=value strings")
+            continue
+        name = run.get("name") or derive_name(dict(o.partition("=")[::2] for o in items))
+        named.append((str(name), items))
+    return named
+
+
+def _run_problems(runs: Sequence[SweepRun]) -> list[str]:
+    problems = []
+    seen: set[str] = set()
+    for run in runs:
+        if run.name in seen:
+            problems.append(f"run {run.name}: two runs have this name; give the runs names")
+        seen.add(run.name)
+        try:
+            run.config("sweep")
+        except ConfigError as error:
+            problems += [f"run {run.name}: {p}" for p in error.problems]
+    return problems
+
+
+def _override(key: str, value: Any) -> str:
+    """``key=value`` with the value written as YAML (parsed back by ``apply_overrides``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**16).strip()
+    return f"{key}={text.removesuffix('...').strip()}"
+
+
+def derive_name(overrides: Mapping[str, Any]) -> str:
+    """A directory name from overrides: ``student=s/bert-1l.json, kd=False`` -> ``bert-1l_kd-false``.
+
+    Path-like values give their stem alone; other values ``<last key part>-<value>``.
+    """
+    parts = []
+    for key, value in overrides.items():
+        short_key = str(key).rsplit(".", 1)[-1]
+        if isinstance(value, str) and ("/" in value or Path(value).suffix):
+            parts.append(Path(value).stem)
+            continue
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        parts.append(f"{short_key}-{text.lower() if isinstance(value, bool) else text}")
+    return re.sub(r"[^A-Za-z0-9._=-]+", "", "_".join(parts))
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def run_sweep(
+    runs: Sequence[SweepRun], out: str | Path, *, parallel: int = 1, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Run (or skip) every run; write ``results.csv`` and ``results.md``; return the rows."""
+    sweep_dir = Path(out)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    pending = []
+    for run in runs:
+        cfg = run.config(sweep_dir)
+        done = finished_metrics(cfg)
+        if done is not None:
+            logger.info("run %s: up to date, skipped", run.name)
+            results[run.name] = done
+        else:
+            clear_run_dir(cfg.run_dir)
+            pending.append(cfg)
+    if parallel > 1 and len(pending) > 1:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            threads = _threads_per_run(parallel)
+            for cfg, metrics in zip(
+                pending, pool.map(lambda c: _run_subprocess(c, threads), pending), strict=True
+            ):
+                results[cfg.run_dir.name] = metrics
+    else:
+        for i, cfg in enumerate(pending, 1):
+            logger.info("run %d/%d: %s", i, len(pending), cfg.run_dir.name)
+            results[cfg.run_dir.name] = _run_in_process(cfg, progress)
+    rows = [result_row(run.name, results[run.name]) for run in runs]
+    write_results(rows, sweep_dir)
+    return rows
+
+
+def finished_metrics(cfg: DistillRunConfig) -> dict[str, Any] | None:
+    """The run's metrics if it finished with this config on the current cache, else None."""
+    metrics_path, config_path = cfg.run_dir / "metrics.json", cfg.run_dir / "config.yaml"
+    if not metrics_path.is_file() or not config_path.is_file():
+        return None
+    if yaml.safe_load(config_path.read_text(encoding="utf-8")) != cfg.to_dict():
+        return None
+    metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8"))
+    try:
+        from cachebrew.cache import open_cache
+        from cachebrew.runner import manifest_digest
+
+        current = manifest_digest(open_cache(cfg.cache, verify=False).manifest)
+    except CachebrewError:
+        return None
+    return metrics if metrics.get("cache_manifest_sha256") == current else None
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what an earlier (stale or unfinished) run left; other files are kept."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _run_in_process(cfg: DistillRunConfig, progress: bool) -> dict[str, Any]:
+    from cachebrew.runner import run_distill
+
+    try:
+        return run_distill(cfg, progress=progress)
+    except CachebrewError as error:
+        logger.error("run %s failed: %s", cfg.run_dir.name, error)
+        return _failed(cfg, str(error))
+    except Exception as error:  # a bug in one run must not stop the sweep
+        logger.exception("run %s failed", cfg.run_dir.name)
+        return _failed(cfg, f"{type(error).__name__}: {error}")
+
+
+def _threads_per_run(parallel: int) -> int:
+    return max(1, (os.cpu_count() or 1) // parallel)
+
+
+def _run_subprocess(cfg: DistillRunConfig, threads: int) -> dict[str, Any]:
+    """``python -m cachebrew distill`` on the run's config.yaml; output in log.txt."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = cfg.run_dir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    command = [sys.executable, "-m", "cachebrew", "distill", "--config", str(config_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    with open(cfg.run_dir / "log.txt", "w", encoding="utf-8") as log:
+        code = subprocess.run(
+            [*command, "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env, check=False
+        ).returncode
+    metrics_path = cfg.run_dir / "metrics.json"
+    if code == 0 and metrics_path.is_file():
+        logger.info("run %s: done", cfg.run_dir.name)
+        return dict(json.loads(metrics_path.read_text(encoding="utf-8")))
+    lines = (cfg.run_dir / "log.txt").read_text(encoding="utf-8").splitlines()
+    errors = [line for line in lines if line.startswith("error:")] or lines[-1:]
+    message = errors[-1].removeprefix("error:").strip() if errors else f"exit code {code}"
+    logger.error("run %s failed: %s", cfg.run_dir.name, message)
+    return _failed(cfg, message)
+
+
+def _failed(cfg: DistillRunConfig, error: str) -> dict[str, Any]:
+    return {
+        "student": cfg.student,
+        "kd": cfg.distill_config is not None,
+        "status": "failed",
+        "error": error,
+    }
+
+
+def result_row(name: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One results row (:data:`COLUMNS`) from a run's metrics (or failure record)."""
+    row = {column: metrics.get(column) for column in COLUMNS}
+    row["run"] = name
+    row["status"] = metrics.get("status", "ok")
+    return row
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def write_results(rows: Sequence[Mapping[str, Any]], sweep_dir: Path) -> None:
+    """``results.csv`` (full values) and ``results.md`` (a table, rounded)."""
+    with open(sweep_dir / "results.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(v) if isinstance(v, bool) else v for k, v in row.items()})
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        *("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows),
+    ]
+    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
