@@ -2,7 +2,9 @@
 
 Used by :class:`~cachebrew.cache.dataset.CacheDataset`, which decides the order
 (:class:`EpochPlan`). :class:`EpochReader` decodes runs chunk-aligned in stream order through a
-:class:`ChunkCache`; :func:`collate_examples` pads them into one batch. An *example* is what :meth:`ShardReader.record` returns: ``example_id``, ``input_ids`` (L,)
+:class:`ChunkCache`; :func:`collate_examples` pads them into one batch.
+
+An *example* is what :meth:`ShardReader.record` returns: ``example_id``, ``input_ids`` (L,)
 int64 (the teacher's tokens), ``label``, ``length`` L and ``features`` ``{array name: (rows,
 width)}`` float32 (top-k ids int64). A batch is::
 
@@ -120,16 +122,18 @@ class CollateOptions:
     pad_id: int = 0
     sep_id: int | None = None
     with_token_type_ids: bool = False
-    teacher_cache: bool = True
 
 
 def collate_examples(
     examples: Sequence[Mapping[str, Any]],
-    layout: FeatureLayout,
+    layout: FeatureLayout | None,
     options: CollateOptions,
     student_items: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One batch (module docstring) from B decoded examples, in the given order."""
+    """One batch (module docstring) from B decoded examples, in the given order.
+
+    ``layout=None`` is online mode: no ``teacher_cache`` (a live teacher runs on ``teacher``).
+    """
     ids = [str(e["example_id"]) for e in examples]
     teacher = model_inputs([e["input_ids"] for e in examples], options)
     if student_items is None:
@@ -144,7 +148,7 @@ def collate_examples(
     if labels is not None:
         student["labels"] = labels
     batch: dict[str, Any] = {"student": student, "teacher": teacher}
-    if options.teacher_cache:
+    if layout is not None:
         batch["teacher_cache"] = teacher_outputs(examples, layout, teacher["attention_mask"])
     batch["example_ids"] = ids
     return batch
@@ -172,12 +176,10 @@ class ChunkCache:
     """Decoded chunks of the arrays of a cache, least recently used evicted past a budget.
 
     Args:
-        reader: the open cache.
         budget_bytes: decoded bytes kept between read groups (a group may exceed it).
     """
 
-    def __init__(self, reader: CacheReader, budget_bytes: int):
-        self.reader = reader
+    def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
         self.decoded_chunks = 0
         self._chunks: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()

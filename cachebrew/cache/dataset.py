@@ -6,8 +6,10 @@ contiguous *runs* of rows (about ``window_bytes`` of decoded features each), per
 of each shard, and reads them in that order: the *stream*. A mixing buffer of ``buffer_size``
 examples is then simulated over the stream with ``numpy.random.default_rng([seed, epoch,
 rank])``: the output order is a permutation of stream positions known before any data is read.
-``shuffle=False`` gives corpus order (shard 0 row 0, row 1, ...). Because the order is known
-up front, :meth:`CacheDataset.resume_at` starts mid-epoch without decoding the skipped batches.
+``shuffle=False`` gives corpus order (shard 0 row 0, row 1, ...). The order of examples does
+not depend on ``batch_size``, ``teacher_cache`` or DataLoader workers (it does on the selection
+and ``window_bytes``, the run size). Because it is known up front,
+:meth:`CacheDataset.resume_at` starts mid-epoch without decoding the skipped batches.
 
 **Reading.** Runs are decoded in stream order, chunk-aligned and one Zarr read per consecutive
 chunk range (never per-example random gathers); a small LRU of decoded chunks serves chunks
@@ -96,7 +98,15 @@ def plan_epoch(
     buffer_size: int,
     num_examples: int,
 ) -> EpochPlan:
-    """Shard order, run order and mixing buffer of one epoch, fitted to ``num_examples``."""
+    """Shard order, run order and mixing buffer of one epoch, fitted to ``num_examples``.
+
+    Args:
+        selections: this rank's shards and selected rows.
+        seed, epoch, rank: seed ``numpy.random.default_rng([seed, epoch, rank])``.
+        shuffle: False keeps shard and row order and skips the mixing buffer.
+        buffer_size: examples in the mixing buffer.
+        num_examples: output length; shorter orders repeat their start, longer are cut.
+    """
     rng = np.random.default_rng([seed, epoch, rank])
     shard_order = rng.permutation(len(selections)) if shuffle else range(len(selections))
     pieces: list[np.ndarray] = []
@@ -184,8 +194,8 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.buffer_size, self.drop_last = buffer_size, drop_last
         self.rank, self.world_size, self.window_bytes = rank, world_size, window_bytes
-        self.layout = feature_layout(self.reader.spec, num_classes)
-        self.options = CollateOptions(pad_id, sep_id, with_token_type_ids, teacher_cache)
+        self.layout = feature_layout(self.reader.spec, num_classes) if teacher_cache else None
+        self.options = CollateOptions(pad_id, sep_id, with_token_type_ids)
         self.student_items = student_items
         counts, self._selections = self._select(example_ids)
         self.num_examples = min(counts) if drop_last else max(counts)
@@ -194,6 +204,15 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             _check_student_items(self.reader, self._selections, student_items)
         self.epoch = 0
         self._resume_position = 0
+        logger.info(
+            "CacheDataset %s: rank %d/%d, %d examples, %d batches of %d per epoch",
+            self.reader.path,
+            rank,
+            world_size,
+            self.num_examples,
+            self._num_batches,
+            batch_size,
+        )
 
     # ------------------------------------------------------------------ selection
 
@@ -236,7 +255,12 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
 
     def resume_at(self, position: int) -> None:
         """Make the next iteration start at batch ``position`` of the current epoch, without
-        decoding the skipped batches. Call after :meth:`set_epoch`."""
+        decoding the skipped batches. Call after :meth:`set_epoch`.
+
+        The next ``__iter__`` consumes it; DataLoader workers iterate copies, so in the main
+        process it stays set until the next :meth:`set_epoch` (which the training loop calls
+        at every pass).
+        """
         if not 0 <= position <= self._num_batches:
             raise ConfigError(
                 f"resume_at({position}): the position must be in [0, {self._num_batches}], the "
@@ -270,8 +294,8 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         worker = torch.utils.data.get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         indices = range(start + worker_id, self._num_batches, num_workers)
-        arrays = self.layout.arrays if self.options.teacher_cache else ()
-        cache = ChunkCache(self.reader, 4 * self.window_bytes)
+        arrays = self.layout.arrays if self.layout is not None else ()
+        cache = ChunkCache(4 * self.window_bytes)
         reader = EpochReader(self.reader, self.plan(), arrays, cache)
         for examples in reader.batches(indices, self.batch_size):
             yield collate_examples(examples, self.layout, self.options, self.student_items)
