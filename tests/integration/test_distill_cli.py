@@ -209,7 +209,7 @@ def test_a_layer_not_in_the_cache_fails_before_training_naming_the_stored_layers
 
 
 def test_student_widths_vocab_and_labels_are_checked_together(
-    caches: dict[str, Path], make_config: Callable[..., Path], tmp_path: Path, tmp_path_factory
+    caches: dict[str, Path], make_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     student = tmp_path / "small-vocab.json"
     student.write_text(
