@@ -32,7 +32,7 @@ demo: install
 	$(PY) examples/demo.py
 
 bench: install
-	$(PY) -m benchmarks.run
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -168,6 +168,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
         split=cfg.split,
     )
     spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None))
+    check_layers_exist(spec, getattr(teacher.model.config, "num_hidden_layers", None))
     device = resolve_device(cfg.device)
     teacher.model.to(device)
     records = list(corpus)
@@ -205,6 +206,28 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
         bytes_on_disk=totals.get("bytes_on_disk", 0),
         uncompressed_bytes=totals.get("uncompressed_bytes", 0),
     )
+
+
+def check_layers_exist(spec: FeatureSpec, num_layers: int | None) -> None:
+    """Refuse layers the teacher does not have, before any corpus is read or teacher run.
+
+    ``hidden`` indices run 0..num_layers (0 = embeddings, as TextBrewer's adaptors);
+    ``attention`` indices 0..num_layers - 1. Unknown depth (factory models) is checked later.
+    """
+    if num_layers is None:
+        return
+    problems = []
+    for feature in spec:
+        top = num_layers if feature.kind.startswith("hidden") else num_layers - 1
+        bad = [layer for layer in feature.layers if layer > top]
+        if bad:
+            source = "hidden" if feature.kind.startswith("hidden") else "attention"
+            problems.append(
+                f"feature {feature.kind!r}: layers {bad} do not exist; the teacher gives "
+                f"{top + 1} {source} layers (indices 0..{top})"
+            )
+    if problems:
+        raise ConfigError(problems)
 
 
 def _num_windows(num_records: int, shard_size: int) -> int:

@@ -213,7 +213,7 @@ def test_bad_inputs_give_one_clear_error(
         out=str(tmp_path / "c"),
         features="hidden:9",
     )
-    with pytest.raises(ConfigError, match=r"hidden.9.*gives 3 hidden layers"):
+    with pytest.raises(ConfigError, match=r"layers \[9\] do not exist; the teacher gives 3 hidden"):
         run_precompute(cfg, progress=False)
     assert not (tmp_path / "c" / "manifest.json").exists()
 
