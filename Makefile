@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo bench clean
+.PHONY: install test test-slow lint demo bench clean pipelines
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/run.py
+
+# Pipelines (pipelines/Makefile): `make pipeline-tiny` = `make -C pipelines tiny`.
+pipelines:
+	$(MAKE) -C pipelines help PY=$(abspath $(PY))
+
+pipeline-%: install
+	$(MAKE) -C pipelines $* PY=$(abspath $(PY))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
