@@ -192,13 +192,17 @@ def sweep(
     sweep_file: str = typer.Argument(..., help="sweep.yaml: base plus grid and/or runs."),
     out: str = typer.Option(..., "--out", help="Sweep directory: one RUN_DIR per run, results."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="Runs at once (subprocesses)."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a key of base: --set cache=caches/sst (repeatable)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train many students over one cache; write results.csv and results.md."""
     with _exit_on_error():
         from cachebrew.sweep import load_sweep, run_sweep
 
-        results = run_sweep(load_sweep(sweep_file), out, parallel=parallel, progress=not quiet)
+        runs = load_sweep(sweep_file, set_)
+        results = run_sweep(runs, out, parallel=parallel, progress=not quiet)
     typer.echo((Path(out) / "results.md").read_text(encoding="utf-8"))
     if any(row["status"] != "ok" for row in results):
         raise typer.Exit(code=1)

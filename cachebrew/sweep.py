@@ -74,8 +74,13 @@ class SweepSpec(ConfigBase):
     runs: Any = None
 
 
-def load_sweep(path: str | Path) -> list[SweepRun]:
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> list[SweepRun]:
     """Read a sweep file and expand it into runs; every run's config is validated up front.
+
+    Args:
+        path: the sweep YAML.
+        overrides: ``key=value`` strings applied to ``base`` first (``--set``), e.g.
+            ``cache=out/tiny/cache``.
 
     Raises:
         ConfigError: every problem at once (the sweep file's keys, the grid, the runs, and
@@ -83,16 +88,16 @@ def load_sweep(path: str | Path) -> list[SweepRun]:
     """
     spec = SweepSpec.from_dict(load_yaml_mapping(path))
     problems: list[str] = []
-    base = _base_mapping(spec.base, problems)
+    base = apply_overrides(_base_mapping(spec.base, problems), overrides)
     grid = _grid_points(spec.grid, problems)
     named = _explicit_runs(spec.runs, problems)
     raise_if_any(problems)
     runs = []
     for (run_name, run_overrides), point in itertools.product(named, grid):
-        overrides = run_overrides + [_override(k, v) for k, v in point.items()]
+        items = run_overrides + [_override(k, v) for k, v in point.items()]
         name = "_".join(p for p in (run_name, derive_name(point)) if p) or "base"
         try:
-            runs.append(SweepRun(name, tuple(overrides), apply_overrides(base, overrides)))
+            runs.append(SweepRun(name, tuple(items), apply_overrides(base, items)))
         except ConfigError as error:
             problems += [f"run {name}: {p}" for p in error.problems]
     problems += _run_problems(runs)
