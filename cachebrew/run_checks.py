@@ -8,7 +8,8 @@ What is checked:
   student's hidden size; without ``proj``, losses that compare features element-wise
   (``hidden_mse``, ``cos``, ``pkd``, ``fsp``/``gram``) need equal widths;
 - ``layer_S`` exists in the student (hidden states: embeddings + one per layer);
-- the student's vocabulary covers every stored input id (same-tokenizer students);
+- the student's vocabulary covers every input id it will read (the cache's, or its own
+  tokenization's);
 - the student's label count equals the width of the cached logits (classification heads);
 - a student with another tokenizer: no token-level matches or token-level logits (teacher
   features are aligned with the teacher's tokens, DESIGN §3);
@@ -17,6 +18,7 @@ What is checked:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cachebrew.cache import feature_spec_from_matches
@@ -35,7 +37,7 @@ def check_run(
     reader: CacheReader,
     student: LoadedModel,
     *,
-    other_tokenizer: bool,
+    student_items: Mapping[str, Mapping[str, Any]] | None = None,
     teacher_config: Any = None,
 ) -> None:
     """Raise one ConfigError listing every way the run does not fit the cache or student.
@@ -44,10 +46,12 @@ def check_run(
         cfg: the run config.
         reader: the open cache.
         student: the loaded student.
-        other_tokenizer: the student reads its own tokenization (``data:``), not the cache's ids.
+        student_items: the student's own tokenization (``data:``, another tokenizer), or None
+            when it reads the cache's input ids.
         teacher_config: the online teacher's HF config (widths come from it), or None.
     """
     problems: list[str] = []
+    other_tokenizer = student_items is not None
     distill = cfg.distill_config
     if distill is not None:
         if teacher_config is None:
@@ -55,8 +59,7 @@ def check_run(
         problems += _match_problems(reader, distill, student, teacher_config)
         if other_tokenizer:
             problems += _tokenizer_problems(reader, distill)
-    if not other_tokenizer:
-        problems += _vocab_problems(reader, student)
+    problems += _vocab_problems(reader, student, student_items)
     problems += _label_problems(cfg, reader, student)
     if problems:
         raise ConfigError(problems)
@@ -154,15 +157,23 @@ def _tokenizer_problems(reader: CacheReader, distill: DistillationConfig) -> lis
     return problems
 
 
-def _vocab_problems(reader: CacheReader, student: LoadedModel) -> list[str]:
+def _vocab_problems(
+    reader: CacheReader,
+    student: LoadedModel,
+    student_items: Mapping[str, Mapping[str, Any]] | None,
+) -> list[str]:
     vocab_size = getattr(getattr(student.model, "config", None), "vocab_size", None)
     if vocab_size is None:
         return []
-    largest = max_input_id(reader)
+    if student_items is None:
+        largest, whose = max_input_id(reader), "the cache's input ids"
+    else:
+        ids = (max(item["input_ids"], default=-1) for item in student_items.values())
+        largest, whose = max(ids, default=-1), "the ids of its own tokenizer"
     if largest >= vocab_size:
         return [
-            f"student: vocab_size {vocab_size} does not cover the cache's input ids (largest "
-            f"{largest}); give the student vocab_size >= {largest + 1}, or data: to re-tokenize"
+            f"student: vocab_size {vocab_size} does not cover {whose} (largest {largest}); "
+            f"give the student vocab_size >= {largest + 1}"
         ]
     return []
 

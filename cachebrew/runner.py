@@ -130,7 +130,7 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     if cfg.teacher is not None and cfg.distill_config is not None:
         teacher = load_online_teacher(cfg, reader)
     teacher_config = getattr(teacher.model, "config", None) if teacher is not None else None
-    check_run(cfg, reader, student, other_tokenizer=tokens.other, teacher_config=teacher_config)
+    check_run(cfg, reader, student, student_items=tokens.items, teacher_config=teacher_config)
     train_ids, eval_ids = _split(cfg, reader, tokens)
     dataset = CacheDataset(
         reader,

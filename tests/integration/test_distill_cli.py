@@ -257,3 +257,54 @@ def test_hard_labels_only_reads_no_teacher_feature(
     )
     assert metrics["kd"] is False and metrics["mode"] == "labels"
     assert metrics["teacher_forwards"] == 0 and metrics["steps"] == 10
+
+
+def _other_tokenizer(directory: Path, sentences: list[str]) -> Path:
+    """A WordPiece tokenizer unlike the teacher's (smaller vocabulary)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import WordPieceTrainer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(
+        sentences, WordPieceTrainer(vocab_size=90, special_tokens=specials)
+    )
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def test_a_student_with_another_tokenizer_reads_the_corpus_joined_by_example_id(
+    caches: dict[str, Path],
+    make_config: Callable[..., Path],
+    tmp_path: Path,
+    tiny_corpus_jsonl: Path,
+    tiny_sentences: list[str],
+) -> None:
+    tokenizer = _other_tokenizer(tmp_path / "tok", tiny_sentences)
+    data = {"path": str(tiny_corpus_jsonl), "label_field": "label"}
+    config = make_config(
+        caches["fp32"],
+        distill={"temperature": 4, "intermediate_matches": []},
+        tokenizer=str(tokenizer),
+        data=data,
+        eval={"data": str(tiny_corpus_jsonl), "label_field": "label", "metric": "macro_f1"},
+    )
+    metrics = _distill("--config", str(config), "--out", str(tmp_path / "other"))
+    assert metrics["mode"] == "cache" and metrics["steps"] == 10  # 40 examples, batch 8, x2
+    assert metrics["metric"] == "macro_f1" and metrics["eval_examples"] == 40
+
+    no_data = make_config(caches["fp32"], tokenizer=str(tokenizer))
+    result = runner.invoke(app, ["distill", "--config", str(no_data), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "give data:" in result.output
+
+    with_match = make_config(caches["fp32"], tokenizer=str(tokenizer), data=data)
+    result = runner.invoke(
+        app, ["distill", "--config", str(with_match), "--out", str(tmp_path / "y")]
+    )
+    assert result.exit_code == 1 and "token-aligned" in result.output
