@@ -129,6 +129,8 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     teacher = None
     if cfg.teacher is not None and cfg.distill_config is not None:
         teacher = load_online_teacher(cfg, reader)
+    elif cfg.teacher is not None:
+        logger.info("teacher %s not loaded: hard-label training needs no teacher", cfg.teacher)
     teacher_config = getattr(teacher.model, "config", None) if teacher is not None else None
     check_run(cfg, reader, student, student_items=tokens.items, teacher_config=teacher_config)
     train_ids, eval_ids = _split(cfg, reader, tokens)
@@ -153,10 +155,10 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
 def _split(
     cfg: DistillRunConfig, reader: CacheReader, tokens: StudentTokens
 ) -> tuple[list[str] | None, list[str] | None]:
-    ids = list(tokens.items) if tokens.items is not None else None
-    if tokens.items is not None:
-        stored = set(reader.example_ids())
-        ids = [i for i in reader.example_ids() if i in tokens.items]
+    ids = None
+    if tokens.items is not None:  # train on the cached examples the corpus also has
+        stored = reader.example_ids()
+        ids = [i for i in stored if i in tokens.items]
         if len(ids) < len(stored):
             logger.warning("data: %d cached examples are not in the corpus", len(stored) - len(ids))
     if cfg.eval is None or cfg.eval.fraction is None:
