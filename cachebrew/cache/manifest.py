@@ -288,6 +288,10 @@ def read_manifest(loc: CacheLocation) -> dict[str, Any]:
     """
     manifest = loc.read_json(loc.join(MANIFEST))
     if manifest is None:
+        if not loc.exists(loc.root):
+            raise CacheError(
+                f"{loc.path} does not exist: give the --out of a `cachebrew precompute` run"
+            )
         hint = ""
         if loc.exists(loc.join(RUN_RECORD)):
             hint = f" ({len(published_shards(loc))} finished shards from an interrupted run)"

@@ -139,3 +139,11 @@ def test_require_a_spec_from_a_config(cache: pathlib.Path) -> None:
 def test_get_unknown_id(cache: pathlib.Path) -> None:
     with pytest.raises(KeyError, match="example 'nope' is not in the cache"):
         open_cache(cache).get("nope")
+
+
+def test_a_missing_path_is_named_as_missing(tmp_path) -> None:
+    from cachebrew.cache import open_cache
+    from cachebrew.errors import CacheError
+
+    with pytest.raises(CacheError, match="does not exist"):
+        open_cache(tmp_path / "nowhere")
