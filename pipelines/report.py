@@ -60,7 +60,7 @@ def timed_predict(loaded: models.LoadedModel, batches: list[dict[str, Any]]) -> 
     }
 
 
-def evaluate_run(run_dir: Path, test: str) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, test: str, fields: dict[str, str]) -> dict[str, Any]:
     """The row of one finished run: its metrics.json plus a timed test pass of its student."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     cfg = load_distill_config(str(run_dir / "config.yaml"), {})
@@ -70,8 +70,7 @@ def evaluate_run(run_dir: Path, test: str) -> dict[str, Any]:
     final = checkpoints / (checkpoints / "latest").read_text().strip()
     student.model.load_state_dict(load_file(str(final / "student.safetensors")))
     tokens = resolve_student_tokens(cfg, reader)
-    eval_cfg = EvalConfig(data=test, label_field=cfg.eval.label_field if cfg.eval else "label")
-    batches, _ = corpus_eval_batches(eval_cfg, tokens, max_length(reader))
+    batches, _ = corpus_eval_batches(EvalConfig(data=test, **fields), tokens, max_length(reader))
     scores = timed_predict(student, batches)
     return {
         "student": metrics["run"],
@@ -92,14 +91,14 @@ def evaluate_run(run_dir: Path, test: str) -> dict[str, Any]:
     }
 
 
-def evaluate_teacher(teacher: str, cache: str, test: str) -> dict[str, Any]:
+def evaluate_teacher(teacher: str, cache: str, test: str, fields: dict[str, str]) -> dict[str, Any]:
     """The teacher's row: test scores, parameters and inference examples/s."""
     reader = open_cache(cache)
     loaded = models.load_model(teacher, role="teacher")
     tokens = resolve_student_tokens(
         load_distill_config(None, {"cache": cache, "student": teacher, "out": "unused"}), reader
     )
-    batches, _ = corpus_eval_batches(EvalConfig(data=test), tokens, max_length(reader))
+    batches, _ = corpus_eval_batches(EvalConfig(data=test, **fields), tokens, max_length(reader))
     scores = timed_predict(loaded, batches)
     return {"student": "teacher", "params": models.count_parameters(loaded.model), **scores}
 
@@ -132,13 +131,16 @@ def main() -> None:
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--test", required=True)
+    parser.add_argument("--text-field", default="text", help="tokens for tagging")
+    parser.add_argument("--label-field", default="label", help="tags for tagging")
     parser.add_argument("--precompute-seconds", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     with open(args.sweep / "results.csv", newline="") as f:
         names = [r["run"] for r in csv.DictReader(f) if r["status"] == "ok"]
-    rows = [evaluate_run(args.sweep / name, args.test) for name in names]
-    teacher = evaluate_teacher(args.teacher, str(args.cache), args.test)
+    fields = {"text_field": args.text_field, "label_field": args.label_field}
+    rows = [evaluate_run(args.sweep / name, args.test, fields) for name in names]
+    teacher = evaluate_teacher(args.teacher, str(args.cache), args.test, fields)
     summary = {
         "teacher": teacher,
         "test": args.test,
@@ -155,7 +157,7 @@ def main() -> None:
     footer = (
         f"\ntest split: {args.test} ({teacher['eval_examples']} examples); cache "
         f"{summary['cache_bytes'] / 1e6:.1f} MB; teacher pass (precompute) "
-        f"{summary['precompute_seconds']} s; 4-student sweep from the cache "
+        f"{summary['precompute_seconds']} s; {len(rows)}-student sweep from the cache "
         f"{summary['sweep_train_seconds']} s"
     )
     (args.out / "results.md").write_text(text + "\n" + footer + "\n")
