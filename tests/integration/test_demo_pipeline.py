@@ -18,6 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
 KEYS = {"student", "kd", "metric", "value", "macro_f1", "params", "examples_per_s"}
+NUM_TRAIN, NUM_TEST = 200, 200
+SIZES = [f"DEMO_TRAIN={NUM_TRAIN}", "DEMO_DEV=100", f"DEMO_TEST={NUM_TEST}"]
 RUNS = ("minilm-3l-kd", "minilm-3l-nokd", "bert-2l-128-kd", "bert-2l-128-nokd")
 
 pytestmark = pytest.mark.slow
@@ -42,7 +44,7 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("pipelines")
     done = subprocess.run(
         ["make", "-C", str(ROOT / "pipelines"), "demo", f"OUT={out}", f"PY={sys.executable}",
-         "DEMO_TRAIN=200", "DEMO_DEV=100", "DEMO_TEST=200"],
+         *SIZES],
         capture_output=True, text=True, check=False, timeout=1800,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -52,7 +54,7 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_cache_manifest_holds_logits_and_the_matched_hidden_layers(demo_out: tuple[Path, str]):
     out, _ = demo_out
     manifest = json.loads((out / "cache" / "manifest.json").read_text())
-    assert manifest["num_examples"] == 200
+    assert manifest["totals"]["num_examples"] == NUM_TRAIN
     assert {"logits", "hidden.2", "hidden.3", "hidden.4", "hidden.6"} <= set(manifest["arrays"])
 
 
@@ -62,7 +64,7 @@ def test_every_run_wrote_metrics(demo_out: tuple[Path, str]):
         metrics = json.loads((out / "sweep" / run / "metrics.json").read_text())
         assert metrics["status"] == "ok"
         assert metrics["metric"] == "accuracy"
-        assert metrics["eval_examples"] == 200
+        assert metrics["eval_examples"] == NUM_TEST
         assert metrics["kd"] is run.endswith("-kd")
 
 
@@ -86,7 +88,7 @@ def test_second_make_recomputes_nothing(demo_out: tuple[Path, str]):
     done = subprocess.run(
         ["make", "-q", "-C", str(ROOT / "pipelines"), str(out / "results.json"),
          f"OUT={out.parent}", f"PY={sys.executable}",
-         "DEMO_TRAIN=200", "DEMO_DEV=100", "DEMO_TEST=200"],
+         *SIZES],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
