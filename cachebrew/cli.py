@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from cachebrew.errors import CachebrewError
+from cachebrew.errors import CachebrewError, ConfigError
 
 app = typer.Typer(
     name="cachebrew",
@@ -20,11 +20,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _not_yet(command: str, issue: str) -> None:
-    typer.echo(f"cachebrew {command}: not yet available (arrives with {issue}).", err=True)
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -43,6 +38,9 @@ def precompute(
         None, help="Derive the features from this DistillationConfig YAML."
     ),
     dtype: str | None = typer.Option(None, help="fp16 (default), bf16, fp32 or int8."),
+    feature_dtype: list[str] = typer.Option(
+        [], "--feature-dtype", help="Per-kind dtype: --feature-dtype hidden=int8 (repeatable)."
+    ),
     codec: str | None = typer.Option(None, help="zstd (default), lz4, blosc-zstd or none."),
     topk: int | None = typer.Option(
         None, help="Store only the top-k logits per row (+ ids, log-sum-exp)."
@@ -73,6 +71,11 @@ def precompute(
     from cachebrew.precompute import describe_summary, load_precompute_config, run_precompute
 
     flags["overwrite"] = overwrite or None
+    flags.pop("feature_dtype")
+    bad = [item for item in feature_dtype if "=" not in item]
+    if bad:
+        raise ConfigError(f"--feature-dtype {bad}: expected KIND=DTYPE, e.g. hidden=int8")
+    set_ = [f"feature_dtypes.{item}" for item in feature_dtype] + set_
     cfg = load_precompute_config(config, flags, set_)
     summary = run_precompute(cfg, progress=not quiet)
     typer.echo(describe_summary(summary))

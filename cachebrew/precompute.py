@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -56,7 +56,8 @@ class PrecomputeConfig(ConfigBase):
 
     What to store comes from ``features`` (CLI form, e.g. ``logits,hidden:0,4,attention:4``),
     or is derived from the ``DistillationConfig`` YAML at ``distill_config`` (its kd loss and
-    matches); without either, only ``logits`` are stored.
+    matches); without either, only ``logits`` are stored. ``dtype`` applies to every feature;
+    ``feature_dtypes`` overrides it per kind, e.g. ``{"hidden": "int8", "attention": "fp16"}``.
     """
 
     teacher: str
@@ -65,6 +66,7 @@ class PrecomputeConfig(ConfigBase):
     features: str | None = None
     distill_config: str | None = None
     dtype: str = "fp16"
+    feature_dtypes: dict[str, str] | None = None
     codec: str = "zstd"
     topk: int | None = None
     text_field: str = "text"
@@ -90,6 +92,13 @@ class PrecomputeConfig(ConfigBase):
                 "features and distill_config both given: choose one way to say what to store"
             )
         check_choice(problems, "dtype", self.dtype, DTYPES, "cache dtype")
+        if self.feature_dtypes is not None and not isinstance(self.feature_dtypes, Mapping):
+            problems.append(
+                f"feature_dtypes: expected a mapping of feature kind to dtype, e.g. "
+                f"{{hidden: int8}}, got {self.feature_dtypes!r}"
+            )
+        for kind, dtype in dict(self.feature_dtypes or {}).items():
+            check_choice(problems, f"feature_dtypes.{kind}", dtype, DTYPES, "cache dtype")
         for name, minimum in (("max_length", 2), ("batch_size", 1), ("shard_size", 1)):
             set_field(self, name, check_int(problems, name, getattr(self, name), minimum))
         for name in ("topk", "num_labels"):
@@ -116,7 +125,7 @@ def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> Featu
         distill = DistillationConfig.from_yaml(cfg.distill_config)
         scheduler = distill.temperature_scheduler
         scheduler_name = scheduler if isinstance(scheduler, str) else scheduler[0]
-        return feature_spec_from_matches(
+        spec = feature_spec_from_matches(
             distill.kd_loss_type,
             scheduler_name,
             [m.to_dict() for m in distill.intermediate_matches],
@@ -125,8 +134,27 @@ def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> Featu
             topk=cfg.topk,
             vocab_size=vocab_size,
         )
-    return parse_feature_spec(
-        cfg.features or DEFAULT_FEATURES, dtype=cfg.dtype, codec=cfg.codec, topk=cfg.topk
+    else:
+        spec = parse_feature_spec(
+            cfg.features or DEFAULT_FEATURES, dtype=cfg.dtype, codec=cfg.codec, topk=cfg.topk
+        )
+    return with_feature_dtypes(spec, cfg.feature_dtypes or {})
+
+
+def with_feature_dtypes(spec: FeatureSpec, dtypes: Mapping[str, str]) -> FeatureSpec:
+    """``spec`` with the dtype of each kind named in ``dtypes`` replaced.
+
+    Raises:
+        ConfigError: a kind the spec does not store, or a dtype the kind cannot take.
+    """
+    stored = [feature.kind for feature in spec]
+    unknown = sorted(set(dtypes) - set(stored))
+    if unknown:
+        raise ConfigError(
+            f"feature_dtypes names {unknown}, which this cache does not store; it stores {stored}"
+        )
+    return FeatureSpec(
+        tuple(replace(f, dtype=dtypes[f.kind]) if f.kind in dtypes else f for f in spec)
     )
 
 

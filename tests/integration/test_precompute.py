@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ from cachebrew.cli import app
 from cachebrew.errors import CacheMismatchError, ConfigError
 from cachebrew.models import load_model
 from cachebrew.precompute import PrecomputeConfig, run_precompute
+from cachebrew.verify import verify_cache
 
 runner = CliRunner()
 
@@ -233,3 +239,176 @@ def test_bad_inputs_give_one_clear_error(
         ],
     )
     assert result.exit_code != 0 and "sentence" in str(result.exception)
+
+
+def test_fp32_cache_is_bit_identical_to_the_teachers_adapted_outputs(
+    tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cache"
+    _precompute(
+        tiny_teacher_dir,
+        tiny_corpus_jsonl,
+        out,
+        "--features",
+        "logits,hidden:0,2,attention:1",
+        "--dtype",
+        "fp32",
+        "--batch-size",
+        "1",
+    )
+    reader, teacher = open_cache(out), load_model(tiny_teacher_dir)
+    checked = 0
+    for example in reader.iter_examples():
+        encoded = {"input_ids": torch.tensor([example["input_ids"].tolist()])}
+        encoded["attention_mask"] = torch.ones_like(encoded["input_ids"])
+        encoded["token_type_ids"] = torch.zeros_like(encoded["input_ids"])
+        with torch.inference_mode():
+            adapted = teacher.adaptor(encoded, teacher.model(**encoded))
+        n = example["length"]
+        features = example["features"]
+        assert np.array_equal(features["logits"][0], adapted["logits"][0].numpy())
+        assert np.array_equal(features["hidden.2"], adapted["hidden"][2][0].numpy())
+        attention = features["attention.1"].reshape(-1, n, n)
+        assert np.array_equal(attention, adapted["attention"][1][0].numpy())
+        checked += 1
+        if checked == 5:
+            break
+    assert checked == 5
+
+
+def test_fp16_cache_is_within_the_measured_error(
+    tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
+) -> None:
+    """DESIGN §4 measured fp16: hidden relative error ~2e-4, logits KL ~4e-7."""
+    from cachebrew.verify import verify_cache
+
+    out = tmp_path / "cache"
+    _precompute(tiny_teacher_dir, tiny_corpus_jsonl, out, "--features", "logits,hidden:1,2")
+    values = verify_cache(str(out), teacher=str(tiny_teacher_dir), sample=16)["values"]
+    assert values["hidden.1"]["max_rel_error"] < 1e-3
+    assert values["hidden.2"]["max_rel_error"] < 1e-3
+    assert values["logits"]["kl"] < 1e-5
+
+
+def _cache_content(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    return {e["example_id"]: e["features"] for e in open_cache(path).iter_examples()}
+
+
+def _start_until_writing(command: list[str], out: Path) -> subprocess.Popen[bytes]:
+    """Start a precompute and return once it has created the cache directory (teacher loaded)."""
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    while not out.exists() and process.poll() is None:
+        time.sleep(0.01)
+    return process
+
+
+def test_sigkill_at_random_points_resumes_to_the_same_content(
+    tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
+) -> None:
+    """Five runs killed with SIGKILL at random moments while writing: a cache with a manifest is
+    always whole, and resuming a partial one gives exactly the content of an uninterrupted run."""
+    records = [json.loads(line) for line in tiny_corpus_jsonl.read_text().splitlines()] * 4
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({**r, "id": i}) + "\n" for i, r in enumerate(records)))
+    settings = dict(
+        teacher=str(tiny_teacher_dir),
+        data=str(corpus),
+        label_field="label",
+        id_field="id",
+        features="logits,hidden:2",
+        shard_size=4,
+        batch_size=2,
+    )
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    command = [sys.executable, "-m", "cachebrew", "precompute", "--quiet", *flags]
+    reference = tmp_path / "reference"
+    process = _start_until_writing([*command, "--out", str(reference)], reference)
+    start = time.perf_counter()
+    assert process.wait() == 0
+    writing = time.perf_counter() - start
+    expected = _cache_content(reference)
+    rng = random.Random(7)
+    partial = 0
+    for trial in range(10):  # until 5 kills have landed before the manifest
+        if partial == 5:
+            break
+        out = tmp_path / f"killed{trial}"
+        process = _start_until_writing([*command, "--out", str(out)], out)
+        time.sleep(rng.uniform(0.05, 0.9) * writing)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if not (out / "manifest.json").exists():  # killed before the end: resume it
+            partial += 1
+            run_precompute(PrecomputeConfig(**settings, out=str(out)), progress=False)
+        content = _cache_content(out)
+        assert content.keys() == expected.keys()
+        for example_id, features in expected.items():
+            for name, array in features.items():
+                assert np.array_equal(content[example_id][name], array), (trial, example_id, name)
+    assert partial == 5, "the kills should land while the cache is being written"
+
+
+def test_a_flipped_byte_and_a_truncated_index_are_detected(
+    tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cache"
+    _precompute(
+        tiny_teacher_dir,
+        tiny_corpus_jsonl,
+        out,
+        "--features",
+        "logits,hidden:2",
+        "--shard-size",
+        "16",
+    )
+    chunk = next(
+        p
+        for p in (out / "shards" / "00001" / "hidden.2").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    result = runner.invoke(app, ["verify", str(out)])
+    assert result.exit_code == 1
+    assert "shard 1" in result.stdout and "hidden.2" in result.stdout
+
+    index = out / "shards" / "00002" / "index.arrow"
+    index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
+    result = runner.invoke(app, ["verify", str(out)])
+    assert result.exit_code == 1 and "shard 2" in result.stdout and "index.arrow" in result.stdout
+
+
+def test_feature_dtypes_set_the_dtype_of_one_kind(
+    tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cache"
+    spec = "logits,hidden:1,2,attention:1"
+    _precompute(
+        tiny_teacher_dir,
+        tiny_corpus_jsonl,
+        out,
+        "--features",
+        spec,
+        "--feature-dtype",
+        "hidden=int8",
+        "--feature-dtype",
+        "logits=fp32",
+    )
+    info = json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).stdout)
+    dtypes = {f["name"]: f["dtype"] for f in info["features"]}
+    assert dtypes == {"logits": "fp32", "hidden": "int8", "attention": "fp16"}
+    values = verify_cache(str(out), teacher=str(tiny_teacher_dir), sample=8)["values"]
+    assert values["logits"]["max_abs_error"] < 1e-6
+    assert 0 < values["hidden.2"]["max_rel_error"] < 2e-2
+
+    base = ["precompute", "--teacher", str(tiny_teacher_dir), "--data", str(tiny_corpus_jsonl)]
+    base += ["--out", str(tmp_path / "other"), "--features", spec, "--feature-dtype"]
+    for item, message in [
+        ("attention=int8", "int8 is not supported for attention"),
+        ("hidden_cls=fp32", "which this cache does not store"),
+        ("hidden=fp8", "feature_dtypes.hidden"),
+        ("hidden", "expected KIND=DTYPE"),
+    ]:
+        result = runner.invoke(app, [*base, item])
+        assert result.exit_code == 1 and message in str(result.exception), item

@@ -139,4 +139,3 @@ def test_require_a_spec_from_a_config(cache: pathlib.Path) -> None:
 def test_get_unknown_id(cache: pathlib.Path) -> None:
     with pytest.raises(KeyError, match="example 'nope' is not in the cache"):
         open_cache(cache).get("nope")
-
