@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo bench clean pipelines
+.PHONY: install test test-slow lint demo bench bench-cache bench-data clean pipelines
 
 install: $(STAMP)
 
@@ -33,8 +33,15 @@ lint: install
 demo: install
 	$(MAKE) -C pipelines demo PY=$(abspath $(PY))
 
-bench: install
+# Benchmarks (BENCHMARKS.md): they prepare the MiniLM teacher and VADER data first if missing.
+bench: install bench-data
 	$(PY) benchmarks/run.py
+
+bench-cache: install bench-data
+	$(PY) benchmarks/cache_format.py
+
+bench-data: install
+	$(PY) -m cachebrew data prepare minilm sentiment --out data
 
 # Pipelines (pipelines/Makefile): `make pipeline-tiny` = `make -C pipelines tiny`.
 pipelines:

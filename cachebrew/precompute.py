@@ -120,7 +120,11 @@ def load_precompute_config(
 
 
 def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> FeatureSpec:
-    """The feature spec from ``features``, from ``distill_config``, or the default (logits)."""
+    """The feature spec from ``features``, from ``distill_config``, or the default (logits).
+
+    Each kind gets ``cfg.feature_dtypes[kind]`` if given, else ``cfg.dtype``.
+    """
+    # Parsed with a dtype every kind takes; the real dtypes are set per kind below.
     if cfg.distill_config is not None:
         distill = DistillationConfig.from_yaml(cfg.distill_config)
         scheduler = distill.temperature_scheduler
@@ -129,33 +133,31 @@ def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> Featu
             distill.kd_loss_type,
             scheduler_name,
             [m.to_dict() for m in distill.intermediate_matches],
-            dtype=cfg.dtype,
+            dtype="fp32",
             codec=cfg.codec,
             topk=cfg.topk,
             vocab_size=vocab_size,
         )
     else:
         spec = parse_feature_spec(
-            cfg.features or DEFAULT_FEATURES, dtype=cfg.dtype, codec=cfg.codec, topk=cfg.topk
+            cfg.features or DEFAULT_FEATURES, dtype="fp32", codec=cfg.codec, topk=cfg.topk
         )
-    return with_feature_dtypes(spec, cfg.feature_dtypes or {})
+    return with_feature_dtypes(spec, cfg.dtype, cfg.feature_dtypes or {})
 
 
-def with_feature_dtypes(spec: FeatureSpec, dtypes: Mapping[str, str]) -> FeatureSpec:
-    """``spec`` with the dtype of each kind named in ``dtypes`` replaced.
+def with_feature_dtypes(spec: FeatureSpec, dtype: str, per_kind: Mapping[str, str]) -> FeatureSpec:
+    """``spec`` with every kind stored as ``per_kind[kind]`` if given, else as ``dtype``.
 
     Raises:
-        ConfigError: a kind the spec does not store, or a dtype the kind cannot take.
+        ConfigError: a kind the spec does not store, or a dtype a kind cannot take.
     """
     stored = [feature.kind for feature in spec]
-    unknown = sorted(set(dtypes) - set(stored))
+    unknown = sorted(set(per_kind) - set(stored))
     if unknown:
         raise ConfigError(
             f"feature_dtypes names {unknown}, which this cache does not store; it stores {stored}"
         )
-    return FeatureSpec(
-        tuple(replace(f, dtype=dtypes[f.kind]) if f.kind in dtypes else f for f in spec)
-    )
+    return FeatureSpec(tuple(replace(f, dtype=per_kind.get(f.kind, dtype)) for f in spec))
 
 
 @dataclass
@@ -169,6 +171,7 @@ class PrecomputeSummary:
     seconds: float
     bytes_on_disk: int
     uncompressed_bytes: int
+    pass_seconds: float = 0.0  # the teacher pass and writing only (no model load, corpus read)
 
     @property
     def examples_per_s(self) -> float:
@@ -210,6 +213,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
         overwrite=cfg.overwrite,
         extra={"max_length": cfg.max_length, "label_names": corpus.label_names},
     )
+    pass_start = time.perf_counter()
     with writer, _BackgroundWriter(writer) as sink:
         skipped = set(writer.completed_shards())
         todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if k not in skipped]
@@ -222,6 +226,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
             bar.update(len(window))
             bar.set_postfix_str(sink.progress_text())
         bar.close()
+    pass_seconds = time.perf_counter() - pass_start
     manifest = writer.manifest or {}
     totals = manifest.get("totals", {})
     computed = sum(len(_window(records, k, cfg.shard_size)) for k in todo)
@@ -233,6 +238,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
         seconds=time.perf_counter() - start,
         bytes_on_disk=totals.get("bytes_on_disk", 0),
         uncompressed_bytes=totals.get("uncompressed_bytes", 0),
+        pass_seconds=pass_seconds,
     )
 
 
@@ -422,5 +428,6 @@ def describe_summary(summary: PrecomputeSummary) -> str:
         f"cache {summary.out}: {summary.num_examples} examples "
         f"({summary.examples_computed} computed now, {summary.shards_skipped} shards kept), "
         f"{summary.bytes_on_disk / 1e6:.1f} MB on disk ({ratio:.2f}x compression), "
-        f"{summary.seconds:.1f} s, {summary.examples_per_s:.1f} examples/s"
+        f"{summary.seconds:.1f} s ({summary.pass_seconds:.1f} s teacher pass and writing), "
+        f"{summary.examples_per_s:.1f} examples/s"
     )

@@ -83,6 +83,9 @@ def encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None
     if dtype not in STORED_NUMPY_DTYPE:
         return np.ascontiguousarray(array, dtype=stored_dtype(dtype)), None
     x = np.ascontiguousarray(array, dtype=np.float32)
+    torch = sys.modules.get("torch")
+    if torch is not None and x.size >= _TORCH_MIN_SIZE and dtype in ("fp16", "bf16"):
+        return _encode_torch(torch, x, dtype), None
     absmax = float(np.max(np.abs(x))) if x.size else 0.0
     if not np.isfinite(absmax):
         raise CacheError("cannot store non-finite values (NaN or inf) in a teacher feature")
@@ -97,6 +100,24 @@ def encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None
     if dtype == "bf16":
         return _fp32_to_bf16_bits(x), None
     return _quantize_int8(x)
+
+
+def _encode_torch(torch: Any, x: np.ndarray, dtype: str) -> np.ndarray:
+    """:func:`encode` to fp16/bf16 in torch: bit-identical (both round to nearest even) and
+    several times faster than numpy's casts on large arrays, which precompute's writer needs to
+    keep up with the teacher."""
+    tensor = torch.from_numpy(x)
+    low, high = torch.aminmax(tensor)
+    absmax = max(-float(low), float(high))
+    if not np.isfinite(absmax):
+        raise CacheError("cannot store non-finite values (NaN or inf) in a teacher feature")
+    if dtype == "bf16":
+        return tensor.bfloat16().view(torch.int16).numpy().view(np.uint16)  # type: ignore[no-any-return]
+    if absmax > FP16_MAX:
+        raise CacheError(
+            f"value {absmax:.4g} exceeds the fp16 range ({FP16_MAX}); store with bf16 or int8"
+        )
+    return tensor.half().numpy()  # type: ignore[no-any-return]
 
 
 def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarray:

@@ -154,3 +154,25 @@ def test_torch_and_numpy_decode_are_bit_identical(dtype: str, monkeypatch) -> No
     with_torch = decode(stored, scale, dtype)
     monkeypatch.delitem(sys.modules, "torch")
     np.testing.assert_array_equal(decode(stored, scale, dtype), with_torch)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_torch_and_numpy_encode_are_bit_identical(dtype: str, monkeypatch) -> None:
+    import sys
+
+    import torch  # noqa: F401  (encode uses torch only when it is already loaded)
+
+    rng = np.random.default_rng(4)
+    scales = 10.0 ** rng.integers(-9, 4, size=(300, 256))  # subnormal to large halves
+    x = (rng.normal(size=(300, 256)) * scales).astype(np.float32)
+    x[0, :8] = [0.0, -0.0, 6e-8, 1.0 + 2**-11, 1.0 + 3 * 2**-11, 65504.0, -65504.0, 3e-41]
+    with_torch, _ = encode(x, dtype)
+    for bad in (np.nan, np.inf, 7e4 if dtype == "fp16" else np.inf):
+        y = x.copy()
+        y[7, 7] = bad
+        with pytest.raises(CacheError, match="non-finite|exceeds the fp16 range"):
+            encode(y, dtype)
+    monkeypatch.delitem(sys.modules, "torch")
+    with_numpy, _ = encode(x, dtype)
+    assert with_torch.dtype == with_numpy.dtype
+    np.testing.assert_array_equal(with_torch.view(np.uint16), with_numpy.view(np.uint16))
