@@ -20,14 +20,13 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import ROOT, bert_base_teacher, long_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "runs" / "bench-cache"
 SPEC = "logits,hidden:0,4,8,12,attention:3,7,11"  # attention layers are 0..11
 ALL_LAYERS = "logits,hidden:" + ",".join(map(str, range(13))) + ",attention:"
@@ -44,8 +43,8 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    teacher = _bert_base_teacher()
-    corpus = _long_corpus(max(args.examples, args.throughput_examples))
+    teacher = bert_base_teacher(OUT)
+    corpus = long_corpus(OUT, max(args.examples, args.throughput_examples))
     results: dict[str, Any] = {
         "teacher": "BertForSequenceClassification 12 x 768, 12 heads, fresh weights (seed 0)",
         "threads": torch.get_num_threads(),
@@ -58,34 +57,6 @@ def main() -> None:
     results["reading"] = bench_reading(OUT / "throughput-cache")
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(render(results))
-
-
-def _bert_base_teacher() -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    tokenizer = ROOT / "data" / "minilm" / "tokenizer.json"
-    if not tokenizer.exists():
-        sys.exit("needs data/minilm/tokenizer.json: run `cachebrew data prepare --out data` first")
-    path = OUT / "bert-base"
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(num_labels=3))  # BERT-base defaults
-    model.save_pretrained(path)
-    shutil.copy(tokenizer, path / "tokenizer.json")
-    return path
-
-
-def _long_corpus(n: int) -> Path:
-    """``n`` texts of 12 consecutive VADER sentences each: every one fills 128 tokens."""
-    source = ROOT / "data" / "sentiment" / "train.jsonl"
-    if not source.exists():
-        sys.exit("needs data/sentiment: run `cachebrew data prepare --out data` first")
-    sentences = [json.loads(line)["text"] for line in source.read_text().splitlines()]
-    path = OUT / "corpus.jsonl"
-    with path.open("w") as f:
-        for i in range(n):
-            text = " ".join(sentences[12 * i : 12 * i + 12])
-            f.write(json.dumps({"id": f"long{i}", "text": text, "label": i % 3}) + "\n")
-    return path
 
 
 def _config(teacher: Path, corpus: Path, out: Path, spec: str, dtype: str, batch_size: int):

@@ -1,11 +1,18 @@
-"""Helpers the benchmark scripts share: the forward-only baseline precompute is measured against."""
+"""Helpers the benchmark scripts share: the BERT-base-shaped teacher, its 128-token corpus and the
+forward-only baseline that precompute is measured against."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def forward_only_seconds(
@@ -34,3 +41,32 @@ def forward_only_seconds(
                 )
                 loaded.model(**padded)
     return time.perf_counter() - start
+
+
+def bert_base_teacher(out: Path) -> Path:
+    """``out/bert-base``: BERT-base's shape with fresh weights (seed 0) and MiniLM's tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tokenizer = ROOT / "data" / "minilm" / "tokenizer.json"
+    if not tokenizer.exists():
+        sys.exit("needs data/minilm/tokenizer.json: run `cachebrew data prepare --out data` first")
+    path = out / "bert-base"
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=3))  # BERT-base defaults
+    model.save_pretrained(path)
+    shutil.copy(tokenizer, path / "tokenizer.json")
+    return path
+
+
+def long_corpus(out: Path, n: int) -> Path:
+    """``n`` texts of 12 consecutive VADER sentences each: every one fills 128 tokens."""
+    source = ROOT / "data" / "sentiment" / "train.jsonl"
+    if not source.exists():
+        sys.exit("needs data/sentiment: run `cachebrew data prepare --out data` first")
+    sentences = [json.loads(line)["text"] for line in source.read_text().splitlines()]
+    path = out / "corpus.jsonl"
+    with path.open("w") as f:
+        for i in range(n):
+            text = " ".join(sentences[12 * i : 12 * i + 12])
+            f.write(json.dumps({"id": f"long{i}", "text": text, "label": i % 3}) + "\n")
+    return path
