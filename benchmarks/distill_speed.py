@@ -200,10 +200,16 @@ def _textbrewer(teacher: Path, cache: Path, steps: int) -> dict[str, float]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from cachebrew.cache import open_cache
+    from cachebrew.corpus import pad_batch
     from cachebrew.models import load_model
 
-    ids = torch.tensor([e["input_ids"].tolist() for e in open_cache(cache).iter_examples()])
-    inputs = TensorDataset(ids, torch.ones_like(ids), torch.zeros_like(ids))
+    items = [
+        {"input_ids": e["input_ids"].tolist(), "attention_mask": [1] * e["length"]}
+        for e in open_cache(cache).iter_examples()
+    ]
+    padded = pad_batch(items, pad_id=0)  # a few texts are shorter than 128 tokens
+    ids, mask = padded["input_ids"], padded["attention_mask"]
+    inputs = TensorDataset(ids, mask, torch.zeros_like(ids))
     loader = DataLoader(inputs, batch_size=BATCH, shuffle=True, drop_last=True)
     model_T = load_model(teacher).model
 

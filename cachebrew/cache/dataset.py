@@ -37,8 +37,11 @@ nor the identity teacher adaptor (which rejects keys outside ``ADAPTOR_KEYS``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +161,9 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         num_classes: the logits width V to rebuild top-k rows to (default: the cache's
             ``vocab_size``).
         window_bytes: decoded bytes per contiguous run (the unit of within-shard shuffling).
+        prefetch: batches decoded and collated ahead in a background thread while the caller
+            trains on the current one (0 = none; not used inside DataLoader workers). The
+            batches and their order do not change.
 
     Raises:
         ConfigError: an invalid argument (all problems at once).
@@ -186,14 +192,16 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         world_size: int = 1,
         num_classes: int | None = None,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
+        prefetch: int = 1,
     ):
-        _check_arguments(batch_size, seed, buffer_size, rank, world_size, window_bytes)
+        _check_arguments(batch_size, seed, buffer_size, rank, world_size, window_bytes, prefetch)
         if with_token_type_ids and sep_id is None:
             raise ConfigError("with_token_type_ids=True needs sep_id (the [SEP] token id)")
         self.reader = cache if isinstance(cache, CacheReader) else open_cache(cache)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.buffer_size, self.drop_last = buffer_size, drop_last
         self.rank, self.world_size, self.window_bytes = rank, world_size, window_bytes
+        self.prefetch = prefetch
         self.layout = feature_layout(self.reader.spec, num_classes) if teacher_cache else None
         self.options = CollateOptions(pad_id, sep_id, with_token_type_ids)
         self.student_items = student_items
@@ -297,15 +305,66 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         arrays = self.layout.arrays if self.layout is not None else ()
         cache = ChunkCache(4 * self.window_bytes)
         reader = EpochReader(self.reader, self.plan(), arrays, cache)
-        for examples in reader.batches(indices, self.batch_size):
-            yield collate_examples(examples, self.layout, self.options, self.student_items)
+        batches = (
+            collate_examples(examples, self.layout, self.options, self.student_items)
+            for examples in reader.batches(indices, self.batch_size)
+        )
+        if self.prefetch and worker is None:
+            yield from prefetched(batches, self.prefetch)
+        else:
+            yield from batches
+
+
+def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` produced by a background thread up to ``depth`` ahead of the consumer.
+
+    Decoding (zstd) and torch ops release the GIL, so the next batch is read while the current
+    one trains. An exception in the producer is raised in the consumer; closing the iterator
+    early (the loop stops at ``num_steps``) stops the producer.
+    """
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put(("item", item))
+            slots.put(("end", None))
+        except BaseException as error:  # re-raised in the consumer
+            slots.put(("error", error))
+
+    thread = threading.Thread(target=produce, name="cachebrew-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting for a free slot
+            with contextlib.suppress(queue.Empty):
+                slots.get_nowait()
+            thread.join(0.01)
 
 
 def _check_arguments(
-    batch_size: int, seed: int, buffer_size: int, rank: int, world_size: int, window_bytes: int
+    batch_size: int,
+    seed: int,
+    buffer_size: int,
+    rank: int,
+    world_size: int,
+    window_bytes: int,
+    prefetch: int,
 ) -> None:
     problems = []
     for name, value, minimum in (
+        ("prefetch", prefetch, 0),
         ("batch_size", batch_size, 1),
         ("seed", seed, 0),
         ("buffer_size", buffer_size, 1),

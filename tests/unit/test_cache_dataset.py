@@ -358,3 +358,47 @@ def test_reduced_attention_layout(tmp_path: pathlib.Path) -> None:
     width = batch["student"]["input_ids"].shape[1]
     assert attention[0].shape == (3, width, width)  # head-mean only: (B, L, L)
     assert attention[1].shape == (3, 2, width, width)  # the full attention wins
+
+
+def test_prefetch_gives_the_same_batches_and_stops_with_the_consumer(
+    cache: pathlib.Path,
+) -> None:
+    import threading
+
+    def batches(prefetch: int) -> list[dict[str, Any]]:
+        dataset = CacheDataset(cache, batch_size=4, seed=5, prefetch=prefetch)
+        dataset.set_epoch(1)
+        return list(dataset)
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, torch.Tensor):
+            return isinstance(b, torch.Tensor) and torch.equal(a, b)
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list | tuple):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+        return bool(a == b)
+
+    plain, ahead = batches(0), batches(2)
+    assert len(plain) == len(ahead) and all(same(a, b) for a, b in zip(plain, ahead, strict=True))
+    iterator = iter(CacheDataset(cache, batch_size=4, prefetch=1))
+    next(iterator)
+    iterator.close()  # what the loop does when it stops at num_steps
+    assert not any(t.name == "cachebrew-prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_raises_a_corrupt_chunk_in_the_consumer(tmp_path: pathlib.Path) -> None:
+    from cachebrew.errors import CacheCorruptError
+
+    path = write_cache(tmp_path / "cache", SPEC, synthetic_examples(SPEC, NUM_EXAMPLES, seed=3))
+    chunk = next(
+        p
+        for p in (path / "shards" / "00003" / "hidden.2").rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    )
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    dataset = CacheDataset(path, batch_size=4, shuffle=False, prefetch=2)
+    with pytest.raises(CacheCorruptError, match="shard 3"):
+        list(dataset)
