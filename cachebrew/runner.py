@@ -142,6 +142,8 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
         buffer_size=cfg.shuffle_buffer,
         example_ids=train_ids,
         teacher_cache=teacher is None and cfg.distill_config is not None,
+        # Decoding ahead overlaps a GPU step; on CPU the thread takes the student's cores.
+        prefetch=1 if train_config.resolved_device().type == "cuda" else 0,
         **tokens.dataset_kwargs(),
     )
     total_steps = _total_steps(cfg, train_config, len(dataset))

@@ -163,7 +163,9 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         window_bytes: decoded bytes per contiguous run (the unit of within-shard shuffling).
         prefetch: batches decoded and collated ahead in a background thread while the caller
             trains on the current one (0 = none; not used inside DataLoader workers). The
-            batches and their order do not change.
+            batches and their order do not change. Use 1 when the student trains on a GPU; on
+            a 2-core CPU the thread competes with the student and was measured slower
+            (BENCHMARKS.md), hence the default 0.
 
     Raises:
         ConfigError: an invalid argument (all problems at once).
@@ -192,7 +194,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         world_size: int = 1,
         num_classes: int | None = None,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
-        prefetch: int = 1,
+        prefetch: int = 0,
     ):
         _check_arguments(batch_size, seed, buffer_size, rank, world_size, window_bytes, prefetch)
         if with_token_type_ids and sep_id is None:
