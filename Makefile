@@ -24,8 +24,8 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 lint: install
-	$(PY) -m ruff check cachebrew tests examples
-	$(PY) -m ruff format --check cachebrew tests examples
+	$(PY) -m ruff check cachebrew tests examples benchmarks
+	$(PY) -m ruff format --check cachebrew tests examples benchmarks
 	$(PY) -m mypy cachebrew
 
 # The demo pipeline (pipelines/Makefile `demo`): prepares the data if missing, fine-tunes the
