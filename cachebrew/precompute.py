@@ -92,13 +92,14 @@ class PrecomputeConfig(ConfigBase):
                 "features and distill_config both given: choose one way to say what to store"
             )
         check_choice(problems, "dtype", self.dtype, DTYPES, "cache dtype")
-        if self.feature_dtypes is not None and not isinstance(self.feature_dtypes, Mapping):
+        if isinstance(self.feature_dtypes, Mapping):
+            for kind, dtype in self.feature_dtypes.items():
+                check_choice(problems, f"feature_dtypes.{kind}", dtype, DTYPES, "cache dtype")
+        elif self.feature_dtypes is not None:
             problems.append(
                 f"feature_dtypes: expected a mapping of feature kind to dtype, e.g. "
                 f"{{hidden: int8}}, got {self.feature_dtypes!r}"
             )
-        for kind, dtype in dict(self.feature_dtypes or {}).items():
-            check_choice(problems, f"feature_dtypes.{kind}", dtype, DTYPES, "cache dtype")
         for name, minimum in (("max_length", 2), ("batch_size", 1), ("shard_size", 1)):
             set_field(self, name, check_int(problems, name, getattr(self, name), minimum))
         for name in ("topk", "num_labels"):

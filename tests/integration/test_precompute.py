@@ -412,3 +412,12 @@ def test_feature_dtypes_set_the_dtype_of_one_kind(
     ]:
         result = runner.invoke(app, [*base, item])
         assert result.exit_code == 1 and message in str(result.exception), item
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(["hidden"], "expected a mapping"), ({"hidden": "fp8"}, "feature_dtypes.hidden")],
+)
+def test_feature_dtypes_must_map_kinds_to_dtypes(value: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PrecomputeConfig(teacher="t", data="d.jsonl", out="o", feature_dtypes=value)  # type: ignore[arg-type]
