@@ -2,10 +2,8 @@
 
 Usage: ``make bench`` (or ``python benchmarks/run.py [--examples N] [--steps N]``).
 
-Uses the real all-MiniLM-L6-v2 teacher and VADER sentences when ``cachebrew data`` has prepared
-them under ``data/``; otherwise a MiniLM-shaped random teacher on the tiny test corpus (the
-absolute numbers then mean less, the ratios still hold). Prints a Markdown table and writes
-``runs/bench/results.json``.
+Uses the real all-MiniLM-L6-v2 teacher and VADER sentences prepared under ``data/`` (``make
+bench`` prepares them). Prints a Markdown table and writes ``runs/bench/results.json``.
 
 1. precompute: throughput of the teacher pass + writing against a forward-only teacher pass
    over the same batches (the cost of encoding, compressing and writing that the background
