@@ -59,7 +59,7 @@ def bert_base_teacher(out: Path) -> Path:
 
 
 def long_corpus(out: Path, n: int) -> Path:
-    """``n`` texts of 12 consecutive VADER sentences each: every one fills 128 tokens."""
+    """``n`` texts of 12 consecutive VADER sentences each: nearly all fill 128 tokens."""
     source = ROOT / "data" / "sentiment" / "train.jsonl"
     if not source.exists():
         sys.exit("needs data/sentiment: run `cachebrew data prepare --out data` first")
