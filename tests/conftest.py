@@ -12,6 +12,8 @@ across tests: treat what they return as read-only (copy a directory before chang
 - ``tiny_teacher_dir``: a saved ``BertForSequenceClassification`` (3 labels, seed 0) with the
   tokenizer files in the same directory.
 - ``tiny_corpus_jsonl``: 40 records ``{"text": ..., "label": i % 3}``.
+- ``flip_chunk_byte``: ``flip_chunk_byte(cache, shard, array)`` flips the middle byte of the
+  first stored chunk of ``array`` in ``shard`` (a corrupted chunk).
 """
 
 from __future__ import annotations
@@ -174,3 +176,18 @@ def tiny_corpus_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines = [json.dumps({"text": s, "label": i % 3}) for i, s in enumerate(TINY_SENTENCES[:40])]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def flip_chunk_byte() -> Callable[[Path, int, str], None]:
+    def flip(cache: Path, shard: int, array: str) -> None:
+        chunk = next(
+            p
+            for p in sorted((cache / "shards" / f"{shard:05d}" / array).rglob("*"))
+            if p.is_file() and p.name != "zarr.json"
+        )
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+
+    return flip

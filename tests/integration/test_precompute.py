@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -349,7 +350,10 @@ def test_sigkill_at_random_points_resumes_to_the_same_content(
 
 
 def test_a_flipped_byte_and_a_truncated_index_are_detected(
-    tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
+    tiny_teacher_dir: Path,
+    tiny_corpus_jsonl: Path,
+    tmp_path: Path,
+    flip_chunk_byte: Callable[[Path, int, str], None],
 ) -> None:
     out = tmp_path / "cache"
     _precompute(
@@ -361,14 +365,7 @@ def test_a_flipped_byte_and_a_truncated_index_are_detected(
         "--shard-size",
         "16",
     )
-    chunk = next(
-        p
-        for p in (out / "shards" / "00001" / "hidden.2").rglob("*")
-        if p.is_file() and p.name != "zarr.json"
-    )
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    flip_chunk_byte(out, 1, "hidden.2")
     result = runner.invoke(app, ["verify", str(out)])
     assert result.exit_code == 1
     assert "shard 1" in result.stdout and "hidden.2" in result.stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pathlib
+import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.shard import ShardReader
 from cachebrew.cache.synthetic import synthetic_examples, synthetic_features, write_examples
 from cachebrew.distill.data import DataStream
-from cachebrew.errors import CacheMismatchError, ConfigError
+from cachebrew.errors import CacheCorruptError, CacheMismatchError, ConfigError
 
 SPEC = parse_feature_spec("logits:logprobs,hidden:0,2,hidden_cls:1,attention:1", dtype="fp32")
 NUM_EXAMPLES, SHARD_SIZE = 45, 10  # shards of 10, 10, 10, 10, 5
@@ -363,8 +365,6 @@ def test_reduced_attention_layout(tmp_path: pathlib.Path) -> None:
 def test_prefetch_gives_the_same_batches_and_stops_with_the_consumer(
     cache: pathlib.Path,
 ) -> None:
-    import threading
-
     def batches(prefetch: int) -> list[dict[str, Any]]:
         dataset = CacheDataset(cache, batch_size=4, seed=5, prefetch=prefetch)
         dataset.set_epoch(1)
@@ -387,18 +387,11 @@ def test_prefetch_gives_the_same_batches_and_stops_with_the_consumer(
     assert not any(t.name == "cachebrew-prefetch" for t in threading.enumerate())
 
 
-def test_prefetch_raises_a_corrupt_chunk_in_the_consumer(tmp_path: pathlib.Path) -> None:
-    from cachebrew.errors import CacheCorruptError
-
+def test_prefetch_raises_a_corrupt_chunk_in_the_consumer(
+    tmp_path: pathlib.Path, flip_chunk_byte: Callable[[pathlib.Path, int, str], None]
+) -> None:
     path = write_cache(tmp_path / "cache", SPEC, synthetic_examples(SPEC, NUM_EXAMPLES, seed=3))
-    chunk = next(
-        p
-        for p in (path / "shards" / "00003" / "hidden.2").rglob("*")
-        if p.is_file() and p.name != "zarr.json"
-    )
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    flip_chunk_byte(path, 3, "hidden.2")
     dataset = CacheDataset(path, batch_size=4, shuffle=False, prefetch=2)
     with pytest.raises(CacheCorruptError, match="shard 3"):
         list(dataset)
