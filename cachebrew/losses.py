@@ -44,6 +44,13 @@ def _safe_divide(total: Tensor, count: Tensor) -> Tensor:
     return total / torch.where(count > 0, count, torch.ones_like(count))
 
 
+def _heads_reduced(attention: Tensor, how: str) -> Tensor:
+    """``(B, H, L, L)`` summed (``"sum"``) or averaged (``"mean"``) over heads; 3-D as it is."""
+    if attention.dim() != 4:
+        return attention
+    return attention.sum(dim=1) if how == "sum" else attention.mean(dim=1)
+
+
 def _zero_negative(scores: Tensor) -> Tensor:
     """Zero the scores at or below :data:`NEGATIVE_SCORE_THRESHOLD`."""
     return scores.masked_fill(scores <= NEGATIVE_SCORE_THRESHOLD, 0)
@@ -169,16 +176,9 @@ def att_mse_sum_loss(
     """
     # Each side is reduced on its own, so a cached head-sum (B, L, L) teacher pairs with a
     # (B, H, L, L) student; with both 4-D this is TextBrewer's computation.
-    if attention_S.dim() == 4:
-        attention_S = attention_S.sum(dim=1)
-    if attention_T.dim() == 4:
-        attention_T = attention_T.sum(dim=1)
-    if mask is None:
-        return F.mse_loss(_zero_negative(attention_S), _zero_negative(attention_T))
-    mask = mask.to(attention_S)
-    valid_count = torch.pow(mask.sum(dim=1), 2).sum()
-    squared = F.mse_loss(attention_S, attention_T, reduction="none")
-    return _safe_divide((squared * mask.unsqueeze(-1) * mask.unsqueeze(1)).sum(), valid_count)
+    return att_mse_loss(
+        _heads_reduced(attention_S, "sum"), _heads_reduced(attention_T, "sum"), mask
+    )
 
 
 def att_ce_loss(attention_S: Tensor, attention_T: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -225,18 +225,9 @@ def att_ce_mean_loss(
         Scalar loss.
     """
     # Each side is reduced on its own (a cached head-mean teacher is (B, L, L)).
-    if attention_S.dim() == 4:
-        attention_S = attention_S.mean(dim=1)
-    if attention_T.dim() == 4:
-        attention_T = attention_T.mean(dim=1)
-    probs_T = F.softmax(attention_T, dim=-1)
-    log_probs_S = F.log_softmax(attention_S, dim=-1)
-    if mask is None:
-        probs_T = probs_T.masked_fill(attention_T <= NEGATIVE_SCORE_THRESHOLD, 0)
-        return -((probs_T * log_probs_S).sum(dim=-1)).mean()
-    mask = mask.to(attention_S)
-    per_query = (probs_T * log_probs_S * mask.unsqueeze(1)).sum(dim=-1) * mask
-    return -_safe_divide(per_query.sum(), mask.sum())
+    return att_ce_loss(
+        _heads_reduced(attention_S, "mean"), _heads_reduced(attention_T, "mean"), mask
+    )
 
 
 def hid_mse_loss(state_S: Tensor, state_T: Tensor, mask: Tensor | None = None) -> Tensor:
