@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from click.testing import Result
 from typer.testing import CliRunner
 
 from cachebrew.cache import open_cache
@@ -27,9 +28,13 @@ from cachebrew.verify import verify_cache
 runner = CliRunner()
 
 
-def _precompute(teacher: Path, data: Path, out: Path, *extra: str) -> str:
+def _invoke(teacher: Path, data: Path, out: Path, *extra: str) -> Result:
     args = ["precompute", "--teacher", str(teacher), "--data", str(data), "--out", str(out)]
-    result = runner.invoke(app, [*args, "--label-field", "label", "--quiet", *extra])
+    return runner.invoke(app, [*args, "--quiet", *extra])
+
+
+def _precompute(teacher: Path, data: Path, out: Path, *extra: str) -> str:
+    result = _invoke(teacher, data, out, "--label-field", "label", *extra)
     assert result.exit_code == 0, (result.output, result.exception)
     return result.output
 
@@ -165,22 +170,8 @@ def test_rerun_resumes_refuses_a_different_spec_and_needs_overwrite(
     assert again.shards_skipped == 2 and again.examples_computed == 16
     assert open_cache(out).num_examples == 40
 
-    result = runner.invoke(
-        app,
-        [
-            "precompute",
-            "--teacher",
-            str(tiny_teacher_dir),
-            "--data",
-            str(tiny_corpus_jsonl),
-            "--out",
-            str(out),
-            "--label-field",
-            "label",
-            "--quiet",
-            "--shard-size",
-            "16",
-        ],
+    result = _invoke(
+        tiny_teacher_dir, tiny_corpus_jsonl, out, "--label-field", "label", "--shard-size", "16"
     )
     assert result.exit_code != 0 and "--overwrite" in str(result.exception)
 
@@ -224,20 +215,8 @@ def test_bad_inputs_give_one_clear_error(
         run_precompute(cfg, progress=False)
     assert not (tmp_path / "c" / "manifest.json").exists()
 
-    result = runner.invoke(
-        app,
-        [
-            "precompute",
-            "--teacher",
-            str(tiny_teacher_dir),
-            "--data",
-            str(tiny_corpus_jsonl),
-            "--out",
-            str(tmp_path / "d"),
-            "--text-field",
-            "sentence",
-            "--quiet",
-        ],
+    result = _invoke(
+        tiny_teacher_dir, tiny_corpus_jsonl, tmp_path / "d", "--text-field", "sentence"
     )
     assert result.exit_code != 0 and "sentence" in str(result.exception)
 
@@ -399,15 +378,16 @@ def test_feature_dtypes_set_the_dtype_of_one_kind(
     assert values["logits"]["max_abs_error"] < 1e-6
     assert 0 < values["hidden.2"]["max_rel_error"] < 2e-2
 
-    base = ["precompute", "--teacher", str(tiny_teacher_dir), "--data", str(tiny_corpus_jsonl)]
-    base += ["--out", str(tmp_path / "other"), "--features", spec, "--feature-dtype"]
     for item, message in [
         ("attention=int8", "int8 is not supported for attention"),
         ("hidden_cls=fp32", "which this cache does not store"),
         ("hidden=fp8", "feature_dtypes.hidden"),
         ("hidden", "expected KIND=DTYPE"),
     ]:
-        result = runner.invoke(app, [*base, item])
+        other = tmp_path / "other"
+        result = _invoke(
+            tiny_teacher_dir, tiny_corpus_jsonl, other, "--features", spec, "--feature-dtype", item
+        )
         assert result.exit_code == 1 and message in str(result.exception), item
 
 
