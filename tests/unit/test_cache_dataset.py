@@ -343,6 +343,8 @@ def test_invalid_arguments_are_reported_together(cache: pathlib.Path) -> None:
         CacheDataset(cache, batch_size=0, buffer_size=-1, rank=2, world_size=2)
     with pytest.raises(ConfigError, match="needs sep_id"):
         CacheDataset(cache, batch_size=2, with_token_type_ids=True)
+    with pytest.raises(ConfigError, match=r"prefetch=-1: expected an integer >= 0"):
+        CacheDataset(cache, batch_size=2, prefetch=-1)
     with pytest.raises(CacheMismatchError, match="no full batch of 64"):
         CacheDataset(cache, batch_size=64, drop_last=True)
 
