@@ -60,7 +60,7 @@ def main() -> None:
 
 
 def _config(teacher: Path, corpus: Path, out: Path, spec: str, dtype: str, batch_size: int):
-    from cachebrew.precompute import PrecomputeConfig
+    from cachebrew.teacher.precompute import PrecomputeConfig
 
     return PrecomputeConfig(
         teacher=str(teacher),
@@ -88,7 +88,7 @@ def _head(corpus: Path, n: int) -> Path:
 def bench_size(teacher: Path, corpus: Path, n: int, batch_size: int) -> dict[str, Any]:
     """Bytes per example and compression per feature in each dtype."""
     from cachebrew.cache import describe_cache, open_cache
-    from cachebrew.precompute import run_precompute
+    from cachebrew.teacher.precompute import run_precompute
 
     data = _head(corpus, n)
     sizes: dict[str, Any] = {}
@@ -120,7 +120,7 @@ def bench_throughput(
 
     from cachebrew.corpus import read_corpus
     from cachebrew.models import load_model
-    from cachebrew.precompute import run_precompute
+    from cachebrew.teacher.precompute import run_precompute
 
     data = _head(corpus, n)
     loaded = load_model(teacher)

@@ -92,7 +92,7 @@ def main() -> None:
 
 
 def _precompute(teacher: Path, corpus: Path, codec: str = "zstd") -> Path:
-    from cachebrew.precompute import PrecomputeConfig, run_precompute
+    from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
     out = OUT / f"cache-{codec}"
     features = "logits:logprobs,hidden:" + ",".join(map(str, LAYERS_T))

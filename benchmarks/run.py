@@ -63,7 +63,7 @@ def _inputs(num_examples: int) -> tuple[Path, Path]:
 
 
 def _precompute_config(teacher: Path, corpus: Path, out: Path, dtype: str, batch_size: int):
-    from cachebrew.precompute import PrecomputeConfig
+    from cachebrew.teacher.precompute import PrecomputeConfig
 
     return PrecomputeConfig(
         teacher=str(teacher),
@@ -88,7 +88,7 @@ def bench_precompute(teacher: Path, corpus: Path, batch_size: int) -> dict[str, 
 
     from cachebrew.corpus import read_corpus
     from cachebrew.models import load_model
-    from cachebrew.precompute import run_precompute
+    from cachebrew.teacher.precompute import run_precompute
 
     loaded = load_model(teacher, task="sequence_classification", num_labels=3)
     records = list(read_corpus(corpus, label_field="label", id_field="id"))
@@ -109,7 +109,7 @@ def bench_precompute(teacher: Path, corpus: Path, batch_size: int) -> dict[str, 
 def bench_storage(teacher: Path, corpus: Path, batch_size: int) -> dict[str, Any]:
     """Bytes per example of the same features in each dtype."""
     from cachebrew.cache import describe_cache, open_cache
-    from cachebrew.precompute import run_precompute
+    from cachebrew.teacher.precompute import run_precompute
 
     sizes: dict[str, Any] = {}
     for dtype in ("fp32", "bf16"):

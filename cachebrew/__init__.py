@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cachebrew._version import __version__
 from cachebrew.config import DistillationConfig, IntermediateMatch, TrainingConfig
 from cachebrew.errors import (
     CachebrewError,
@@ -19,8 +20,6 @@ from cachebrew.errors import (
     CheckpointError,
     ConfigError,
 )
-
-__version__ = "0.1.0"
 
 _DISTILLERS = (
     "BasicTrainer",
@@ -46,7 +45,6 @@ __all__ = [
     "CacheError",
     "CacheMismatchError",
     "CachebrewError",
-    "CheckpointError",
     "CheckpointError",
     "ConfigError",
     "DistillationConfig",

@@ -68,7 +68,11 @@ def precompute(
 ) -> None:
     """Run the teacher once over a corpus and write its outputs to a cache."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "set_", "quiet")}
-    from cachebrew.precompute import describe_summary, load_precompute_config, run_precompute
+    from cachebrew.teacher.precompute import (
+        describe_summary,
+        load_precompute_config,
+        run_precompute,
+    )
 
     flags["overwrite"] = overwrite or None
     flags.pop("feature_dtype")
@@ -130,7 +134,7 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Check every checksum; with --teacher, compare recomputed values with the cache."""
-    from cachebrew.verify import verify_cache
+    from cachebrew.teacher.verify import verify_cache
 
     report = verify_cache(cache, teacher=teacher, sample=sample, seed=seed, device=device)
     if as_json:
@@ -180,8 +184,8 @@ def distill(
 ) -> None:
     """Train a student from a cache (flags override the YAML, --set overrides both)."""
     with _exit_on_error():
-        from cachebrew.run_config import load_distill_config
-        from cachebrew.runner import run_distill
+        from cachebrew.runner.config import load_distill_config
+        from cachebrew.runner.run import run_distill
 
         flags = {"cache": cache, "student": student, "out": out, "teacher": teacher}
         cfg = load_distill_config(config, flags, set_)
@@ -202,7 +206,7 @@ def sweep(
 ) -> None:
     """Train many students over one cache; write results.csv and results.md."""
     with _exit_on_error():
-        from cachebrew.sweep import load_sweep, run_sweep
+        from cachebrew.runner.sweep import load_sweep, run_sweep
 
         runs = load_sweep(sweep_file, set_)
         results = run_sweep(runs, out, parallel=parallel, progress=not quiet)
@@ -284,7 +288,7 @@ def finetune(
 ) -> None:
     """Fine-tune a teacher on a labelled corpus, with dev evaluation and early stopping."""
     flags = {k: v for k, v in locals().items() if k not in ("config", "set_")}
-    from cachebrew.finetune import describe_summary, load_finetune_config, run_finetune
+    from cachebrew.teacher.finetune import describe_summary, load_finetune_config, run_finetune
 
     flags["overwrite"] = overwrite or None
     cfg = load_finetune_config(config, flags, set_)

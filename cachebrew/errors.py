@@ -40,3 +40,7 @@ class CacheMismatchError(CacheError):
 
 class CheckpointError(CachebrewError):
     """A training checkpoint cannot be found or read (names the path and what is missing)."""
+
+
+class DataIntegrityError(CachebrewError):
+    """A file's sha256 differs from the pinned one, or a package's content is not as expected."""

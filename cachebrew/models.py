@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cachebrew.errors import ConfigError
+from cachebrew.files import sha256_files
 
 logger = logging.getLogger(__name__)
 
@@ -167,10 +168,10 @@ def _load_directory(path: Path, task: str | None, num_labels: int | None) -> Loa
     if fresh:
         logger.info("%s: fresh weights for %s (not in the checkpoint)", path, fresh)
     weights_sha, hash_of = (
-        (_hash_state_dict(model), "state_dict") if fresh else (_hash_files(weight_files), "file")
+        (_hash_state_dict(model), "state_dict") if fresh else (sha256_files(weight_files), "file")
     )
     tokenizer = _tokenizer_next_to(path)
-    tokenizer_sha = _hash_files([path / "tokenizer.json"]) if tokenizer else None
+    tokenizer_sha = sha256_files([path / "tokenizer.json"]) if tokenizer else None
     identity = _identity(model, kind, path, (weights_sha, hash_of), bool(fresh), tokenizer_sha)
     return LoadedModel(model, partial(default_adaptor, kind=kind), kind, tokenizer, identity)
 
@@ -279,15 +280,6 @@ def _hash_config(config: Any) -> str:
     }
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _hash_files(paths: Iterable[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _hash_state_dict(model: torch.nn.Module) -> str:
@@ -524,3 +516,21 @@ def _shape_problems(
     if missing:
         problems.append(f"{what}: parameter names differ between student and teacher: {missing}")
     return problems
+
+
+def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: no weight decay on biases and LayerNorm weights (BERT's recipe).
+
+    Every trainable parameter of fewer than 2 dimensions (biases, norm weights) goes to the
+    ``weight_decay=0`` group; empty groups are left out.
+    """
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]

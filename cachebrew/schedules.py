@@ -9,6 +9,7 @@ and is called once per (student, teacher) logits pair after ``logits_mask`` sele
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -123,3 +124,31 @@ def linear_decay_weight_scheduler(x: float) -> float:
         ``1 - x``.
     """
     return 1 - x
+
+
+LR_SCHEDULES = ("linear", "cosine", "constant")
+
+
+def lr_factor(step: int, *, warmup: int, total: int, name: str = "linear") -> float:
+    """Multiplier of the base learning rate for optimizer step ``step`` (0-based).
+
+    The schedules of ``transformers``' ``get_{linear,cosine,constant}_schedule_with_warmup``
+    (tested against them), as a pure function of the step, for ``distill`` and ``finetune``
+    alike: warmup ramps ``step / warmup`` (so the first step has learning rate 0, as HF),
+    then ``linear`` decays as ``(total - step) / (total - warmup)`` to 0, ``cosine`` follows
+    half a cosine to 0, ``constant`` stays at 1.
+
+    Args:
+        step: optimizer steps taken so far.
+        warmup: warmup steps (0: none).
+        total: optimizer steps of the whole run.
+        name: one of :data:`LR_SCHEDULES`.
+    """
+    if step < warmup:
+        return step / max(1, warmup)
+    if name == "constant":
+        return 1.0
+    if name == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return max(0.0, (total - step) / max(1, total - warmup))

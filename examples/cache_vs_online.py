@@ -13,8 +13,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from cachebrew.run_config import load_distill_config
-from cachebrew.runner import run_distill
+from cachebrew.runner.config import load_distill_config
+from cachebrew.runner.run import run_distill
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 

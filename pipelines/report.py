@@ -30,9 +30,10 @@ from safetensors.torch import load_file
 from cachebrew import models
 from cachebrew.cache.reader import open_cache
 from cachebrew.metrics import accuracy, macro_f1
-from cachebrew.run_config import EvalConfig, load_distill_config
-from cachebrew.run_data import corpus_eval_batches, max_length, resolve_student_tokens
-from cachebrew.runner import load_student
+from cachebrew.runner.config import EvalConfig, load_distill_config
+from cachebrew.runner.evaluate import corpus_eval_batches
+from cachebrew.runner.setup import load_student
+from cachebrew.runner.tokens import max_length, resolve_student_tokens
 
 EVAL_BATCH = 64
 

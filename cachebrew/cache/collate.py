@@ -22,16 +22,13 @@ because the distiller checks ``layer_T < len(results_T[feature])``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from cachebrew.cache.reader import CacheReader
-from cachebrew.cache.shard import ShardReader
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
 
@@ -152,137 +149,6 @@ def collate_examples(
         batch["teacher_cache"] = teacher_outputs(examples, layout, teacher["attention_mask"])
     batch["example_ids"] = ids
     return batch
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    """One rank's epoch, from the index alone.
-
-    Attributes:
-        stream: (S, 2) int64 ``(shard, row)`` in read order (padding repeats appended).
-        group_starts: (G + 1,) stream positions where read groups (runs) start, then S.
-        order: (M,) the stream position of each output position.
-    """
-
-    stream: np.ndarray
-    group_starts: np.ndarray
-    order: np.ndarray
-
-
-class ChunkCache:
-    """Decoded chunks of the arrays of a cache, least recently used evicted past a budget.
-
-    Args:
-        budget_bytes: decoded bytes kept between read groups (a group may exceed it).
-    """
-
-    def __init__(self, budget_bytes: int):
-        self.budget_bytes = budget_bytes
-        self.decoded_chunks = 0
-        self._chunks: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
-        self._bytes = 0
-
-    def load(self, shard: ShardReader, name: str, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Decode the chunks that rows ``[starts[i], stops[i])`` overlap and are not cached."""
-        info = shard.meta["arrays"][name]
-        chunk_rows, total_rows = info["chunk_rows"], info["rows"]
-        wanted: set[int] = set()
-        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            if stop > start:
-                wanted.update(range(start // chunk_rows, (stop - 1) // chunk_rows + 1))
-        missing = sorted(c for c in wanted if (shard.index, name, c) not in self._chunks)
-        for first, last in _consecutive_ranges(missing):
-            lo, hi = first * chunk_rows, min((last + 1) * chunk_rows, total_rows)
-            block = shard.decoded_rows(name, lo, hi)
-            for chunk in range(first, last + 1):
-                part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
-                self._chunks[(shard.index, name, chunk)] = part
-                self._bytes += part.nbytes
-            self.decoded_chunks += last - first + 1
-
-    def rows(self, shard: ShardReader, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` of a loaded array, as a new array (chunks may be evicted)."""
-        info = shard.meta["arrays"][name]
-        chunk_rows = info["chunk_rows"]
-        if stop <= start:
-            return np.empty((0, info["width"]), dtype=np.float32)
-        parts = []
-        for chunk in range(start // chunk_rows, (stop - 1) // chunk_rows + 1):
-            key = (shard.index, name, chunk)
-            self._chunks.move_to_end(key)
-            base = chunk * chunk_rows
-            parts.append(self._chunks[key][max(start - base, 0) : stop - base])
-        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
-
-    def trim(self) -> None:
-        """Evict least recently used chunks down to the budget."""
-        while self._bytes > self.budget_bytes and self._chunks:
-            _, part = self._chunks.popitem(last=False)
-            self._bytes -= part.nbytes
-
-
-def _consecutive_ranges(values: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """``[1, 2, 3, 7, 8] -> (1, 3), (7, 8)``."""
-    start = previous = None
-    for value in values:
-        if previous is None or value != previous + 1:
-            if start is not None:
-                yield start, previous  # type: ignore[misc]
-            start = value
-        previous = value
-    if start is not None:
-        yield start, previous  # type: ignore[misc]
-
-
-class EpochReader:
-    """Decodes the examples of chosen batches of one :class:`EpochPlan`, in stream order."""
-
-    def __init__(
-        self, reader: CacheReader, plan: EpochPlan, arrays: Sequence[str], cache: ChunkCache
-    ):
-        self.reader, self.plan, self.arrays, self.cache = reader, plan, tuple(arrays), cache
-
-    def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-        """The examples of each batch index, in order; only their chunks are decoded."""
-        plan = self.plan
-        needed = np.zeros(len(plan.stream), dtype=bool)
-        for j in indices:
-            needed[plan.order[j * batch_size : (j + 1) * batch_size]] = True
-        pending: dict[int, dict[str, Any]] = {}
-        next_group = 0
-        for j in indices:
-            positions = plan.order[j * batch_size : (j + 1) * batch_size].tolist()
-            last_group = int(np.searchsorted(plan.group_starts, max(positions), side="right")) - 1
-            for group in range(next_group, last_group + 1):
-                self._decode_group(group, needed, pending)
-            next_group = max(next_group, last_group + 1)
-            yield [pending.pop(p) for p in positions]
-
-    def _decode_group(
-        self, group: int, needed: np.ndarray, pending: dict[int, dict[str, Any]]
-    ) -> None:
-        start, stop = self.plan.group_starts[group], self.plan.group_starts[group + 1]
-        positions = np.arange(start, stop)[needed[start:stop]]
-        items = self.plan.stream[positions]  # (n, 2) (shard, row)
-        for shard_index in np.unique(items[:, 0]).tolist():
-            mine = items[:, 0] == shard_index
-            shard = self.reader.shard(shard_index)
-            rows = items[mine, 1]
-            spans = {}
-            for name in self.arrays:
-                offsets, lengths = shard.rows[name]
-                spans[name] = (offsets[rows], offsets[rows] + lengths[rows])
-                self.cache.load(shard, name, *spans[name])
-            for i, (position, row) in enumerate(zip(positions[mine], rows, strict=True)):
-                features = {
-                    name: self.cache.rows(shard, name, int(lo[i]), int(hi[i]))
-                    for name, (lo, hi) in spans.items()
-                }
-                pending[int(position)] = shard.record(int(row), features)
-        self.cache.trim()
 
 
 # ---------------------------------------------------------------------------- model inputs

@@ -10,12 +10,14 @@ run is done; a single writer calls it itself on a clean exit.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
+import json
 import os
 import re
-import sys
 from typing import Any
 
+from cachebrew._version import __version__
 from cachebrew.cache.codecs import CHUNK_CHECKSUM, CODEC_CONFIGS, INDEX_CHECKSUM, bytes_checksum
 from cachebrew.cache.index import parse_index
 from cachebrew.cache.spec import FeatureSpec
@@ -48,7 +50,7 @@ def cachebrew_version() -> str:
     try:
         return importlib.metadata.version("cachebrew")
     except importlib.metadata.PackageNotFoundError:
-        return str(getattr(sys.modules.get("cachebrew"), "__version__", "unknown"))
+        return __version__
 
 
 def run_record(
@@ -308,3 +310,8 @@ def read_manifest(loc: CacheLocation) -> dict[str, Any]:
     if missing:
         raise CacheError(f"{loc.path}/{MANIFEST} lacks the keys {missing}")
     return manifest
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of a cache manifest (identifies the cache a run was trained on)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()

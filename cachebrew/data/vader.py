@@ -9,8 +9,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from cachebrew.data.common import _write_json, stratified_split, write_jsonl
-from cachebrew.data.registry import DataIntegrityError
+from cachebrew.data.common import stratified_split, write_jsonl
+from cachebrew.errors import DataIntegrityError
+from cachebrew.files import write_json_atomic
 
 SENTIMENT_LABELS = ("negative", "neutral", "positive")
 
@@ -114,7 +115,7 @@ def build_sentiment(archive: Path, out: Path, seed: int) -> dict[str, Any]:
     splits = {name: [row for group in chosen for row in group] for name, chosen in groups.items()}
     for name, split_rows in splits.items():
         write_jsonl(out / f"{name}.jsonl", split_rows)
-    _write_json(out / "label_names.json", list(SENTIMENT_LABELS))
+    write_json_atomic(out / "label_names.json", list(SENTIMENT_LABELS), indent=1)
     by_domain = Counter((r["domain"], SENTIMENT_LABELS[r["label"]]) for r in rows)
     return {
         "num_examples": len(rows),

@@ -10,15 +10,15 @@ import torch
 from torch import nn
 
 from cachebrew.config import DistillationConfig, TrainingConfig
-from cachebrew.distill.compute import DistillationLoss
-from cachebrew.distill.data import SingleSource, num_batches
 from cachebrew.distill.loop import TrainingRun, TrainJob, run_training
+from cachebrew.distill.loss import DistillationLoss
 from cachebrew.distill.objectives import (
     DistillObjective,
     Objective,
     TeacherSide,
 )
 from cachebrew.distill.plan import TrainPlan
+from cachebrew.distill.sources import SingleSource, num_batches
 from cachebrew.errors import ConfigError
 from cachebrew.presets import PROJ_MAP
 

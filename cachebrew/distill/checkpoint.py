@@ -34,6 +34,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from cachebrew.errors import CheckpointError
+from cachebrew.files import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -78,24 +79,11 @@ def save_checkpoint(
     if projections is not None and len(list(projections.parameters())) > 0:
         save_model(projections, str(tmp / PROJECTIONS_FILE))
     torch.save(tensors, tmp / TENSORS_FILE)
-    _write_json(tmp / STATE_FILE, state)
+    write_json_atomic(tmp / STATE_FILE, state, indent=1)
     _publish(tmp, final)
-    _write_text_atomic(final.parent / LATEST, final.name)
+    write_text_atomic(final.parent / LATEST, final.name + "\n")
     logger.info("saved checkpoint %s", final)
     return final
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _publish(tmp: Path, final: Path) -> None:

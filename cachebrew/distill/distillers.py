@@ -33,15 +33,15 @@ from cachebrew.distill.base import (
     make_plan,
 )
 from cachebrew.distill.batches import Adaptor
-from cachebrew.distill.compute import normalise_teacher_weights
 from cachebrew.distill.loop import TrainJob
-from cachebrew.distill.multitask import MultiTaskSource
+from cachebrew.distill.loss import normalise_teacher_weights
 from cachebrew.distill.objectives import (
     DistillObjective,
     SupervisedObjective,
     TeacherSide,
     multi_teacher_combiner,
 )
+from cachebrew.distill.sources import MultiTaskSource
 from cachebrew.errors import ConfigError
 
 logger = logging.getLogger(__name__)

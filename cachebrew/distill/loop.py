@@ -31,21 +31,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cachebrew import __version__
+from cachebrew._version import __version__
 from cachebrew.config import DistillationConfig, TrainingConfig
 from cachebrew.distill import checkpoint as ckpt
 from cachebrew.distill import runtime
 from cachebrew.distill.batches import count_examples, split_batch
-from cachebrew.distill.compute import scheduled_weights
-from cachebrew.distill.logger import MetricsLogger
+from cachebrew.distill.loss import scheduled_weights
 from cachebrew.distill.objectives import Objective
 from cachebrew.distill.plan import TrainPlan
+from cachebrew.distill.tracking import MetricsLogger
 
 logger = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
-    """Where micro-batches come from (:mod:`~cachebrew.distill.data`, :mod:`.multitask`)."""
+    """Where micro-batches come from (:mod:`~cachebrew.distill.sources`, :mod:`.multitask`)."""
 
     def begin_epoch(self, epoch: int) -> None: ...
 

@@ -24,7 +24,7 @@ from cachebrew.distill.batches import (
     split_batch,
     upcast_floats,
 )
-from cachebrew.distill.compute import (
+from cachebrew.distill.loss import (
     DistillationLoss,
     LossOutput,
     LossWeights,

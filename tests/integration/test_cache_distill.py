@@ -16,7 +16,7 @@ from transformers import BertForSequenceClassification
 from cachebrew import DistillationConfig, GeneralDistiller, TrainingConfig
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.models import default_adaptor, load_model
-from cachebrew.precompute import PrecomputeConfig, run_precompute
+from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
 FEATURES = "logits:logprobs,hidden:0,2,attention:1"
 MATCHES = [

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cachebrew.cli import app
-from cachebrew.precompute import PrecomputeConfig, run_precompute
-from cachebrew.run_progress import KILL_AFTER_BATCHES_ENV
-from cachebrew.runner import METRICS_KEYS
+from cachebrew.runner.progress import KILL_AFTER_BATCHES_ENV
+from cachebrew.runner.run import METRICS_KEYS
+from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
 runner = CliRunner()
 FEATURES = "logits,hidden:0,2"

@@ -12,14 +12,13 @@ from cachebrew.cli import app
 from cachebrew.corpus import read_corpus, tokenize_records
 from cachebrew.data import UNIVERSAL_TAGS, parse_brown_sentence, universal_tag
 from cachebrew.errors import ConfigError
-from cachebrew.finetune import (
+from cachebrew.models import load_model
+from cachebrew.teacher.finetune import (
     METRICS_FILE,
     FinetuneConfig,
     evaluate,
-    linear_warmup_decay,
     run_finetune,
 )
-from cachebrew.models import load_model
 
 BROWN_SAMPLE = Path(__file__).parent.parent / "data" / "brown"
 runner = CliRunner()
@@ -168,9 +167,3 @@ def test_config_reports_every_problem() -> None:
         )
     cfg = FinetuneConfig(model="m", train="t", dev="d", out="o", task="token_classification")
     assert (cfg.text_field, cfg.label_field, cfg.metric) == ("tokens", "tags", "token_accuracy")
-
-
-def test_linear_warmup_decay() -> None:
-    factors = [linear_warmup_decay(step, warmup_steps=2, total_steps=6) for step in range(7)]
-    assert factors == [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0]
-    assert linear_warmup_decay(0, warmup_steps=0, total_steps=4) == 1.0

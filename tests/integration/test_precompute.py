@@ -22,8 +22,8 @@ from cachebrew.cache import open_cache
 from cachebrew.cli import app
 from cachebrew.errors import CacheMismatchError, ConfigError
 from cachebrew.models import load_model
-from cachebrew.precompute import PrecomputeConfig, run_precompute
-from cachebrew.verify import verify_cache
+from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
+from cachebrew.teacher.verify import verify_cache
 
 runner = CliRunner()
 
@@ -260,7 +260,7 @@ def test_fp16_cache_is_within_the_measured_error(
     tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
 ) -> None:
     """DESIGN §4 measured fp16: hidden relative error ~2e-4, logits KL ~4e-7."""
-    from cachebrew.verify import verify_cache
+    from cachebrew.teacher.verify import verify_cache
 
     out = tmp_path / "cache"
     _precompute(tiny_teacher_dir, tiny_corpus_jsonl, out, "--features", "logits,hidden:1,2")

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from cachebrew import models
 from cachebrew.cli import app
 from cachebrew.errors import ConfigError
-from cachebrew.precompute import PrecomputeConfig, run_precompute
-from cachebrew.sweep import COLUMNS, derive_name, load_sweep
+from cachebrew.runner.sweep import COLUMNS, derive_name, load_sweep
+from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from cachebrew.cache.collate import collate_labels, token_type_ids
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.shard import ShardReader
 from cachebrew.cache.synthetic import synthetic_examples, synthetic_features, write_examples
-from cachebrew.distill.data import DataStream
+from cachebrew.distill.sources import DataStream
 from cachebrew.errors import CacheCorruptError, CacheMismatchError, ConfigError
 
 SPEC = parse_feature_spec("logits:logprobs,hidden:0,2,hidden_cls:1,attention:1", dtype="fp32")

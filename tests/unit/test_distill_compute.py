@@ -7,7 +7,7 @@ import torch
 
 from cachebrew import ConfigError, DistillationConfig
 from cachebrew.distill.batches import adapt, move_to_device, split_batch
-from cachebrew.distill.compute import (
+from cachebrew.distill.loss import (
     DistillationLoss,
     LossWeights,
     combine_teachers,

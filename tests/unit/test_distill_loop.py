@@ -256,7 +256,7 @@ def test_distill_imports_no_teacher_code_path():
     code = (
         "import sys, cachebrew.distill; "
         "bad = [m for m in sys.modules if m.startswith(('cachebrew.models', 'cachebrew.corpus', "
-        "'cachebrew.precompute', 'transformers', 'tensorboard'))]; "
+        "'cachebrew.teacher.precompute', 'transformers', 'tensorboard'))]; "
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -26,7 +26,7 @@ from cachebrew import (
     MultiTeacherDistiller,
     TrainingConfig,
 )
-from cachebrew.distill.multitask import TaskSampler, sampling_probabilities
+from cachebrew.distill.sources import TaskSampler, sampling_probabilities
 
 TEACHERS = [tiny_bert(32, seed=0).eval(), tiny_bert(32, seed=2).eval()]
 MATCH_TAGS = {

@@ -140,7 +140,7 @@ def test_unfinished_checkpoint_is_never_published(tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise Interrupt
 
-    monkeypatch.setattr(ckpt, "_write_json", killed)  # the last file of a checkpoint
+    monkeypatch.setattr(ckpt, "write_json_atomic", killed)  # the last file of a checkpoint
     with pytest.raises(Interrupt):
         train(distiller, optimizer, loader, {"num_steps": 3})
     assert not (tmp_path / "checkpoint-gs3").exists()

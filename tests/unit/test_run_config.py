@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from cachebrew.errors import ConfigError
-from cachebrew.run_config import DistillRunConfig, load_distill_config
-from cachebrew.runner import lr_factor
+from cachebrew.runner.config import DistillRunConfig, load_distill_config
 
 BASE = {"cache": "caches/sst", "student": "students/s.json", "out": "runs/s"}
 
@@ -113,12 +112,3 @@ def test_nested_sections_data_eval_init_and_set_errors() -> None:
     assert "task: unknown task 'ner'" in text
     with pytest.raises(ConfigError, match="expected key=value"):
         load_distill_config(None, BASE, ["batch_size"])
-
-
-def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
-    factors = [lr_factor(s, warmup=2, total=10, name="linear") for s in range(10)]
-    assert factors[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
-    assert factors[-1] == pytest.approx(1 / 8)
-    assert all(a > b for a, b in zip(factors[2:], factors[3:], strict=False))
-    assert lr_factor(5, warmup=0, total=10, name="constant") == 1.0
-    assert lr_factor(10, warmup=0, total=10, name="cosine") == pytest.approx(0.0)

@@ -17,7 +17,7 @@ from cachebrew.cache import open_cache, prepare_example
 from cachebrew.cache.reader import CacheReader
 from cachebrew.errors import CacheMismatchError
 from cachebrew.models import LoadedModel, load_model, resolve_device
-from cachebrew.precompute import teacher_features
+from cachebrew.teacher.precompute import teacher_features
 
 
 def verify_cache(

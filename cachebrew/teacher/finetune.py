@@ -37,7 +37,8 @@ from cachebrew.corpus import (
 )
 from cachebrew.errors import ConfigError
 from cachebrew.metrics import accuracy, macro_f1
-from cachebrew.models import LoadedModel, count_parameters, load_model
+from cachebrew.models import LoadedModel, adamw_param_groups, count_parameters, load_model
+from cachebrew.schedules import lr_factor
 from cachebrew.validation import (
     ConfigBase,
     apply_overrides,
@@ -173,16 +174,6 @@ class FinetuneSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "best": self.best}
-
-
-def linear_warmup_decay(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR factor: ``step / warmup`` while warming up, then linear decay to 0 at ``total_steps``.
-
-    The schedule of HF's ``get_linear_schedule_with_warmup``, as a pure function of the step.
-    """
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 class BucketBatchSampler:
@@ -330,19 +321,6 @@ def _quiet_outputs(model: torch.nn.Module) -> None:
         config.output_attentions = False
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases and LayerNorm weights (BERT's recipe)."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def _train(
     cfg: FinetuneConfig,
     loaded: LoadedModel,
@@ -361,15 +339,11 @@ def _train(
         cast(Any, train_items), batch_sampler=sampler, collate_fn=partial(pad_batch, pad_id=pad_id)
     )
     total_steps = len(sampler) * cfg.epochs
-    schedule = partial(
-        linear_warmup_decay,
-        warmup_steps=int(cfg.warmup_ratio * total_steps),
-        total_steps=total_steps,
-    )
+    schedule = partial(lr_factor, warmup=int(cfg.warmup_ratio * total_steps), total=total_steps)
     checkpoints = Path(cfg.out) / _CHECKPOINT_DIR  # the loop saves every epoch; not kept
     train_config = TrainingConfig(output_dir=str(checkpoints), device=cfg.device, seed=cfg.seed)
     tracker = _EpochTracker(cfg, summary, dev_items, pad_id, len(sampler), checkpoints)
-    optimizer = torch.optim.AdamW(_param_groups(loaded.model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(adamw_param_groups(loaded.model, cfg.weight_decay), lr=cfg.lr)
     start = time.perf_counter()
     try:
         BasicTrainer(train_config, loaded.model, loaded.adaptor).train(

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cachebrew.distill.compute import LossOutput
+from cachebrew.distill.loss import LossOutput
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from cachebrew.cache.reader import CacheReader
 from cachebrew.config import DistillationConfig, IntermediateMatch
 from cachebrew.errors import CacheMismatchError, ConfigError
 from cachebrew.models import TOKEN_LEVEL_KINDS, LoadedModel
-from cachebrew.run_config import DistillRunConfig
+from cachebrew.runner.config import DistillRunConfig
 
 SAME_WIDTH_LOSSES = frozenset({"hidden_mse", "cos", "pkd", "fsp", "gram"})
 CLASSIFICATION_KINDS = ("sequence_classification", "token_classification")

@@ -1,4 +1,4 @@
-"""The data side of a distill run: which tokenizer the student reads, its batches, the eval split.
+"""What the student reads: its tokenizer, and its own tokens when they differ from the teacher's.
 
 **Tokenizer.** The student's tokenizer is ``tokenizer:`` if given, else the ``tokenizer.json``
 of a student HF directory, else the teacher's (the directory the manifest names as the
@@ -7,26 +7,21 @@ the cache's ``tokenizer_hash`` (or none is found), the student reads the teacher
 stored in the cache. Otherwise ``data:`` must name the corpus the cache was built from; it is
 re-tokenized with the student's tokenizer and joined to the cache by example id
 (different-batch mode: ``batch['student']`` and ``batch['teacher']`` differ).
-
-**Eval split.** ``eval: {fraction: f}`` holds out the examples whose
-``sha256(f"{seed}:{example_id}")`` falls in the lowest fraction ``f`` of the hash range: a
-pure function of the id, so the split is the same for every student, order and shard layout.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cachebrew import models
 from cachebrew.cache.reader import CacheReader
-from cachebrew.corpus import pad_batch, read_corpus, tokenize_records
+from cachebrew.corpus import read_corpus, tokenize_records
 from cachebrew.errors import ConfigError
-from cachebrew.run_config import DataConfig, DistillRunConfig, EvalConfig
+from cachebrew.files import sha256_file
+from cachebrew.runner.config import DataConfig, DistillRunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +58,6 @@ class StudentTokens:
         }
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _tokenizer_json(path: str | Path | None) -> Path | None:
     if path is None:
         return None
@@ -87,7 +78,7 @@ def _find_tokenizer(cfg: DistillRunConfig, reader: CacheReader) -> tuple[Path | 
         return student_json, f"the student's {student_json}"
     cached_hash = reader.manifest.get("tokenizer_hash")
     teacher_json = _tokenizer_json(reader.manifest["teacher"].get("source"))
-    if teacher_json is not None and _file_sha256(teacher_json) == cached_hash:
+    if teacher_json is not None and sha256_file(teacher_json) == cached_hash:
         return teacher_json, f"the teacher's {teacher_json}"
     return None, "cache input ids (no tokenizer found: pad id 0, no token type ids)"
 
@@ -102,7 +93,7 @@ def resolve_student_tokens(cfg: DistillRunConfig, reader: CacheReader) -> Studen
     if path is None:
         return StudentTokens(source=source)
     tokenizer = models.load_tokenizer(path)
-    other = _file_sha256(path) != reader.manifest.get("tokenizer_hash")
+    other = sha256_file(path) != reader.manifest.get("tokenizer_hash")
     if not other:
         if cfg.data is not None:
             logger.info("data: ignored, the student shares the cache's tokenizer")
@@ -135,59 +126,3 @@ def student_items(data: DataConfig, tokenizer: Any, length: int) -> dict[str, di
     words = bool(records) and isinstance(records[0].text, list)
     items = tokenize_records(records, tokenizer, length, is_split_into_words=words)
     return {r.example_id: item for r, item in zip(records, items, strict=True)}
-
-
-def split_eval_ids(
-    example_ids: Sequence[str], fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """``(train_ids, eval_ids)``: the held-out share by id hash (module docstring).
-
-    Raises:
-        ConfigError: the split leaves no training or no evaluation example.
-    """
-    limit = fraction * 2**256
-    train: list[str] = []
-    held_out: list[str] = []
-    for example_id in example_ids:
-        value = int.from_bytes(hashlib.sha256(f"{seed}:{example_id}".encode()).digest(), "big")
-        (held_out if value < limit else train).append(example_id)
-    if not train or not held_out:
-        raise ConfigError(
-            f"eval.fraction={fraction}: {len(train)} training and {len(held_out)} evaluation "
-            f"examples out of {len(example_ids)}; choose a fraction that leaves both non-empty"
-        )
-    return train, held_out
-
-
-def corpus_eval_batches(
-    eval_cfg: EvalConfig, tokens: StudentTokens, length: int
-) -> tuple[list[dict[str, Any]], int]:
-    """Padded batches (with ``labels``) of the labelled corpus at ``eval.data``, and its size.
-
-    Raises:
-        ConfigError: no tokenizer for the student.
-    """
-    if tokens.tokenizer is None:
-        raise ConfigError(
-            "eval.data: the student has no tokenizer to read it with; give tokenizer: (a "
-            "directory with tokenizer.json) or use eval: {fraction: ...}"
-        )
-    data = DataConfig(
-        path=str(eval_cfg.data),
-        text_field=eval_cfg.text_field,
-        text_pair_field=eval_cfg.text_pair_field,
-        label_field=eval_cfg.label_field,
-        id_field=eval_cfg.id_field,
-        split=eval_cfg.split,
-    )
-    items = list(student_items(data, tokens.tokenizer, length).values())
-    pad_id = tokens.dataset_kwargs()["pad_id"]
-    size = eval_cfg.batch_size
-    batches = [pad_batch(items[i : i + size], pad_id) for i in range(0, len(items), size)]
-    return batches, len(items)
-
-
-def student_batches(dataset: Any) -> Iterator[dict[str, Any]]:
-    """The ``'student'`` part of every batch of a CacheDataset."""
-    for batch in dataset:
-        yield batch["student"]

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from cachebrew.errors import CachebrewError, ConfigError
-from cachebrew.run_config import DistillRunConfig
+from cachebrew.runner.config import DistillRunConfig
 from cachebrew.validation import ConfigBase, apply_overrides, load_yaml_mapping, raise_if_any
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def finished_metrics(cfg: DistillRunConfig) -> dict[str, Any] | None:
     metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8"))
     try:
         from cachebrew.cache import open_cache
-        from cachebrew.runner import manifest_digest
+        from cachebrew.cache.manifest import manifest_digest
 
         current = manifest_digest(open_cache(cfg.cache, verify=False).manifest)
     except CachebrewError:
@@ -255,7 +255,7 @@ def clear_run_dir(run_dir: Path) -> None:
 
 
 def _run_in_process(cfg: DistillRunConfig, progress: bool) -> dict[str, Any]:
-    from cachebrew.runner import run_distill
+    from cachebrew.runner.run import run_distill
 
     try:
         return run_distill(cfg, progress=progress)

@@ -1,0 +1,211 @@
+"""``cachebrew distill``: stream a teacher cache into one student (setup -> train -> evaluate -> save).
+
+:func:`run_distill` sets the run up (:mod:`cachebrew.runner.setup`), logs the plan, then trains with
+:class:`~cachebrew.distill.GeneralDistiller` (``model_T=None``: every batch carries its
+``teacher_cache``) or, with ``kd: false`` / ``distill: null``, with
+:class:`~cachebrew.distill.BasicTrainer` on the labels alone (no teacher feature is read).
+With ``teacher:`` (online mode) the live teacher runs on the inputs stored in the cache.
+
+RUN_DIR (``out``) receives ``checkpoints/`` (full checkpoints; ``resume=True`` continues from
+the latest), ``tb/`` (TensorBoard), ``config.yaml`` (the resolved config, reusable with
+``--config``) and ``metrics.json`` (:data:`METRICS_KEYS`, written last).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+import yaml
+
+from cachebrew import models
+from cachebrew.cache.manifest import manifest_digest
+from cachebrew.distill.checkpoint import LATEST
+from cachebrew.distill.loss import match_name
+from cachebrew.files import write_json_atomic
+from cachebrew.runner.config import DistillRunConfig, OptimizerConfig
+from cachebrew.runner.evaluate import evaluate_student
+from cachebrew.runner.progress import (
+    ForwardCounter,
+    ObservedBasicTrainer,
+    ObservedGeneralDistiller,
+    TimedBatches,
+    TrainObserver,
+)
+from cachebrew.runner.setup import RunSetup, _check_run_dir, setup_run
+from cachebrew.schedules import lr_factor
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+METRICS_KEYS = (
+    "run", "status", "student", "kd", "mode", "cache", "cache_manifest_sha256", "examples",
+    "steps", "steps_this_run", "resumed_from_step", "final_loss", "loss_curve", "loss_terms",
+    "examples_trained", "examples_per_s", "data_wait_share", "teacher_forwards", "params",
+    "seconds", "train_seconds", "metric", "value", "eval_examples",
+)  # fmt: skip
+
+
+def run_distill(
+    cfg: DistillRunConfig, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train one student from a cache; write RUN_DIR; return the metrics.
+
+    Raises:
+        ConfigError: the config does not fit the cache or the student (every problem at once),
+            RUN_DIR holds checkpoints and ``resume`` is False.
+        CacheError: the cache is missing, incomplete or corrupt.
+    """
+    started = time.perf_counter()
+    _check_run_dir(cfg, resume)
+    setup = setup_run(cfg, resume)
+    log_plan(setup)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    observer, history, forwards = train_student(setup, progress)
+    metric, value, eval_examples = evaluate_student(
+        cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,
+        setup.train_config.resolved_device(),
+    )  # fmt: skip
+    metrics = _metrics(setup, observer, history, forwards)
+    metrics.update(metric=metric, value=value, eval_examples=eval_examples)
+    metrics["seconds"] = time.perf_counter() - started
+    write_json_atomic(cfg.run_dir / METRICS_FILE, metrics)
+    logger.info("%s: %s", cfg.out, _summary(metrics))
+    return metrics
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+def build_optimizer(opt: OptimizerConfig, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW over :func:`~cachebrew.models.adamw_param_groups` with the run's settings."""
+    groups = models.adamw_param_groups(model, opt.weight_decay)
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+
+
+def _scheduler_args(cfg: DistillRunConfig, total: int) -> dict[str, Any]:
+    warmup, name = cfg.schedule.warmup(total), cfg.schedule.name
+
+    def lr_lambda(step: int) -> float:
+        return lr_factor(step, warmup=warmup, total=total, name=name)
+
+    return {"lr_lambda": lr_lambda}
+
+
+def _distiller(setup: RunSetup) -> Any:
+    student = setup.student
+    distill = setup.cfg.distill_config
+    torch.manual_seed(setup.train_config.seed or 0)  # projections are initialised here
+    if distill is None:
+        return ObservedBasicTrainer(setup.train_config, student.model, student.adaptor)
+    teacher = setup.teacher
+    return ObservedGeneralDistiller(
+        setup.train_config,
+        distill,
+        model_T=teacher.model if teacher is not None else None,
+        model_S=student.model,
+        adaptor_T=teacher.adaptor if teacher is not None else None,
+        adaptor_S=student.adaptor,
+    )
+
+
+def train_student(
+    setup: RunSetup, progress: bool
+) -> tuple[TrainObserver, list[dict[str, float]], int]:
+    """Run the distiller; returns the observer, the loss history and the teacher forwards."""
+    cfg = setup.cfg
+    distiller = _distiller(setup)
+    accumulation = setup.train_config.gradient_accumulation_steps
+    observer = TrainObserver(setup.total_steps, accumulation, setup.start_step, progress)
+    distiller.observer = observer
+    counter = ForwardCounter(setup.teacher.model) if setup.teacher is not None else None
+    postprocess = (lambda batch: batch["student"]) if cfg.distill_config is None else None
+    try:
+        distiller.train(
+            build_optimizer(cfg.optimizer, setup.student.model),
+            TimedBatches(setup.dataset, observer),
+            num_epochs=cfg.num_epochs if cfg.num_steps is None else None,
+            num_steps=cfg.num_steps,
+            scheduler_class=torch.optim.lr_scheduler.LambdaLR,
+            scheduler_args=_scheduler_args(cfg, setup.total_steps),
+            max_grad_norm=cfg.max_grad_norm,
+            batch_postprocessor=postprocess,
+            resume_from=LATEST if setup.start_step > 0 else None,
+        )
+    finally:
+        observer.close()
+        if counter is not None:
+            counter.remove()
+    return observer, distiller.loss_history, counter.count if counter is not None else 0
+
+
+# ------------------------------------------------------------------------------ plan, results
+
+
+def log_plan(setup: RunSetup) -> None:
+    """One short paragraph: student, params, cache, examples, steps, matches."""
+    cfg, distill = setup.cfg, setup.cfg.distill_config
+    num_train = len(setup.train_ids) if setup.train_ids is not None else setup.reader.num_examples
+    matches = [match_name(m) for m in distill.intermediate_matches] if distill else []
+    kd = (
+        "none (hard labels)"
+        if distill is None
+        else f"{distill.kd_loss_type}, T={distill.temperature}"
+    )
+    lines = [
+        f"student   {cfg.student} ({type(setup.student.model).__name__}, "
+        f"{models.count_parameters(setup.student.model):,} params, {setup.student.kind})",
+        f"cache     {cfg.cache}: {setup.reader.num_examples} examples, "
+        f"{num_train} trained on, {len(setup.eval_ids or [])} held out",
+        f"inputs    {setup.tokens.source}" + (" (re-tokenized)" if setup.tokens.other else ""),
+        f"mode      {setup.mode}" + (f" (teacher {cfg.teacher})" if setup.teacher else ""),
+        f"steps     {setup.total_steps} (batch {cfg.batch_size}, "
+        + (f"{cfg.num_steps} steps" if cfg.num_steps else f"{cfg.num_epochs} epochs")
+        + (f", resuming at {setup.start_step})" if setup.start_step else ")"),
+        f"kd        {kd}; matches: {', '.join(matches) or 'none'}",
+    ]
+    logger.info("distill plan\n  %s", "\n  ".join(lines))
+
+
+def _metrics(
+    setup: RunSetup, observer: TrainObserver, history: list[dict[str, float]], forwards: int
+) -> dict[str, Any]:
+    cfg = setup.cfg
+    last = history[-1] if history else {}
+    return {
+        "run": cfg.run_dir.name,
+        "status": "ok",
+        "student": cfg.student,
+        "kd": cfg.distill_config is not None,
+        "mode": setup.mode,
+        "cache": cfg.cache,
+        "cache_manifest_sha256": manifest_digest(setup.reader.manifest),
+        "examples": len(setup.train_ids or []) or setup.reader.num_examples,
+        "steps": setup.start_step + len(history),
+        "steps_this_run": len(history),
+        "resumed_from_step": setup.start_step or None,
+        "final_loss": last.get("total_loss"),
+        "loss_curve": [row["total_loss"] for row in history],
+        "loss_terms": {k: v for k, v in last.items() if k not in ("step", "lr")},
+        "examples_trained": observer.examples,
+        "examples_per_s": observer.examples_per_s,
+        "data_wait_share": observer.data_wait_share,
+        "teacher_forwards": forwards,
+        "params": models.count_parameters(setup.student.model),
+        "train_seconds": observer.seconds,
+    }
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    value = metrics.get("value")
+    result = f", {metrics['metric']} {value:.4f}" if value is not None else ""
+    loss = metrics.get("final_loss")
+    loss_text = f"{loss:.4f}" if loss is not None else "n/a"
+    return (
+        f"{metrics['steps']} steps, final loss {loss_text}, "
+        f"{metrics['examples_per_s']:.1f} examples/s{result}"
+    )

@@ -1,0 +1,157 @@
+"""Everything ``cachebrew distill`` builds before step 1: cache, student, tokens, teacher, dataset.
+
+:func:`setup_run` opens the cache, loads the student (``task``/``num_labels`` from the cache's
+teacher kind and logits width unless given) and, in online mode, the teacher, checks the config
+against them (:mod:`cachebrew.runner.checks`), splits off the eval examples and builds the
+:class:`~cachebrew.cache.dataset.CacheDataset`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from cachebrew import models
+from cachebrew.cache.reader import CacheReader, open_cache
+from cachebrew.config import TrainingConfig
+from cachebrew.distill.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
+from cachebrew.errors import ConfigError
+from cachebrew.runner.checks import CLASSIFICATION_KINDS, check_run
+from cachebrew.runner.config import DistillRunConfig
+from cachebrew.runner.evaluate import split_eval_ids
+from cachebrew.runner.tokens import StudentTokens, resolve_student_tokens
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSetup:
+    """Everything built before step 1."""
+
+    cfg: DistillRunConfig
+    reader: CacheReader
+    student: models.LoadedModel
+    tokens: StudentTokens
+    teacher: models.LoadedModel | None
+    train_ids: list[str] | None
+    eval_ids: list[str] | None
+    dataset: Any
+    train_config: TrainingConfig
+    total_steps: int
+    start_step: int
+
+    @property
+    def mode(self) -> str:
+        """``cache`` (features from the cache), ``online`` (live teacher) or ``labels``."""
+        if self.cfg.distill_config is None:
+            return "labels"
+        return "online" if self.teacher is not None else "cache"
+
+
+def _check_run_dir(cfg: DistillRunConfig, resume: bool) -> None:
+    if not resume and (cfg.run_dir / "checkpoints" / LATEST).exists():
+        raise ConfigError(
+            f"out: {cfg.out} already holds checkpoints of an earlier run; pass --resume to "
+            "continue it, or choose another out (or delete it)"
+        )
+
+
+def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
+    """Open the cache, load the models, check everything, build the dataset."""
+    from cachebrew.cache.dataset import CacheDataset
+
+    reader = open_cache(cfg.cache)
+    train_config = cfg.train_config()
+    student = load_student(cfg, reader, train_config.seed or 0)
+    tokens = resolve_student_tokens(cfg, reader)
+    teacher = None
+    if cfg.teacher is not None and cfg.distill_config is not None:
+        teacher = load_online_teacher(cfg, reader)
+    elif cfg.teacher is not None:
+        logger.info("teacher %s not loaded: hard-label training needs no teacher", cfg.teacher)
+    teacher_config = getattr(teacher.model, "config", None) if teacher is not None else None
+    check_run(cfg, reader, student, student_items=tokens.items, teacher_config=teacher_config)
+    train_ids, eval_ids = _split(cfg, reader, tokens)
+    dataset = CacheDataset(
+        reader,
+        batch_size=cfg.batch_size,
+        seed=train_config.seed or 0,
+        shuffle=True,
+        buffer_size=cfg.shuffle_buffer,
+        example_ids=train_ids,
+        teacher_cache=teacher is None and cfg.distill_config is not None,
+        # Decoding ahead overlaps a GPU step; on CPU the thread takes the student's cores.
+        prefetch=1 if train_config.resolved_device().type == "cuda" else 0,
+        **tokens.dataset_kwargs(),
+    )
+    total_steps = _total_steps(cfg, train_config, len(dataset))
+    start_step = _checkpoint_step(train_config) if resume else 0
+    return RunSetup(
+        cfg, reader, student, tokens, teacher, train_ids, eval_ids, dataset,
+        train_config, total_steps, start_step,
+    )  # fmt: skip
+
+
+def _split(
+    cfg: DistillRunConfig, reader: CacheReader, tokens: StudentTokens
+) -> tuple[list[str] | None, list[str] | None]:
+    ids = None
+    if tokens.items is not None:  # train on the cached examples the corpus also has
+        stored = reader.example_ids()
+        ids = [i for i in stored if i in tokens.items]
+        if len(ids) < len(stored):
+            logger.warning("data: %d cached examples are not in the corpus", len(stored) - len(ids))
+    if cfg.eval is None or cfg.eval.fraction is None:
+        return ids, None
+    return split_eval_ids(ids or reader.example_ids(), cfg.eval.fraction, cfg.eval.seed)
+
+
+def load_student(cfg: DistillRunConfig, reader: CacheReader, seed: int) -> models.LoadedModel:
+    """The student, its head taken from the cache's teacher unless ``task``/``num_labels``."""
+    teacher_kind = reader.manifest["teacher"].get("kind")
+    task = cfg.task or (teacher_kind if teacher_kind in models.TASK_MODEL_CLASSES else None)
+    num_labels = cfg.num_labels
+    logits = reader.manifest["arrays"].get("logits")
+    if num_labels is None and task in CLASSIFICATION_KINDS and logits is not None:
+        num_labels = int(logits["width"])
+    student = models.load_model(
+        cfg.student, task=task, num_labels=num_labels, role="student", seed=seed
+    )
+    if cfg.init_from_teacher is not None:
+        init = cfg.init_from_teacher
+        models.init_from_teacher(student.model, init.path, list(init.layers))
+    return student
+
+
+def load_online_teacher(cfg: DistillRunConfig, reader: CacheReader) -> models.LoadedModel:
+    """The live teacher of online mode (a warning if it is not the cache's teacher)."""
+    teacher_kind = reader.manifest["teacher"].get("kind")
+    task = teacher_kind if teacher_kind in models.TASK_MODEL_CLASSES else None
+    teacher = models.load_model(str(cfg.teacher), task=task, role="teacher")
+    cached = reader.manifest["teacher"].get("weights_sha256")
+    if teacher.identity.get("weights_sha256") != cached:
+        logger.warning("teacher %s is not the teacher the cache was built with", cfg.teacher)
+    return teacher
+
+
+def _total_steps(cfg: DistillRunConfig, train_config: TrainingConfig, num_batches: int) -> int:
+    if cfg.num_steps is not None:
+        return cfg.num_steps
+    per_epoch = num_batches // train_config.gradient_accumulation_steps
+    if per_epoch < 1:
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} x gradient_accumulation_steps "
+            f"{train_config.gradient_accumulation_steps}: no optimizer step fits in an epoch "
+            f"of {num_batches} batches"
+        )
+    return per_epoch * int(cfg.num_epochs or 1)
+
+
+def _checkpoint_step(train_config: TrainingConfig) -> int:
+    path = resolve_checkpoint(LATEST, train_config.output_dir)
+    if path is None:
+        return 0
+    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    return int(state["loop"]["global_step"])
