@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from test_distill_support import (
+from distill_helpers import (
     adaptor,
     assert_same_weights,
     batches,

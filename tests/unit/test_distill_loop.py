@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from test_distill_support import (
+from distill_helpers import (
     adaptor,
     batches,
     cached_batches,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_distill_support import (
+from distill_helpers import (
     adaptor,
     assert_same_weights,
     batches,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_distill_support import (
+from distill_helpers import (
     adaptor,
     assert_same_weights,
     batches,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distill_support import (
+from distill_helpers import (
     adaptor,
     assert_same_weights,
     examples,
