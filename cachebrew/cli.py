@@ -20,6 +20,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+# Set by the global --debug flag: library errors then propagate with their traceback.
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the full traceback of an error instead of one line."
+    ),
+) -> None:
+    """Distill NLP models with a teacher that runs once: precompute a cache, then distill."""
+    _DEBUG["on"] = debug
 
 
 @app.command()
@@ -64,6 +76,9 @@ def precompute(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a complete or different cache."
     ),
+    wait: bool = typer.Option(
+        False, "--wait", help="If another precompute writes --out, wait for it instead of failing."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Run the teacher once over a corpus and write its outputs to a cache."""
@@ -75,6 +90,7 @@ def precompute(
     )
 
     flags["overwrite"] = overwrite or None
+    flags["wait"] = wait or None
     flags.pop("feature_dtype")
     bad = [item for item in feature_dtype if "=" not in item]
     if bad:
@@ -157,6 +173,8 @@ def _exit_on_error() -> Iterator[None]:
     try:
         yield
     except CachebrewError as error:
+        if _DEBUG["on"]:
+            raise
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=1) from None
 
@@ -174,6 +192,11 @@ def distill(
     teacher: str | None = typer.Option(
         None, help="Online mode: run this teacher on the cached inputs instead of reading features."
     ),
+    allow_teacher_mismatch: bool = typer.Option(
+        False,
+        "--allow-teacher-mismatch",
+        help="Online mode: train even if --teacher is not the teacher the cache was built with.",
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a key: --set distill.temperature=2 (repeatable)."
     ),
@@ -187,7 +210,8 @@ def distill(
         from cachebrew.runner.config import load_distill_config
         from cachebrew.runner.run import run_distill
 
-        flags = {"cache": cache, "student": student, "out": out, "teacher": teacher}
+        flags: dict[str, Any] = {"cache": cache, "student": student, "out": out}
+        flags |= {"teacher": teacher, "allow_teacher_mismatch": allow_teacher_mismatch or None}
         cfg = load_distill_config(config, flags, set_)
         metrics = run_distill(cfg, resume=resume, progress=not quiet)
     summary = {k: v for k, v in metrics.items() if k not in ("loss_curve", "loss_terms")}
@@ -295,11 +319,18 @@ def finetune(
     typer.echo(describe_summary(run_finetune(cfg)))
 
 
-def main() -> None:
-    """Console entry point: library errors become one clear line and exit code 1."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: library errors become one clear line and exit code 1.
+
+    An ``OSError`` that escaped the library (a full disk, a permission) is reported the same
+    way; ``--debug`` shows the traceback of either instead.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _DEBUG["on"] = False
     try:
-        app()
-    except CachebrewError as error:
-        typer.echo(f"error: {error}", err=True)
+        app(args=argv)
+    except (CachebrewError, OSError) as error:
+        if _DEBUG["on"]:
+            raise
+        typer.echo(f"error: {error} (rerun with --debug for the traceback)", err=True)
         raise SystemExit(1) from None

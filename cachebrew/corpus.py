@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from cachebrew.errors import ConfigError
+from cachebrew.files import utf8_lines
 
 Label = int | float | list[int] | None
 # pad value per key for pad_batch; input_ids get the tokenizer's pad id
@@ -70,17 +71,16 @@ class Corpus:
 
 def _read_jsonl(path: Path, fields: list[str]) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{path}:{line_number}: invalid JSON: {error}") from error
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{line_number}: expected a JSON object per line")
-            rows.append(row)
+    for line_number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{line_number}: invalid JSON: {error}") from error
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{line_number}: expected a JSON object per line")
+        rows.append(row)
     return rows
 
 
@@ -92,6 +92,8 @@ def _read_delimited(path: Path, fields: list[str], delimiter: str) -> pa.Table:
         column_types={name: pa.string() for name in fields}, strings_can_be_null=False
     )
     parse = csv.ParseOptions(delimiter=delimiter, quote_char=False if delimiter == "\t" else '"')
+    for _ in utf8_lines(path):  # pyarrow's own UTF-8 error names no line
+        pass
     try:
         return csv.read_csv(path, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as error:
@@ -161,6 +163,11 @@ def read_corpus(
     }
     string_fields = [f for f in (text_field, text_pair_field, id_field) if f]
     data = READERS[format_name](data_path, string_fields)
+    if len(data) == 0:
+        raise ConfigError(
+            f"{path}: no examples (the file is empty or has only a header); give a corpus with "
+            "at least one row"
+        )
     columns = (
         data.column_names
         if isinstance(data, pa.Table)
@@ -223,7 +230,14 @@ def _build_records(
         for i, pair in enumerate(pairs)
         if choices["text_pair"] and not isinstance(pair, str)
     ]
-    labels, label_names = _map_labels(_column(rows, choices["label"]), problems)
+    raw_labels = _column(rows, choices["label"])
+    if choices["label"]:
+        problems += [
+            f"row {i}: no value in label_field {choices['label']!r}; fill it in or drop the row"
+            for i, label in enumerate(raw_labels)
+            if label is None or label == ""
+        ]
+    labels, label_names = _map_labels(raw_labels, problems)
     ids = [
         str(value) if choices["id"] else _derived_id(stem, i, texts[i], pairs[i])
         for i, value in enumerate(_column(rows, choices["id"]))

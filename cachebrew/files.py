@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from cachebrew.errors import ConfigError
 
 _READ_BYTES = 1 << 20
 
@@ -55,3 +57,21 @@ def sha256_files(paths: Iterable[str | Path]) -> str:
     for path in paths:
         update_with_file(digest, path)
     return digest.hexdigest()
+
+
+def utf8_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 text file, numbered from 1.
+
+    Raises:
+        ConfigError: a line that is not UTF-8 (names the file, line, byte and the fix), instead
+            of the ``UnicodeDecodeError`` a text-mode read would raise mid-file.
+    """
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ConfigError(
+                    f"{path}:{line_number}: not valid UTF-8 (byte {raw[error.start]:#04x} at "
+                    f"column {error.start + 1}); re-save the file as UTF-8"
+                ) from None

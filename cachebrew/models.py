@@ -145,6 +145,7 @@ def _load_from_spec(spec: str | Path, task: str | None, num_labels: int | None) 
 
 
 def _load_directory(path: Path, task: str | None, num_labels: int | None) -> LoadedModel:
+    from safetensors import SafetensorError
     from transformers import AutoConfig
 
     if not (path / "config.json").is_file():
@@ -156,13 +157,16 @@ def _load_directory(path: Path, task: str | None, num_labels: int | None) -> Loa
         )
     config = AutoConfig.from_pretrained(path)
     kind, model_class = _prepare_config(config, task, num_labels, source=path)
-    model, info = model_class.from_pretrained(
-        path,
-        config=config,
-        attn_implementation="eager",
-        output_loading_info=True,
-        ignore_mismatched_sizes=task is not None,
-    )
+    try:
+        model, info = model_class.from_pretrained(
+            path,
+            config=config,
+            attn_implementation="eager",
+            output_loading_info=True,
+            ignore_mismatched_sizes=task is not None,
+        )
+    except (OSError, ValueError, SafetensorError) as error:
+        raise _unreadable_weights(weight_files, error) from error
     mismatched = {k if isinstance(k, str) else k[0] for k in info["mismatched_keys"]}
     fresh = sorted(set(info["missing_keys"]) | mismatched)
     if fresh:
@@ -174,6 +178,16 @@ def _load_directory(path: Path, task: str | None, num_labels: int | None) -> Loa
     tokenizer_sha = sha256_files([path / "tokenizer.json"]) if tokenizer else None
     identity = _identity(model, kind, path, (weights_sha, hash_of), bool(fresh), tokenizer_sha)
     return LoadedModel(model, partial(default_adaptor, kind=kind), kind, tokenizer, identity)
+
+
+def _unreadable_weights(files: list[Path], error: BaseException) -> ConfigError:
+    """Weights that are not safetensors (e.g. a pickle renamed): one line, never unpickled."""
+    reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    return ConfigError(
+        f"{', '.join(map(str, files))}: cannot be read as safetensors weights "
+        f"({type(error).__name__}: {reason}); nothing was loaded: save the model with "
+        "save_pretrained(safe_serialization=True)"
+    )
 
 
 def _load_config_file(path: Path, task: str | None, num_labels: int | None) -> LoadedModel:
@@ -485,9 +499,16 @@ def _teacher_backbone(teacher: torch.nn.Module | LoadedModel | str | Path) -> to
     path = Path(teacher)
     if not (path / "config.json").is_file():
         raise ConfigError(f"teacher {str(teacher)!r} is not an HF directory with config.json")
+    from safetensors import SafetensorError
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(path)
+    weight_files = sorted(path.glob("*.safetensors"))
+    if not weight_files:  # a pytorch_model.bin is a pickle: never loaded
+        raise ConfigError(f"teacher {path} has no *.safetensors weights (pickle not loaded)")
+    try:
+        return AutoModel.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError, SafetensorError) as error:
+        raise _unreadable_weights(weight_files, error) from error
 
 
 def _bert_parts(model: torch.nn.Module, role: str) -> tuple[torch.nn.Module, torch.nn.ModuleList]:

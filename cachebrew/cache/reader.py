@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from cachebrew.cache.integrity import check_manifest, shard_problems
 from cachebrew.cache.manifest import read_manifest
 from cachebrew.cache.shard import ShardReader
 from cachebrew.cache.spec import FeatureSpec, StoredFeature, layer_names
@@ -40,11 +41,14 @@ def open_cache(
         verify: check chunk checksums on first read (cheap: crc32).
 
     Raises:
-        CacheError: no manifest (an unfinished precompute: rerun it to resume) or an unknown
-            format version.
+        CacheError: no manifest (an unfinished precompute: rerun it to resume), an unknown
+            format version, or a manifest that does not match the cache (its totals, its
+            shard list against the disk, a shard path leading outside the root).
     """
     loc = CacheLocation(path, storage_options)
-    return CacheReader(loc, read_manifest(loc), verify=verify)
+    manifest = read_manifest(loc)
+    check_manifest(loc, manifest)
+    return CacheReader(loc, manifest, verify=verify)
 
 
 class CacheReader:
@@ -203,7 +207,7 @@ class CacheReader:
         return [f"{len(missing)} example ids are not in the cache, e.g. {missing[:5]}"]
 
     def verify_all(self) -> dict[str, Any]:
-        """Check every index and chunk checksum.
+        """Check every index (against the manifest and its arrays) and every chunk checksum.
 
         Returns:
             ``{"ok": bool, "shards": n, "chunks": n, "bytes": stored bytes checked,
@@ -212,8 +216,12 @@ class CacheReader:
         report: dict[str, Any] = {"ok": True, "shards": 0, "chunks": 0, "bytes": 0, "problems": []}
         for index in range(self.num_shards):
             try:
-                chunks, nbytes = self.shard(index).verify_all()
-            except CacheCorruptError as e:
+                shard = self.shard(index)
+                problems = shard_problems(self.manifest["shards"][index], shard.table, shard.meta)
+                if problems:
+                    raise CacheCorruptError("; ".join(problems))
+                chunks, nbytes = shard.verify_all()
+            except CacheError as e:
                 report["problems"].append(str(e))
                 continue
             report["shards"] += 1

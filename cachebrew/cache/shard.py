@@ -88,8 +88,9 @@ class ShardReader:
             store = self._loc.zarr_store(self.path, read_only=True)
             with _pipeline_config():
                 group = zarr.open_group(store=store, mode="r")
-                self._arrays = {name: group[name] for name in self.meta["arrays"]}
-            for name, array in self._arrays.items():
+                arrays = {name: self._open_array(group, name) for name in self.meta["arrays"]}
+            self._arrays = arrays
+            for name, array in arrays.items():
                 info = self.meta["arrays"][name]
                 if tuple(array.shape) != (info["rows"], info["width"]):
                     raise CacheCorruptError(
@@ -97,6 +98,16 @@ class ShardReader:
                         f"{(info['rows'], info['width'])}; {_REPAIR.format(shard=self.index)}"
                     )
         return self._arrays
+
+    def _open_array(self, group: Any, name: str) -> Any:
+        """One array of the group; a broken ``zarr.json`` is reported against its own array."""
+        try:
+            return group[name]
+        except Exception as e:  # zarr raises many types for unreadable metadata
+            raise CacheCorruptError(
+                f"shard {self.index}, array {name!r}: {self.path}/{name}/zarr.json cannot be "
+                f"read ({type(e).__name__}: {e}); {_REPAIR.format(shard=self.index)}"
+            ) from e
 
     # ------------------------------------------------------------------ row reads
 

@@ -122,7 +122,9 @@ def _write_array(
     group: Any, name: str, data: np.ndarray, dtype: str, codec: str, chunk_bytes: int
 ) -> dict[str, Any]:
     width = data.shape[1]
-    chunk_rows = max(1, chunk_bytes // max(1, width * data.itemsize))
+    # Never larger than the array: uncompressed chunks are stored at the full chunk shape, so a
+    # 2 MB chunk for 1.5 KB of rows would be written padded (--codec none).
+    chunk_rows = max(1, min(chunk_bytes // max(1, width * data.itemsize), data.shape[0]))
     array = group.create_array(
         name,
         shape=data.shape,

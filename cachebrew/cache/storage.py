@@ -63,16 +63,30 @@ class CacheLocation:
         """Write JSON to a temporary name, then rename it to ``path`` (atomic on local disks)."""
         payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-        if self.is_local:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            return
-        self.fs.pipe_file(tmp, payload)
-        self.fs.mv(tmp, path)
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(tmp, payload)
+                self.fs.mv(tmp, path)
+        except OSError as e:
+            # A full disk or a permission: no half-written temporary file stays behind.
+            self._discard_quietly(tmp)
+            raise CacheError(
+                f"could not write {path}: {e.strerror or e}; free space or fix permissions, "
+                "then rerun (finished shards are kept)"
+            ) from e
+
+    def _discard_quietly(self, path: str) -> None:
+        try:
+            self.remove(path)
+        except OSError:
+            pass
 
     def publish_dir(self, src: str, dst: str, last: str = INDEX) -> None:
         """Move a finished directory into place.
@@ -80,12 +94,21 @@ class CacheLocation:
         Local: one ``os.rename`` (atomic). Elsewhere (object stores have no directory rename):
         every file except ``last`` first, then ``last``, so ``dst/last`` existing means the move
         is complete. An incomplete ``dst`` left by a killed publish is removed first.
+
+        Raises:
+            CacheError: a local ``dst`` exists. A local rename is atomic, so an existing ``dst``
+                is no leftover of ours: it is never replaced (it may be a user's folder).
         """
-        self.remove(dst)
         if self.is_local:
+            if os.path.lexists(dst):
+                raise CacheError(
+                    f"{dst} already exists and is not a shard this run published; refusing to "
+                    "replace it: move it out of the cache directory"
+                )
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             os.rename(src, dst)
             return
+        self.remove(dst)
         files = sorted(self.fs.find(src))
         tail = [f for f in files if f == f"{src}/{last}"]
         for f in [f for f in files if f not in tail] + tail:

@@ -23,6 +23,7 @@ barrier.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ from cachebrew.cache.manifest import (
     run_differences,
     run_record,
 )
+from cachebrew.cache.ownership import WriterLock, check_owned, lock_name, remove_owned
 from cachebrew.cache.prepare import prepare_example
 from cachebrew.cache.shard_writer import ShardBuffer, write_shard
 from cachebrew.cache.spec import FeatureSpec
@@ -48,7 +50,6 @@ from cachebrew.cache.storage import (
     DONE,
     MANIFEST,
     RUN_RECORD,
-    SHARDS,
     STAGING,
     CacheLocation,
     done_marker_name,
@@ -57,7 +58,6 @@ from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-_CACHE_ENTRIES = (MANIFEST, RUN_RECORD, SHARDS, STAGING, DONE)
 MAX_SHARD_SIZE = 1_000_000
 
 
@@ -76,6 +76,8 @@ class CacheWriter:
         rank, world_size: this process writes shards ``i`` with ``i % world_size == rank``.
         chunk_bytes: target uncompressed bytes per Zarr chunk (rows are chunked, 1-4 MB is good).
         storage_options: fsspec options.
+        wait_seconds: how long to wait for another writer's lock on ``path`` (0: refuse at
+            once, ``float("inf")``: wait until it finishes).
 
     Raises:
         ConfigError: a bad argument (names the value, the limit and why).
@@ -96,6 +98,7 @@ class CacheWriter:
         world_size: int = 1,
         chunk_bytes: int = 2 * 2**20,
         storage_options: dict[str, Any] | None = None,
+        wait_seconds: float = 0.0,
     ):
         _check_arguments(spec, shard_size, rank, world_size, chunk_bytes, overwrite)
         self.spec = spec
@@ -103,6 +106,7 @@ class CacheWriter:
         self.chunk_bytes, self.overwrite = chunk_bytes, overwrite
         self.manifest: dict[str, Any] | None = None
         self._loc = CacheLocation(path, storage_options)
+        self._lock = WriterLock(self._loc, wait_seconds, lock_name(rank, world_size))
         self._run = run_record(
             spec, teacher_info, corpus_fingerprint, tokenizer_hash, shard_size, extra or {}
         )
@@ -119,11 +123,19 @@ class CacheWriter:
     def __enter__(self) -> CacheWriter:
         if self._state != "new":
             raise CacheError("a CacheWriter can be entered only once; create a new one")
-        self._prepare_directory()
-        # The marker means "this rank's latest run finished"; it is rewritten on a clean exit.
-        self._loc.remove(self._loc.join(DONE, done_marker_name(self.rank, self.world_size)))
-        self._load_completed()
-        self._next_shard = self._next_free_shard(self.rank)
+        # Refuse a foreign directory before the lock file is created in it, then again under
+        # the lock (another writer may have changed it while we waited).
+        check_owned(self._loc, "write a cache")
+        with contextlib.ExitStack() as undo:
+            self._lock.__enter__()
+            undo.callback(self._lock.__exit__, None, None, None)
+            self._prepare_directory()
+            # The marker means "this rank's latest run finished"; rewritten on a clean exit.
+            marker = done_marker_name(self.rank, self.world_size)
+            self._loc.remove(self._loc.join(DONE, marker))
+            self._load_completed()
+            self._next_shard = self._next_free_shard(self.rank)
+            undo.pop_all()
         self._state = "open"
         return self
 
@@ -133,29 +145,27 @@ class CacheWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is not None:
-            self._abort()
-            return
         try:
-            self._finish()
-        except BaseException:
-            self._abort()
-            raise
+            if exc_type is not None:
+                self._abort()
+                return
+            try:
+                self._finish()
+            except BaseException:
+                self._abort()
+                raise
+        finally:
+            self._lock.__exit__(None, None, None)
 
     def _prepare_directory(self) -> None:
         loc = self._loc
+        check_owned(loc, "write a cache")
         if self.overwrite:
-            remove_cache(loc.path, storage_options=loc.storage_options)
+            remove_owned(loc)
         elif loc.exists(loc.join(MANIFEST)):
             raise CacheError(
                 f"{loc.path} already holds a complete cache (manifest.json exists); "
                 "pass --overwrite (overwrite=True) to replace it"
-            )
-        unknown = [n for n in loc.listdir(loc.root) if not _is_cache_entry(n)]
-        if unknown:
-            raise CacheError(
-                f"{loc.path} is not empty and is not a cachebrew cache (found {unknown[:5]}); "
-                "choose an empty or new directory"
             )
         previous = loc.read_json(loc.join(RUN_RECORD))
         if previous is None:
@@ -364,20 +374,19 @@ def _check_arguments(
         raise ConfigError(problems)
 
 
-def _is_cache_entry(name: str) -> bool:
-    return name in _CACHE_ENTRIES or ".tmp-" in name
-
-
 def remove_cache(
     path: str | os.PathLike[str], *, storage_options: dict[str, Any] | None = None
 ) -> None:
     """Delete a cache (its manifest first, so it never looks complete half-deleted).
 
-    Only cachebrew's own entries are removed; other files in the directory are left alone.
+    Raises:
+        CacheError: ``path`` is not a cache, or holds files cachebrew did not write (named;
+            nothing is removed). CacheLockedError: a writer is running on it.
     """
     loc = CacheLocation(path, storage_options)
-    for name in _CACHE_ENTRIES:
-        loc.remove(loc.join(name))
-    for name in loc.listdir(loc.root):
-        if ".tmp-" in name:
-            loc.remove(loc.join(name))
+    check_owned(loc, "remove the cache")
+    if not loc.exists(loc.root):
+        return
+    with WriterLock(loc):
+        check_owned(loc, "remove the cache")
+        remove_owned(loc)

@@ -21,11 +21,13 @@ projections were lost (its issue #116).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +140,8 @@ def load_checkpoint(
     Raises:
         CheckpointError: projections expected but missing, or the reverse.
     """
-    load_model(student, str(path / STUDENT_FILE), strict=True)
+    with _readable(path / STUDENT_FILE):
+        load_model(student, str(path / STUDENT_FILE), strict=True)
     has_projections = projections is not None and len(list(projections.parameters())) > 0
     if has_projections != (path / PROJECTIONS_FILE).is_file():
         raise CheckpointError(
@@ -147,8 +150,27 @@ def load_checkpoint(
         )
     if has_projections:
         assert projections is not None
-        load_model(projections, str(path / PROJECTIONS_FILE), strict=True)
-    with open(path / STATE_FILE, encoding="utf-8") as f:
+        with _readable(path / PROJECTIONS_FILE):
+            load_model(projections, str(path / PROJECTIONS_FILE), strict=True)
+    with _readable(path / STATE_FILE), open(path / STATE_FILE, encoding="utf-8") as f:
         state = json.load(f)
-    tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
+    with _readable(path / TENSORS_FILE):
+        tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
     return state, tensors
+
+
+@contextlib.contextmanager
+def _readable(file: Path) -> Iterator[None]:
+    """A checkpoint file that cannot be read (truncated, edited, or a crafted pickle that
+    ``weights_only`` refuses) becomes one CheckpointError naming it, not a traceback."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as error:  # safetensors, pickle and json raise unrelated types
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{file} cannot be read as a cachebrew checkpoint ({type(error).__name__}: "
+            f"{reason}); nothing was loaded from it: resume from another checkpoint or start "
+            "over without --resume"
+        ) from error

@@ -13,12 +13,16 @@ What is checked:
 - the student's label count equals the width of the cached logits (classification heads);
 - a student with another tokenizer: no token-level matches or token-level logits (teacher
   features are aligned with the teacher's tokens, DESIGN §3);
-- hard-label training and held-out evaluation need labels in the cache.
+- hard-label training and held-out evaluation need labels in the cache;
+- RUN_DIR is not the cache or inside it (:func:`check_out_dir`), and an online teacher is the
+  cache's teacher (:func:`check_online_teacher`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cachebrew.cache import feature_spec_from_matches
@@ -27,6 +31,8 @@ from cachebrew.config import DistillationConfig, IntermediateMatch
 from cachebrew.errors import CacheMismatchError, ConfigError
 from cachebrew.models import TOKEN_LEVEL_KINDS, LoadedModel
 from cachebrew.runner.config import DistillRunConfig
+
+logger = logging.getLogger(__name__)
 
 SAME_WIDTH_LOSSES = frozenset({"hidden_mse", "cos", "pkd", "fsp", "gram"})
 CLASSIFICATION_KINDS = ("sequence_classification", "token_classification")
@@ -217,3 +223,60 @@ def _logit_width_problems(reader: CacheReader, student: LoadedModel) -> list[str
             f"{logits['width']} classes; set num_labels: {logits['width']}"
         ]
     return []
+
+
+def check_out_dir(cfg: DistillRunConfig) -> None:
+    """Refuse a RUN_DIR equal to or inside the cache: the run would write into the cache.
+
+    Raises:
+        ConfigError: names both paths and the fix.
+    """
+    if "://" in cfg.cache and not cfg.cache.startswith("file://"):
+        return  # an object store: a local RUN_DIR cannot be inside it
+    cache = Path(cfg.cache.removeprefix("file://")).resolve()
+    out = Path(cfg.out.removeprefix("file://")).resolve()
+    if out == cache or cache in out.parents:
+        where = "is" if out == cache else "is inside"
+        raise ConfigError(
+            f"out: {cfg.out} {where} the cache {cfg.cache}; distill would write checkpoints/, "
+            "tb/, config.yaml and metrics.json into the cache: choose an out outside it"
+        )
+
+
+def check_online_teacher(
+    cfg: DistillRunConfig, reader: CacheReader, teacher: LoadedModel, allow_mismatch: bool
+) -> None:
+    """Check the online teacher against the teacher identity the cache recorded, before step 1.
+
+    A teacher whose vocabulary does not cover the cached input ids always fails (it would index
+    past its embeddings); other differences (weights, config, tokenizer) fail unless
+    ``allow_mismatch`` (``--allow-teacher-mismatch``), then they are logged.
+
+    Raises:
+        CacheMismatchError: names each field that differs, both values and the fix.
+    """
+    recorded = reader.manifest.get("teacher", {})
+    differences = [
+        f"{key} (cache {str(recorded.get(key))[:12]}, given {str(teacher.identity.get(key))[:12]})"
+        for key in ("weights_sha256", "config_sha256", "tokenizer_sha256")
+        if recorded.get(key) is not None and recorded.get(key) != teacher.identity.get(key)
+    ]
+    vocab_size = getattr(getattr(teacher.model, "config", None), "vocab_size", None)
+    largest = max_input_id(reader) if vocab_size is not None else -1
+    if vocab_size is not None and largest >= vocab_size:
+        raise CacheMismatchError(
+            f"teacher: {cfg.teacher} has vocab_size {vocab_size} but the cache {cfg.cache} holds "
+            f"input id {largest}; give the teacher the cache was built with "
+            f"({recorded.get('source')})"
+        )
+    if not differences:
+        return
+    text = ", ".join(differences)
+    if allow_mismatch:
+        logger.warning("teacher %s differs from the cache's teacher: %s", cfg.teacher, text)
+        return
+    raise CacheMismatchError(
+        f"teacher: {cfg.teacher} is not the teacher the cache {cfg.cache} was built with "
+        f"({recorded.get('source')}): {text} differ; give that teacher, or pass "
+        "--allow-teacher-mismatch to train against this one anyway"
+    )

@@ -7,6 +7,7 @@ priority)::
     student: students/bert-2l.json    # HF config JSON (fresh, seeded), HF dir, module:function
     out: runs/bert-2l                 # RUN_DIR: checkpoints/, tb/, config.yaml, metrics.json
     teacher: null                     # a live teacher on the cached inputs (online mode)
+    allow_teacher_mismatch: false     # train online against a teacher the cache was not built with
     init_from_teacher: {path: teacher_dir, layers: [0, 2]}
     kd: true                          # false = hard labels only (BasicTrainer)
     distill: {temperature: 8, ...}    # DistillationConfig fields; null = hard labels only
@@ -249,6 +250,7 @@ class DistillRunConfig(ConfigBase):
     student: str
     out: str
     teacher: str | None = None
+    allow_teacher_mismatch: bool = False
     task: str | None = None
     num_labels: int | None = None
     tokenizer: str | None = None
@@ -275,6 +277,7 @@ class DistillRunConfig(ConfigBase):
         if self.task is not None:
             check_choice(problems, "task", self.task, TASKS, "task")
         check_bool(problems, "kd", self.kd)
+        check_bool(problems, "allow_teacher_mismatch", self.allow_teacher_mismatch)
         for name in _NESTED:
             set_field(self, name, _nested(problems, name, getattr(self, name)))
         self._check_numbers(problems)

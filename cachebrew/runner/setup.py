@@ -18,7 +18,12 @@ from cachebrew.cache.reader import CacheReader, open_cache
 from cachebrew.config import TrainingConfig
 from cachebrew.distill.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
 from cachebrew.errors import ConfigError
-from cachebrew.runner.checks import CLASSIFICATION_KINDS, check_run
+from cachebrew.runner.checks import (
+    CLASSIFICATION_KINDS,
+    check_online_teacher,
+    check_out_dir,
+    check_run,
+)
 from cachebrew.runner.config import DistillRunConfig
 from cachebrew.runner.evaluate import split_eval_ids
 from cachebrew.runner.tokens import StudentTokens, resolve_student_tokens
@@ -51,6 +56,7 @@ class RunSetup:
 
 
 def _check_run_dir(cfg: DistillRunConfig, resume: bool) -> None:
+    check_out_dir(cfg)
     if not resume and (cfg.run_dir / "checkpoints" / LATEST).exists():
         raise ConfigError(
             f"out: {cfg.out} already holds checkpoints of an earlier run; pass --resume to "
@@ -126,13 +132,11 @@ def load_student(cfg: DistillRunConfig, reader: CacheReader, seed: int) -> model
 
 
 def load_online_teacher(cfg: DistillRunConfig, reader: CacheReader) -> models.LoadedModel:
-    """The live teacher of online mode (a warning if it is not the cache's teacher)."""
+    """The live teacher of online mode, checked against the cache's recorded teacher."""
     teacher_kind = reader.manifest["teacher"].get("kind")
     task = teacher_kind if teacher_kind in models.TASK_MODEL_CLASSES else None
     teacher = models.load_model(str(cfg.teacher), task=task, role="teacher")
-    cached = reader.manifest["teacher"].get("weights_sha256")
-    if teacher.identity.get("weights_sha256") != cached:
-        logger.warning("teacher %s is not the teacher the cache was built with", cfg.teacher)
+    check_online_teacher(cfg, reader, teacher, cfg.allow_teacher_mismatch)
     return teacher
 
 

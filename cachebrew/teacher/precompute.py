@@ -34,6 +34,7 @@ from cachebrew.corpus import (
 )
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model, resolve_device
+from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.validation import (
     ConfigBase,
     check_bool,
@@ -76,11 +77,12 @@ class PrecomputeConfig(ConfigBase):
     split: str | None = None
     task: str | None = None
     num_labels: int | None = None
-    max_length: int = 128
+    max_length: int | None = None  # None: 128, clipped to the teacher's positions
     batch_size: int = 32
     shard_size: int = 256
     device: str = "auto"
     overwrite: bool = False
+    wait: bool = False
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -100,12 +102,15 @@ class PrecomputeConfig(ConfigBase):
                 f"feature_dtypes: expected a mapping of feature kind to dtype, e.g. "
                 f"{{hidden: int8}}, got {self.feature_dtypes!r}"
             )
-        for name, minimum in (("max_length", 2), ("batch_size", 1), ("shard_size", 1)):
+        if self.max_length is not None:
+            set_field(self, "max_length", check_int(problems, "max_length", self.max_length, 2))
+        for name, minimum in (("batch_size", 1), ("shard_size", 1)):
             set_field(self, name, check_int(problems, name, getattr(self, name), minimum))
         for name in ("topk", "num_labels"):
             if getattr(self, name) is not None:
                 set_field(self, name, check_int(problems, name, getattr(self, name), 1))
         check_bool(problems, "overwrite", self.overwrite)
+        check_bool(problems, "wait", self.wait)
         raise_if_any(problems)
 
 
@@ -191,6 +196,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
     teacher = load_model(cfg.teacher, task=cfg.task, num_labels=cfg.num_labels, role="teacher")
     if teacher.tokenizer is None:
         raise ConfigError(f"teacher {cfg.teacher}: no tokenizer.json next to the weights")
+    cfg = replace(cfg, max_length=resolve_max_length(cfg.max_length, teacher, cfg.teacher))
     corpus = read_corpus(
         cfg.data,
         text_field=cfg.text_field,
@@ -212,6 +218,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
         tokenizer_hash=teacher.identity.get("tokenizer_sha256"),
         shard_size=cfg.shard_size,
         overwrite=cfg.overwrite,
+        wait_seconds=float("inf") if cfg.wait else 0.0,
         extra={"max_length": cfg.max_length, "label_names": corpus.label_names},
     )
     pass_start = time.perf_counter()
@@ -282,7 +289,8 @@ def _run_window(
 ) -> Iterator[dict[str, Any]]:
     """Teacher features for one shard window, yielded in corpus order."""
     words = isinstance(window[0].text, list)
-    items = tokenize_records(window, teacher.tokenizer, cfg.max_length, is_split_into_words=words)
+    max_length = cfg.max_length or DEFAULT_MAX_LENGTH  # resolved by run_precompute
+    items = tokenize_records(window, teacher.tokenizer, max_length, is_split_into_words=words)
     results: dict[int, dict[str, Any]] = {}
     lengths = [len(item["input_ids"]) for item in items]
     for batch_indices in length_bucketed_batches(lengths, cfg.batch_size):
