@@ -51,6 +51,7 @@ from cachebrew.distill.distillers import (
     MultiTaskDistiller,
     MultiTeacherDistiller,
 )
+from cachebrew.distill.tracking import Throughput, TrainObserver
 
 __all__ = [
     "BasicDistiller",
@@ -59,4 +60,6 @@ __all__ = [
     "GeneralDistiller",
     "MultiTaskDistiller",
     "MultiTeacherDistiller",
+    "Throughput",
+    "TrainObserver",
 ]

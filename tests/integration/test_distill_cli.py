@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cachebrew.cli import app
-from cachebrew.runner.progress import KILL_AFTER_BATCHES_ENV
 from cachebrew.runner.run import METRICS_KEYS
 from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
 runner = CliRunner()
+KILL_SCRIPT = Path(__file__).with_name("kill_after_batches.py")
+ROOT = Path(__file__).resolve().parents[2]
 FEATURES = "logits,hidden:0,2"
 HIDDEN_MATCH = {
     "layer_T": 2,
@@ -152,8 +153,11 @@ def test_killed_mid_epoch_then_resumed_gives_the_same_weights(
     # batch is asked for: the latest checkpoint is gs7, in the middle of epoch 2.
     config = make_config(caches["fp32"], training={"seed": 3, "ckpt_frequency": 2})
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "cachebrew", "distill", "--quiet"]
-    env = {**os.environ, KILL_AFTER_BATCHES_ENV: "8"}
+    command = [sys.executable, str(KILL_SCRIPT), "8", "distill", "--quiet"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     result = subprocess.run(
         [*command, "--config", str(config), "--out", str(killed)],
         env=env,
@@ -164,6 +168,8 @@ def test_killed_mid_epoch_then_resumed_gives_the_same_weights(
     assert result.returncode == -9, result.stderr[-2000:]
     assert (killed / "checkpoints" / "latest").read_text().strip() == "checkpoint-gs7"
     assert not (killed / "metrics.json").exists()
+    # --quiet: no bar and no info lines on stderr, only what is a warning or worse
+    assert "distill:" not in result.stderr and "INFO" not in result.stderr, result.stderr
 
     refused = runner.invoke(app, ["distill", "--config", str(config), "--out", str(killed)])
     assert refused.exit_code == 1 and "--resume" in refused.output
