@@ -18,7 +18,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cachebrew.cli import app
-from cachebrew.runner.run import METRICS_KEYS
+from cachebrew.runner.config import load_distill_config
+from cachebrew.runner.run import METRICS_KEYS, train_student
+from cachebrew.runner.setup import setup_run
+from cachebrew.schedules import lr_factor
 from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
 runner = CliRunner()
@@ -169,7 +172,7 @@ def test_killed_mid_epoch_then_resumed_gives_the_same_weights(
     assert (killed / "checkpoints" / "latest").read_text().strip() == "checkpoint-gs7"
     assert not (killed / "metrics.json").exists()
     # --quiet: no bar and no info lines on stderr, only what is a warning or worse
-    assert "distill:" not in result.stderr and "INFO" not in result.stderr, result.stderr
+    assert "%|" not in result.stderr and "INFO" not in result.stderr, result.stderr
 
     refused = runner.invoke(app, ["distill", "--config", str(config), "--out", str(killed)])
     assert refused.exit_code == 1 and "--resume" in refused.output
@@ -314,3 +317,18 @@ def test_a_student_with_another_tokenizer_reads_the_corpus_joined_by_example_id(
         app, ["distill", "--config", str(with_match), "--out", str(tmp_path / "y")]
     )
     assert result.exit_code == 1 and "token-aligned" in result.output
+
+
+def test_the_runner_trains_each_step_at_lr_factor_of_its_schedule(
+    caches: dict[str, Path], make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    schedule = {"name": "cosine", "warmup_steps": 3}
+    config = make_config(caches["fp32"], schedule=schedule)
+    cfg = load_distill_config(str(config), {"out": str(tmp_path / "lr")})
+    setup = setup_run(cfg, resume=False)
+    assert setup.plan.total_steps == 10 and setup.start_step == 0
+    trained = train_student(setup, progress=False)
+    expected = [1e-3 * lr_factor(s, warmup=3, total=10, name="cosine") for s in range(10)]
+    assert [row["lr"] for row in trained.history] == pytest.approx(expected, rel=1e-12)
+    assert expected[0] == 0 and expected[3] == pytest.approx(1e-3)  # ramp, then the peak
+    assert trained.throughput.examples == 70 and trained.throughput.micro_batches == 10
