@@ -59,7 +59,6 @@ class RunProgress(TrainObserver):
             unit="step",
             desc="distill",
             file=self.file,
-            dynamic_ncols=True,
         )
 
     def on_micro_batch(self, num_examples: int, loss: Tensor) -> None:
