@@ -179,6 +179,19 @@ def _exit_on_error() -> Iterator[None]:
         raise typer.Exit(code=1) from None
 
 
+@contextlib.contextmanager
+def _quiet_logs(quiet: bool) -> Iterator[None]:
+    """With ``--quiet``, only warnings and errors are logged (the bars are off already)."""
+    root = logging.getLogger()
+    level = root.level
+    if quiet:
+        root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 @app.command()
 def distill(
     config: str | None = typer.Option(None, "--config", help="distill.yaml with any of the keys."),
@@ -203,10 +216,10 @@ def distill(
     resume: bool = typer.Option(
         False, "--resume", help="Continue from RUN_DIR/checkpoints/latest."
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar; log warnings only."),
 ) -> None:
     """Train a student from a cache (flags override the YAML, --set overrides both)."""
-    with _exit_on_error():
+    with _exit_on_error(), _quiet_logs(quiet):
         from cachebrew.runner.config import load_distill_config
         from cachebrew.runner.run import run_distill
 
@@ -226,10 +239,10 @@ def sweep(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a key of base: --set cache=caches/sst (repeatable)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars; log warnings only."),
 ) -> None:
     """Train many students over one cache; write results.csv and results.md."""
-    with _exit_on_error():
+    with _exit_on_error(), _quiet_logs(quiet):
         from cachebrew.runner.sweep import load_sweep, run_sweep
 
         runs = load_sweep(sweep_file, set_)

@@ -11,9 +11,10 @@ Public classes, used exactly as TextBrewer's::
 - :class:`MultiTaskDistiller`: one teacher per task, one student, sampled tasks.
 
 Any of them trains from ``teacher_cache`` batches with ``model_T=None``. Module map:
-``batches`` (batch splitting, adaptors), ``compute`` (the loss), ``objectives`` (forwards +
-loss per micro-batch), ``loop`` (the runner), ``plan`` (length and checkpoint schedule),
-``data``/``multitask`` (resumable batch sources), ``checkpoint``, ``logger`` (metrics),
+``batches`` (batch splitting, adaptors), ``loss`` (the loss), ``objectives`` (forwards +
+loss per micro-batch), ``loop`` (setup -> train -> save -> cleanup), ``plan`` (length and checkpoint schedule),
+``sources`` (resumable batch streams, multi-task sampling), ``checkpoint``, ``tracking``
+(TensorBoard metrics, throughput, the public ``TrainObserver`` hook),
 ``runtime`` (seeds, RNG, precision, DDP), ``base``/``distillers`` (the façades).
 
 Differences from TextBrewer 0.2.1 (losses, their order of summation, weight-schedule
@@ -51,6 +52,7 @@ from cachebrew.distill.distillers import (
     MultiTaskDistiller,
     MultiTeacherDistiller,
 )
+from cachebrew.distill.tracking import Throughput, TrainObserver
 
 __all__ = [
     "BasicDistiller",
@@ -59,4 +61,6 @@ __all__ = [
     "GeneralDistiller",
     "MultiTaskDistiller",
     "MultiTeacherDistiller",
+    "Throughput",
+    "TrainObserver",
 ]

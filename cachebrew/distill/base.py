@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from cachebrew.config import DistillationConfig, TrainingConfig
-from cachebrew.distill.loop import TrainingRun, TrainJob, run_training
+from cachebrew.distill import runtime
+from cachebrew.distill.loop import BatchSource, TrainingRun, TrainJob, run_training
 from cachebrew.distill.loss import DistillationLoss
 from cachebrew.distill.objectives import (
     DistillObjective,
@@ -19,6 +21,7 @@ from cachebrew.distill.objectives import (
 )
 from cachebrew.distill.plan import TrainPlan
 from cachebrew.distill.sources import SingleSource, num_batches
+from cachebrew.distill.tracking import TrainObserver
 from cachebrew.errors import ConfigError
 from cachebrew.presets import PROJ_MAP
 
@@ -66,7 +69,7 @@ class Trainer:
         self.model_S = model_S
         self.projections = nn.ModuleDict()
         self.loss_history: list[dict[str, float]] = []
-        self._saved_modes: list[tuple[nn.Module, bool]] = []
+        self._modes = contextlib.ExitStack()
 
     def teacher_modules(self) -> list[nn.Module]:
         """The online teachers (none when training from a cache)."""
@@ -74,33 +77,44 @@ class Trainer:
 
     def __enter__(self) -> Trainer:
         """Student in train mode, teachers in eval mode (restored on exit); returns self."""
-        teachers = self.teacher_modules()
-        self._saved_modes = [(m, m.training) for m in [self.model_S, *teachers]]
-        self.model_S.train()
-        for teacher in teachers:
-            teacher.eval()
+        self._modes.enter_context(runtime.training_modes(self.model_S, self.teacher_modules()))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for module, was_training in self._saved_modes:
-            module.train(was_training)
+        self._modes.close()
 
     def _objective(self) -> Objective:
         raise NotImplementedError
 
-    def _job_parts(self) -> dict[str, Any]:
-        """The :class:`TrainJob` fields this object owns."""
-        return dict(
+    def make_job(
+        self,
+        optimizer: torch.optim.Optimizer,
+        source: BatchSource,
+        plan: TrainPlan,
+        **options: Any,
+    ) -> TrainJob:
+        """A :class:`~cachebrew.distill.loop.TrainJob` for this trainer's models and loss.
+
+        The typed entry for callers that plan the run themselves (``cachebrew distill`` does):
+        build the plan once with :func:`make_plan`, pass ``lr_schedule=`` and ``observer=``
+        among ``options`` (any other ``TrainJob`` field), then :meth:`run_job`.
+        """
+        return TrainJob(
             objective=self._objective(),
             student=self.model_S,
             projections=self.projections,
             teachers=self.teacher_modules(),
             train_config=self.t_config,
             distill_config=getattr(self, "d_config", None),
+            optimizer=optimizer,
+            source=source,
+            plan=plan,
             log_flush_steps=self.log_flush_steps,
+            **options,
         )
 
-    def _run(self, job: TrainJob, resume_from: str | None) -> TrainingRun:
+    def run_job(self, job: TrainJob, resume_from: str | None = None) -> TrainingRun:
+        """Train ``job`` (optionally resuming); sets :attr:`loss_history`; returns the run."""
         run = run_training(job, resume_from)
         self.loss_history = run.metrics.history
         return run
@@ -118,6 +132,7 @@ class Trainer:
         callback: Callable[..., Any] | None = None,
         batch_postprocessor: Callable[[Any], Any] | None = None,
         resume_from: str | None = None,
+        observer: TrainObserver | None = None,
         **args: Any,
     ) -> None:
         """Train the student.
@@ -138,27 +153,26 @@ class Trainer:
                 rank 0, with the unwrapped student, which is put back in train mode after.
             batch_postprocessor: ``fn(batch) -> batch`` applied first to every batch.
             resume_from: checkpoint directory, or ``'latest'`` in ``output_dir``.
+            observer: receives progress (:class:`~cachebrew.distill.tracking.TrainObserver`).
             **args: extra keyword arguments for the model forwards.
 
         Raises:
             ConfigError: invalid arguments, adaptor keys, or a missing teacher.
         """
-        self._run(
-            TrainJob(
-                **self._job_parts(),
-                optimizer=optimizer,
-                source=SingleSource(dataloader),
-                plan=make_plan(self.t_config, dataloader, num_epochs, num_steps),
-                scheduler_class=scheduler_class,
-                scheduler_args=scheduler_args,
-                scheduler=scheduler,
-                max_grad_norm=max_grad_norm,
-                callback=callback,
-                postprocess=single_postprocess(batch_postprocessor),
-                forward_args=args,
-            ),
-            resume_from,
+        job = self.make_job(
+            optimizer,
+            SingleSource(dataloader),
+            make_plan(self.t_config, dataloader, num_epochs, num_steps),
+            scheduler_class=scheduler_class,
+            scheduler_args=scheduler_args,
+            scheduler=scheduler,
+            max_grad_norm=max_grad_norm,
+            callback=callback,
+            postprocess=single_postprocess(batch_postprocessor),
+            forward_args=args,
+            observer=observer,
         )
+        self.run_job(job, resume_from)
 
 
 def single_postprocess(fn: Callable[[Any], Any] | None) -> Callable[[Any, str | None], Any]:

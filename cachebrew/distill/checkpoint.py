@@ -132,6 +132,21 @@ def resolve_checkpoint(resume_from: str | os.PathLike[str], output_dir: str) -> 
     return path
 
 
+def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON trainer state of checkpoint ``path`` (global step under ``['loop']``).
+
+    Raises:
+        CheckpointError: the state file is missing or not valid JSON.
+    """
+    state_file = Path(path) / STATE_FILE
+    try:
+        with open(state_file, encoding="utf-8") as f:
+            state: dict[str, Any] = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{state_file}: cannot read the trainer state ({error})") from None
+    return state
+
+
 def load_checkpoint(
     path: Path, student: nn.Module, projections: nn.Module | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -152,8 +167,7 @@ def load_checkpoint(
         assert projections is not None
         with _readable(path / PROJECTIONS_FILE):
             load_model(projections, str(path / PROJECTIONS_FILE), strict=True)
-    with _readable(path / STATE_FILE), open(path / STATE_FILE, encoding="utf-8") as f:
-        state = json.load(f)
+    state = read_state(path)
     with _readable(path / TENSORS_FILE):
         tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
     return state, tensors

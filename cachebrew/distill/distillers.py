@@ -12,7 +12,8 @@ Training from a teacher cache: ``model_T=None``, ``adaptor_T=None`` and batches
 ``{'teacher': ..., 'student': ..., 'teacher_cache': {adaptor keys: tensors}}``.
 
 Each ``train()`` accepts TextBrewer's arguments plus ``resume_from`` (a checkpoint directory,
-or ``'latest'``). After a call, ``distiller.loss_history`` holds one dict of losses per
+or ``'latest'``) and ``observer`` (a :class:`~cachebrew.distill.tracking.TrainObserver` that
+receives every micro-batch and optimizer step). After a call, ``distiller.loss_history`` holds one dict of losses per
 optimizer step.
 """
 
@@ -33,7 +34,6 @@ from cachebrew.distill.base import (
     make_plan,
 )
 from cachebrew.distill.batches import Adaptor
-from cachebrew.distill.loop import TrainJob
 from cachebrew.distill.loss import normalise_teacher_weights
 from cachebrew.distill.objectives import (
     DistillObjective,
@@ -42,6 +42,7 @@ from cachebrew.distill.objectives import (
     multi_teacher_combiner,
 )
 from cachebrew.distill.sources import MultiTaskSource
+from cachebrew.distill.tracking import TrainObserver
 from cachebrew.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,7 @@ class MultiTaskDistiller(Distiller):
         batch_postprocessors: Mapping[str, Callable[[Any], Any]] | None = None,
         size: str = "examples",
         resume_from: str | None = None,
+        observer: TrainObserver | None = None,
         **args: Any,
     ) -> None:
         """Train for ``num_steps`` optimizer steps over the tasks' dataloaders.
@@ -231,19 +233,17 @@ class MultiTaskDistiller(Distiller):
             processor = processors.get(task) if task is not None else None
             return processor(batch) if processor is not None else batch
 
-        self._run(
-            TrainJob(
-                **self._job_parts(),
-                optimizer=optimizer,
-                source=MultiTaskSource(dataloaders, tau, size, self.t_config.seed),
-                plan=make_plan(self.t_config, dataloaders.values(), None, num_steps),
-                scheduler_class=scheduler_class,
-                scheduler_args=scheduler_args,
-                scheduler=scheduler,
-                max_grad_norm=max_grad_norm,
-                callback=callback,
-                postprocess=postprocess,
-                forward_args=args,
-            ),
-            resume_from,
+        job = self.make_job(
+            optimizer,
+            MultiTaskSource(dataloaders, tau, size, self.t_config.seed),
+            make_plan(self.t_config, dataloaders.values(), None, num_steps),
+            scheduler_class=scheduler_class,
+            scheduler_args=scheduler_args,
+            scheduler=scheduler,
+            max_grad_norm=max_grad_norm,
+            callback=callback,
+            postprocess=postprocess,
+            forward_args=args,
+            observer=observer,
         )
+        self.run_job(job, resume_from)

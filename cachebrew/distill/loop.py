@@ -16,20 +16,25 @@ callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
 - **Placement**: the student, the projections and any online teacher are moved to the
   training device (TextBrewer left models to the user); only the student (and, under DDP,
   each projection) is wrapped for data parallelism, never a teacher.
-- **Loss weights** come from :func:`~cachebrew.distill.compute.scheduled_weights` as a pure
+- **Loss weights** come from :func:`~cachebrew.distill.loss.scheduled_weights` as a pure
   function of the step; the config is never written.
+- **LR schedule**: either TextBrewer's ``scheduler_class(optimizer=..., **scheduler_args)`` or
+  a typed ``lr_schedule(step) -> factor`` (a ``LambdaLR`` over every param group, projection
+  groups included); step ``s`` (0-based) trains with ``base_lr * lr_schedule(s)``.
+- **Progress** is the caller's to draw: the loop logs, counts (:class:`Throughput`) and calls
+  its :class:`TrainObserver`; it draws no bar.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cachebrew._version import __version__
 from cachebrew.config import DistillationConfig, TrainingConfig
@@ -39,7 +44,8 @@ from cachebrew.distill.batches import count_examples, split_batch
 from cachebrew.distill.loss import scheduled_weights
 from cachebrew.distill.objectives import Objective
 from cachebrew.distill.plan import TrainPlan
-from cachebrew.distill.tracking import MetricsLogger
+from cachebrew.distill.tracking import MetricsLogger, Throughput, TrainObserver
+from cachebrew.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +64,11 @@ class BatchSource(Protocol):
 
 @dataclass
 class TrainJob:
-    """Everything one ``train()`` call needs; built by the distiller façades."""
+    """Everything one ``train()`` call needs; built by the distiller façades.
+
+    ``lr_schedule`` (``step -> factor``, exclusive with ``scheduler_class``/``scheduler``) is
+    the typed way to schedule the learning rate; ``observer`` receives the loop's progress.
+    """
 
     objective: Objective
     student: nn.Module
@@ -77,6 +87,8 @@ class TrainJob:
     postprocess: Callable[[Any, str | None], Any] = lambda batch, task: batch
     forward_args: Mapping[str, Any] = field(default_factory=dict)
     log_flush_steps: int = 20
+    lr_schedule: Callable[[int], float] | None = None
+    observer: TrainObserver | None = None
 
 
 @dataclass
@@ -104,6 +116,23 @@ def add_projection_groups(optimizer: torch.optim.Optimizer, job: TrainJob) -> No
             optimizer.add_param_group({"params": params, **proj[3]})
 
 
+def build_scheduler(job: TrainJob) -> Any:
+    """The job's LR scheduler (call after the projection groups are added), or None.
+
+    Raises:
+        ConfigError: both ``lr_schedule`` and ``scheduler_class`` are given.
+    """
+    if job.lr_schedule is not None:
+        if job.scheduler_class is not None or job.scheduler is not None:
+            raise ConfigError("train(): give lr_schedule or a scheduler, not both")
+        return torch.optim.lr_scheduler.LambdaLR(job.optimizer, lr_lambda=job.lr_schedule)
+    if job.scheduler_class is not None:
+        return job.scheduler_class(optimizer=job.optimizer, **(job.scheduler_args or {}))
+    if job.scheduler is not None:
+        logger.warning("scheduler= is deprecated; pass scheduler_class and scheduler_args")
+    return job.scheduler
+
+
 class TrainingRun:
     """One ``train()`` call. Use :func:`run_training`, or call the four phases in order."""
 
@@ -114,6 +143,8 @@ class TrainingRun:
         self.state = LoopState()
         self.rank = runtime.global_rank(self.config)
         self.device = self.config.resolved_device()
+        self.throughput = Throughput()
+        self.observer = job.observer if job.observer is not None else TrainObserver()
         self.metrics = MetricsLogger(None, enabled=False)
 
     # ---------------------------------------------------------------------------- setup
@@ -129,18 +160,15 @@ class TrainingRun:
         if self.config.seed is not None:
             runtime.seed_everything(self.config.seed)
         add_projection_groups(job.optimizer, job)
-        self.scheduler = job.scheduler
-        if job.scheduler_class is not None:
-            self.scheduler = job.scheduler_class(
-                optimizer=job.optimizer, **(job.scheduler_args or {})
-            )
-        elif job.scheduler is not None:
-            logger.warning("scheduler= is deprecated; pass scheduler_class and scheduler_args")
+        self.scheduler = build_scheduler(job)
         self.model = runtime.wrap_student(job.student, self.config, self.device)
         self.projections = runtime.wrap_projections(job.projections, self.config, self.device)
         self.parameters = [*job.student.parameters(), *job.projections.parameters()]
         self.metrics = MetricsLogger(
-            self.config.log_dir, enabled=self.rank == 0, flush_every=job.log_flush_steps
+            self.config.log_dir,
+            enabled=self.rank == 0,
+            flush_every=job.log_flush_steps,
+            throughput=self.throughput,
         )
         if resume_from is not None:
             path = ckpt.resolve_checkpoint(resume_from, self.config.output_dir)
@@ -166,10 +194,11 @@ class TrainingRun:
     # ---------------------------------------------------------------------------- train
 
     def train(self) -> None:
-        """Run optimizer steps until the plan's total."""
+        """Run optimizer steps until the plan's total, reporting to the observer."""
         total = self.plan.total_steps
-        bar = tqdm(total=total, initial=self.state.global_step, disable=self.rank != 0 or None)
-        with bar:
+        self.throughput.started = time.perf_counter()
+        self.observer.on_train_begin(total, self.state.global_step, self.throughput)
+        try:
             while self.state.global_step < total:
                 self._begin_epoch_if_needed()
                 weights = scheduled_weights(self.job.distill_config, self.state.global_step, total)
@@ -179,10 +208,13 @@ class TrainingRun:
                 self.state.global_step += 1
                 self.state.step_in_epoch += 1
                 self.metrics.end_step(self.state.global_step, lr)
+                self.observer.on_step(self.state.global_step, lr)
                 if self.plan.should_save(self.state):
                     self.save_checkpoint()
                     self._run_callback()
-                bar.update(1)
+        finally:
+            self.throughput.finished = time.perf_counter()
+            self.observer.on_train_end()
 
     def _begin_epoch_if_needed(self) -> None:
         if not self.plan.by_epochs:
@@ -192,17 +224,24 @@ class TrainingRun:
             self.state.step_in_epoch = 0
         if self.state.step_in_epoch == 0:
             logger.info("epoch %d", self.state.epoch + 1)
+            self.observer.on_epoch(self.state.epoch)
             self.job.source.begin_epoch(self.state.epoch)
             self.job.optimizer.zero_grad()
 
     def _train_micro_batch(self, weights: Any) -> None:
         job = self.job
+        waiting = time.perf_counter()
         batch, task = job.source.next_micro_batch()
+        self.throughput.data_wait += time.perf_counter() - waiting
         batch = job.postprocess(batch, task)
         with self.precision.autocast():
             forwarded = job.objective.forward(self.model, batch, task, job.forward_args)
         output = job.objective.loss(forwarded, weights, self.projections)
-        self.metrics.add_micro_batch(output, count_examples(split_batch(batch).student))
+        num_examples = count_examples(split_batch(batch).student)
+        self.throughput.examples += num_examples
+        self.throughput.micro_batches += 1
+        self.metrics.add_micro_batch(output)
+        self.observer.on_micro_batch(num_examples, output.total.detach())
         loss = output.total / self.plan.accumulation
         self.precision.scaler.scale(loss).backward()
 

@@ -1,4 +1,10 @@
-"""Training metrics: TensorBoard scalars and an in-memory history, without per-batch syncs.
+"""Training metrics and progress: TensorBoard scalars, a history, throughput, observer hooks.
+
+:class:`Throughput` is the one place examples, micro-batches, data wait and training wall time
+are counted; :class:`MetricsLogger` (TensorBoard) and any :class:`TrainObserver` (a progress
+bar, a run summary) read it. :class:`TrainObserver` is the public hook of the loop: the
+command layer watches training through it instead of subclassing the distillers.
+
 
 Loss terms arrive as detached tensors on the training device. They are summed on the device
 for the micro-batches of an optimizer step, kept per step, and moved to the host with a single
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +41,76 @@ TOTAL = "total_loss"
 TEMPERATURE = "temperature"
 
 
+@dataclass
+class Throughput:
+    """Counters of one ``train()`` call, kept by the loop (every rank counts its own).
+
+    Attributes:
+        examples: student examples trained on.
+        micro_batches: micro-batches trained on.
+        data_wait: seconds the loop waited for the next micro-batch.
+        started: ``time.perf_counter()`` when training (after setup) began.
+        finished: ``time.perf_counter()`` when it ended, or None while it runs.
+    """
+
+    examples: int = 0
+    micro_batches: int = 0
+    data_wait: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    finished: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Training wall time so far (or in total, once finished)."""
+        return (self.finished or time.perf_counter()) - self.started
+
+    @property
+    def examples_per_s(self) -> float:
+        """Student examples trained per second of training wall time."""
+        seconds = self.seconds
+        return self.examples / seconds if seconds > 0 else 0.0
+
+    @property
+    def data_wait_share(self) -> float:
+        """Share of training wall time spent waiting for data."""
+        seconds = self.seconds
+        return self.data_wait / seconds if seconds > 0 else 0.0
+
+
+class TrainObserver:
+    """Hooks the loop calls while it trains; subclass and override what you need.
+
+    Every method is a no-op here. The loop calls them on every rank (check the rank yourself
+    before drawing anything), in this order: :meth:`on_train_begin`, then per optimizer step
+    :meth:`on_epoch` (epoch mode, when an epoch starts), one :meth:`on_micro_batch` per
+    micro-batch and :meth:`on_step`; :meth:`on_train_end` always follows a begin, also when
+    training raises.
+    """
+
+    def on_train_begin(self, total_steps: int, start_step: int, throughput: Throughput) -> None:
+        """Training starts at ``start_step`` (> 0 when resumed) of ``total_steps``.
+
+        ``throughput`` is the live counter the loop updates (read it, do not write it).
+        """
+
+    def on_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) starts (epoch mode only)."""
+
+    def on_micro_batch(self, num_examples: int, loss: Tensor) -> None:
+        """One micro-batch was trained on.
+
+        Args:
+            num_examples: student examples in it.
+            loss: its total loss, detached, on the training device (reading it syncs).
+        """
+
+    def on_step(self, step: int, lr: float) -> None:
+        """Optimizer step ``step`` (1-based global step) ran with learning rate ``lr``."""
+
+    def on_train_end(self) -> None:
+        """Training ended (finished or raised)."""
+
+
 class MetricsLogger:
     """Collects per-step metrics and writes them to TensorBoard (rank 0 only).
 
@@ -41,14 +118,22 @@ class MetricsLogger:
         log_dir: TensorBoard directory; None writes no event file (history is still kept).
         enabled: False on non-zero ranks: nothing is collected or written.
         flush_every: optimizer steps between host transfers.
+        throughput: the loop's counters, read for ``throughput/examples_per_s``.
 
     Attributes:
         history: one dict per flushed optimizer step: ``{'step': s, 'total_loss': ...,
             <term>: ..., 'lr': ..., 'temperature': ...}``.
     """
 
-    def __init__(self, log_dir: str | None, enabled: bool = True, flush_every: int = 20):
+    def __init__(
+        self,
+        log_dir: str | None,
+        enabled: bool = True,
+        flush_every: int = 20,
+        throughput: Throughput | None = None,
+    ):
         self.enabled = enabled
+        self.throughput = throughput if throughput is not None else Throughput()
         self.flush_every = max(1, int(flush_every))
         self.writer: Any = None
         if enabled and log_dir is not None:
@@ -60,14 +145,13 @@ class MetricsLogger:
         self._counts: dict[str, int] = {}
         self._host: dict[str, float] = {}
         self._pending: list[tuple[int, dict[str, Tensor], dict[str, float]]] = []
-        self._examples = 0
+        self._window_examples = 0
         self._window_start = time.perf_counter()
 
-    def add_micro_batch(self, output: LossOutput, num_examples: int) -> None:
+    def add_micro_batch(self, output: LossOutput) -> None:
         """Accumulate one micro-batch's loss terms (device tensors, no sync)."""
         if not self.enabled:
             return
-        self._examples += num_examples
         values: dict[str, Any] = {TOTAL: output.total.detach(), **output.terms}
         if output.temperature is not None:
             values[TEMPERATURE] = output.temperature
@@ -109,10 +193,10 @@ class MetricsLogger:
             self._write(step, row)
         if self.writer is not None and elapsed > 0:
             last_step = self._pending[-1][0]
-            rate = self._examples / elapsed
+            rate = (self.throughput.examples - self._window_examples) / elapsed
             self.writer.add_scalar("throughput/examples_per_s", rate, last_step)
         self._pending = []
-        self._examples = 0
+        self._window_examples = self.throughput.examples
         self._window_start = time.perf_counter()
 
     def _write(self, step: int, row: dict[str, float]) -> None:

@@ -3,7 +3,7 @@
 One student per RUN_DIR: :mod:`.config` (the YAML schema), :mod:`.setup` (cache, student,
 tokens, teacher, dataset: everything before step 1), :mod:`.checks` (config against cache and
 student), :mod:`.tokens` (what the student reads), :mod:`.run` (setup -> train -> evaluate ->
-save), :mod:`.progress` (the progress bar and the run's counters), :mod:`.evaluate` (the eval
+save), :mod:`.progress` (the one progress bar, an observer of the loop), :mod:`.evaluate` (the eval
 split and the score), :mod:`.sweep` (many students over one cache).
 
 The runner drives the library loop (:mod:`cachebrew.distill`) through its public arguments and

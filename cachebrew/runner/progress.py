@@ -1,179 +1,104 @@
-"""Watching a distill run from outside the loop: progress bar, throughput, data wait, teacher calls.
+"""Watching a distill run: the one progress bar, and the teacher-call counter.
 
-The loop in :mod:`cachebrew.distill` is not modified. Instead:
-
-- :class:`TimedBatches` wraps the dataset the distiller iterates and measures how long each
-  ``next()`` takes (the time the loop waits for data);
-- :class:`ObservedObjective` wraps the distiller's per-micro-batch objective and counts the
-  examples and the loss of every micro-batch the loop trains on (installed by the
-  ``Observed*`` distiller subclasses);
-- :class:`ForwardCounter` counts real teacher forward calls with a forward hook.
-
-:class:`TrainObserver` turns these into a tqdm bar on rank 0 (step, loss, examples/s, data-wait
-share) and into the numbers of ``metrics.json``.
+The loop counts (:class:`~cachebrew.distill.tracking.Throughput`: examples, data wait, wall
+time) and reports to its public observer hook; :class:`RunProgress` is the command layer's
+observer. It draws the only progress bar of ``cachebrew distill`` (step, loss, examples/s,
+data-wait share, read from the loop's counters) and routes log lines through ``tqdm.write``
+while the bar is shown, so an epoch or checkpoint message never tears it.
+:class:`ForwardCounter` counts real teacher forward calls with a forward hook.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+import contextlib
+import logging
+import sys
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from cachebrew.distill import BasicTrainer, GeneralDistiller
-from cachebrew.distill.batches import count_examples, split_batch
+from cachebrew.distill.tracking import Throughput, TrainObserver
 
-#: Test hook: SIGKILL this process when the loop asks for batch N+1 (simulates a crash).
-KILL_AFTER_BATCHES_ENV = "CACHEBREW_TEST_KILL_AFTER_BATCHES"
 _REFRESH_SECONDS = 0.5
 
 
-class TrainObserver:
-    """Counts micro-batches, examples, loss and data wait; drives the progress bar.
+class RunProgress(TrainObserver):
+    """The progress bar of one run (rank 0), fed by the loop's observer hook.
 
     Args:
-        total_steps: optimizer steps of the whole run.
-        accumulation: micro-batches per optimizer step.
-        start_step: the step a resumed run starts from.
-        progress: show the bar (rank 0).
+        show: draw the bar (False: only keep the last loss and the counters).
+        file: where the bar goes (default ``sys.stderr``).
+
+    Attributes:
+        throughput: the loop's counters, set when training begins (None before).
+        last_loss: the last micro-batch's loss (a device tensor), or None.
     """
 
-    def __init__(self, total_steps: int, accumulation: int, start_step: int, progress: bool):
-        self.accumulation = accumulation
-        self.start_step = start_step
-        self.micro_batches = 0
-        self.examples = 0
-        self.data_wait = 0.0
+    def __init__(self, show: bool, file: TextIO | None = None):
+        self.show = show
+        self.file = file
+        self.throughput: Throughput | None = None
         self.last_loss: Tensor | None = None
-        self.started = time.perf_counter()
-        self.finished: float | None = None
+        self.bar: Any = None
+        self._redirect = contextlib.ExitStack()
         self._refreshed = 0.0
+
+    def on_train_begin(self, total_steps: int, start_step: int, throughput: Throughput) -> None:
+        """Open the bar at ``start_step`` of ``total_steps``; send log lines through it."""
+        self.throughput = throughput
+        if not self.show:
+            return
+        if _has_console_handler(logging.getLogger()):
+            self._redirect.enter_context(logging_redirect_tqdm())
         self.bar = tqdm(
-            total=total_steps, initial=start_step, disable=not progress, unit="step", desc="distill"
+            total=total_steps,
+            initial=start_step,
+            unit="step",
+            desc="distill",
+            file=self.file,
         )
 
-    @property
-    def seconds(self) -> float:
-        """Wall time from the start of training to :meth:`close` (or now)."""
-        return (self.finished or time.perf_counter()) - self.started
-
-    @property
-    def examples_per_s(self) -> float:
-        """Student examples trained per second of training wall time."""
-        return self.examples / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def data_wait_share(self) -> float:
-        """Share of training wall time spent waiting for the next batch."""
-        return self.data_wait / self.seconds if self.seconds > 0 else 0.0
-
     def on_micro_batch(self, num_examples: int, loss: Tensor) -> None:
-        """Record one trained micro-batch; advance the bar at each optimizer step."""
-        self.micro_batches += 1
-        self.examples += num_examples
+        """Keep the loss (no device sync here)."""
         self.last_loss = loss
-        if self.micro_batches % self.accumulation == 0:
-            self.bar.update(1)
-            now = time.perf_counter()
-            if now - self._refreshed >= _REFRESH_SECONDS and not self.bar.disable:
-                self._refreshed = now
-                self.bar.set_postfix_str(self.status(), refresh=False)
+
+    def on_step(self, step: int, lr: float) -> None:
+        """Advance the bar; refresh its numbers at most every half second."""
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self._refreshed >= _REFRESH_SECONDS:
+            self._refreshed = now
+            self.bar.set_postfix_str(self.status(), refresh=False)
+
+    def on_train_end(self) -> None:
+        """Show the final numbers (final loss), close the bar, restore logging."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(self.status(), refresh=False)
+            self.bar.close()
+            self.bar = None
+        self._redirect.close()
 
     def status(self) -> str:
         """``loss …, … ex/s, data wait …%`` (reads the loss: one device sync)."""
         loss = float(self.last_loss) if self.last_loss is not None else float("nan")
+        counters = self.throughput or Throughput()
         return (
-            f"loss {loss:.4f}, {self.examples_per_s:.1f} ex/s, "
-            f"data wait {100 * self.data_wait_share:.0f}%"
+            f"loss {loss:.4f}, {counters.examples_per_s:.1f} ex/s, "
+            f"data wait {100 * counters.data_wait_share:.0f}%"
         )
 
-    def close(self) -> None:
-        """Stop the clock and close the bar."""
-        self.finished = time.perf_counter()
-        self.bar.close()
 
-
-class TimedBatches:
-    """A dataset as the distiller sees it: same batches, ``len`` and ``set_epoch``, timed.
-
-    Args:
-        dataset: the CacheDataset (anything iterable with ``len``).
-        observer: receives the waiting time.
-    """
-
-    def __init__(self, dataset: Any, observer: TrainObserver):
-        self.dataset = dataset
-        self.observer = observer
-        self.batches = 0
-        kill_after = os.environ.get(KILL_AFTER_BATCHES_ENV)
-        self._kill_after = int(kill_after) if kill_after else None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Forwarded to the dataset (the loop calls it at each pass)."""
-        self.dataset.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[Any]:
-        start = time.perf_counter()
-        iterator = iter(self.dataset)
-        while True:
-            if self._kill_after is not None and self.batches >= self._kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            finally:
-                self.observer.data_wait += time.perf_counter() - start
-            self.batches += 1
-            yield batch
-            start = time.perf_counter()
-
-
-class ObservedObjective:
-    """Delegates to the distiller's objective and reports each micro-batch to an observer."""
-
-    def __init__(self, inner: Any, observer: TrainObserver):
-        self.inner = inner
-        self.observer = observer
-        self._pending_examples = 0
-
-    def forward(
-        self, model: nn.Module, batch: Any, task: str | None, args: Mapping[str, Any]
-    ) -> Any:
-        """The wrapped forward; remembers the micro-batch's student example count."""
-        self._pending_examples = count_examples(split_batch(batch).student)
-        return self.inner.forward(model, batch, task, args)
-
-    def loss(self, forwarded: Any, weights: Any, projections: Mapping[str, nn.Module]) -> Any:
-        """The wrapped loss; reports it (detached, no sync) with the example count."""
-        output = self.inner.loss(forwarded, weights, projections)
-        self.observer.on_micro_batch(self._pending_examples, output.total.detach())
-        return output
-
-
-class _Observed:
-    """Mixin: wraps the distiller's objective in an :class:`ObservedObjective`."""
-
-    observer: TrainObserver | None = None
-
-    def _objective(self) -> Any:
-        inner = super()._objective()  # type: ignore[misc]
-        return inner if self.observer is None else ObservedObjective(inner, self.observer)
-
-
-class ObservedGeneralDistiller(_Observed, GeneralDistiller):
-    """:class:`~cachebrew.distill.GeneralDistiller` reporting to ``observer``."""
-
-
-class ObservedBasicTrainer(_Observed, BasicTrainer):
-    """:class:`~cachebrew.distill.BasicTrainer` reporting to ``observer``."""
+def _has_console_handler(logger: logging.Logger) -> bool:
+    """Whether ``logger`` prints to the terminal (only then is there a line to reroute)."""
+    return any(
+        isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+        for handler in logger.handlers
+    )
 
 
 class ForwardCounter:

@@ -13,8 +13,12 @@ the latest), ``tb/`` (TensorBoard), ``config.yaml`` (the resolved config, reusab
 
 from __future__ import annotations
 
+import functools
 import logging
+import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,18 +26,17 @@ import yaml
 
 from cachebrew import models
 from cachebrew.cache.manifest import manifest_digest
+from cachebrew.distill import BasicTrainer, GeneralDistiller
+from cachebrew.distill.base import Trainer, single_postprocess
 from cachebrew.distill.checkpoint import LATEST
 from cachebrew.distill.loss import match_name
+from cachebrew.distill.runtime import global_rank
+from cachebrew.distill.sources import SingleSource
+from cachebrew.distill.tracking import Throughput
 from cachebrew.files import write_json_atomic
 from cachebrew.runner.config import DistillRunConfig, OptimizerConfig
 from cachebrew.runner.evaluate import evaluate_student
-from cachebrew.runner.progress import (
-    ForwardCounter,
-    ObservedBasicTrainer,
-    ObservedGeneralDistiller,
-    TimedBatches,
-    TrainObserver,
-)
+from cachebrew.runner.progress import ForwardCounter, RunProgress
 from cachebrew.runner.setup import RunSetup, _check_run_dir, setup_run
 from cachebrew.schedules import lr_factor
 
@@ -65,12 +68,12 @@ def run_distill(
     log_plan(setup)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    observer, history, forwards = train_student(setup, progress)
+    trained = train_student(setup, progress)
     metric, value, eval_examples = evaluate_student(
         cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,
         setup.train_config.resolved_device(),
     )  # fmt: skip
-    metrics = _metrics(setup, observer, history, forwards)
+    metrics = _metrics(setup, trained)
     metrics.update(metric=metric, value=value, eval_examples=eval_examples)
     metrics["seconds"] = time.perf_counter() - started
     write_json_atomic(cfg.run_dir / METRICS_FILE, metrics)
@@ -87,23 +90,30 @@ def build_optimizer(opt: OptimizerConfig, model: torch.nn.Module) -> torch.optim
     return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
 
 
-def _scheduler_args(cfg: DistillRunConfig, total: int) -> dict[str, Any]:
-    warmup, name = cfg.schedule.warmup(total), cfg.schedule.name
-
-    def lr_lambda(step: int) -> float:
-        return lr_factor(step, warmup=warmup, total=total, name=name)
-
-    return {"lr_lambda": lr_lambda}
+def lr_schedule(cfg: DistillRunConfig, total_steps: int) -> Callable[[int], float]:
+    """``step -> LR factor`` of the run: :func:`~cachebrew.schedules.lr_factor` with its
+    warm-up and decay over ``total_steps``."""
+    warmup = cfg.schedule.warmup(total_steps)
+    return functools.partial(lr_factor, warmup=warmup, total=total_steps, name=cfg.schedule.name)
 
 
-def _distiller(setup: RunSetup) -> Any:
+@dataclass
+class Trained:
+    """What training hands to the metrics: the loss history and the loop's counters."""
+
+    history: list[dict[str, float]]
+    throughput: Throughput
+    teacher_forwards: int
+
+
+def _distiller(setup: RunSetup) -> Trainer:
     student = setup.student
     distill = setup.cfg.distill_config
     torch.manual_seed(setup.train_config.seed or 0)  # projections are initialised here
     if distill is None:
-        return ObservedBasicTrainer(setup.train_config, student.model, student.adaptor)
+        return BasicTrainer(setup.train_config, student.model, student.adaptor)
     teacher = setup.teacher
-    return ObservedGeneralDistiller(
+    return GeneralDistiller(
         setup.train_config,
         distill,
         model_T=teacher.model if teacher is not None else None,
@@ -113,34 +123,31 @@ def _distiller(setup: RunSetup) -> Any:
     )
 
 
-def train_student(
-    setup: RunSetup, progress: bool
-) -> tuple[TrainObserver, list[dict[str, float]], int]:
-    """Run the distiller; returns the observer, the loss history and the teacher forwards."""
+def train_student(setup: RunSetup, progress: bool) -> Trained:
+    """Train with the run's plan, LR schedule and progress bar (rank 0, on a terminal)."""
     cfg = setup.cfg
     distiller = _distiller(setup)
-    accumulation = setup.train_config.gradient_accumulation_steps
-    observer = TrainObserver(setup.total_steps, accumulation, setup.start_step, progress)
-    distiller.observer = observer
+    # A bar is for a person watching: not on other ranks, not into a log file (sweep).
+    show = progress and global_rank(setup.train_config) == 0 and sys.stderr.isatty()
+    observer = RunProgress(show)
     counter = ForwardCounter(setup.teacher.model) if setup.teacher is not None else None
     postprocess = (lambda batch: batch["student"]) if cfg.distill_config is None else None
+    job = distiller.make_job(
+        build_optimizer(cfg.optimizer, setup.student.model),
+        SingleSource(setup.dataset),
+        setup.plan,
+        lr_schedule=lr_schedule(cfg, setup.plan.total_steps),
+        max_grad_norm=cfg.max_grad_norm,
+        postprocess=single_postprocess(postprocess),
+        observer=observer,
+    )
     try:
-        distiller.train(
-            build_optimizer(cfg.optimizer, setup.student.model),
-            TimedBatches(setup.dataset, observer),
-            num_epochs=cfg.num_epochs if cfg.num_steps is None else None,
-            num_steps=cfg.num_steps,
-            scheduler_class=torch.optim.lr_scheduler.LambdaLR,
-            scheduler_args=_scheduler_args(cfg, setup.total_steps),
-            max_grad_norm=cfg.max_grad_norm,
-            batch_postprocessor=postprocess,
-            resume_from=LATEST if setup.start_step > 0 else None,
-        )
+        run = distiller.run_job(job, resume_from=LATEST if setup.start_step > 0 else None)
     finally:
-        observer.close()
         if counter is not None:
             counter.remove()
-    return observer, distiller.loss_history, counter.count if counter is not None else 0
+    forwards = counter.count if counter is not None else 0
+    return Trained(run.metrics.history, run.throughput, forwards)
 
 
 # ------------------------------------------------------------------------------ plan, results
@@ -163,7 +170,7 @@ def log_plan(setup: RunSetup) -> None:
         f"{num_train} trained on, {len(setup.eval_ids or [])} held out",
         f"inputs    {setup.tokens.source}" + (" (re-tokenized)" if setup.tokens.other else ""),
         f"mode      {setup.mode}" + (f" (teacher {cfg.teacher})" if setup.teacher else ""),
-        f"steps     {setup.total_steps} (batch {cfg.batch_size}, "
+        f"steps     {setup.plan.total_steps} (batch {cfg.batch_size}, "
         + (f"{cfg.num_steps} steps" if cfg.num_steps else f"{cfg.num_epochs} epochs")
         + (f", resuming at {setup.start_step})" if setup.start_step else ")"),
         f"kd        {kd}; matches: {', '.join(matches) or 'none'}",
@@ -171,10 +178,8 @@ def log_plan(setup: RunSetup) -> None:
     logger.info("distill plan\n  %s", "\n  ".join(lines))
 
 
-def _metrics(
-    setup: RunSetup, observer: TrainObserver, history: list[dict[str, float]], forwards: int
-) -> dict[str, Any]:
-    cfg = setup.cfg
+def _metrics(setup: RunSetup, trained: Trained) -> dict[str, Any]:
+    cfg, history, counters = setup.cfg, trained.history, trained.throughput
     last = history[-1] if history else {}
     return {
         "run": cfg.run_dir.name,
@@ -191,12 +196,12 @@ def _metrics(
         "final_loss": last.get("total_loss"),
         "loss_curve": [row["total_loss"] for row in history],
         "loss_terms": {k: v for k, v in last.items() if k not in ("step", "lr")},
-        "examples_trained": observer.examples,
-        "examples_per_s": observer.examples_per_s,
-        "data_wait_share": observer.data_wait_share,
-        "teacher_forwards": forwards,
+        "examples_trained": counters.examples,
+        "examples_per_s": counters.examples_per_s,
+        "data_wait_share": counters.data_wait_share,
+        "teacher_forwards": trained.teacher_forwards,
         "params": models.count_parameters(setup.student.model),
-        "train_seconds": observer.seconds,
+        "train_seconds": counters.seconds,
     }
 
 

@@ -8,7 +8,6 @@ against them (:mod:`cachebrew.runner.checks`), splits off the eval examples and 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,9 @@ from typing import Any
 from cachebrew import models
 from cachebrew.cache.reader import CacheReader, open_cache
 from cachebrew.config import TrainingConfig
-from cachebrew.distill.checkpoint import LATEST, STATE_FILE, resolve_checkpoint
+from cachebrew.distill.base import make_plan
+from cachebrew.distill.checkpoint import LATEST, read_state, resolve_checkpoint
+from cachebrew.distill.plan import TrainPlan
 from cachebrew.errors import ConfigError
 from cachebrew.runner.checks import (
     CLASSIFICATION_KINDS,
@@ -44,7 +45,7 @@ class RunSetup:
     eval_ids: list[str] | None
     dataset: Any
     train_config: TrainingConfig
-    total_steps: int
+    plan: TrainPlan
     start_step: int
 
     @property
@@ -92,11 +93,11 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
         prefetch=1 if train_config.resolved_device().type == "cuda" else 0,
         **tokens.dataset_kwargs(),
     )
-    total_steps = _total_steps(cfg, train_config, len(dataset))
-    start_step = _checkpoint_step(train_config) if resume else 0
+    plan = make_plan(train_config, dataset, cfg.num_epochs, cfg.num_steps)
+    start_step = checkpoint_step(train_config) if resume else 0
     return RunSetup(
         cfg, reader, student, tokens, teacher, train_ids, eval_ids, dataset,
-        train_config, total_steps, start_step,
+        train_config, plan, start_step,
     )  # fmt: skip
 
 
@@ -140,22 +141,7 @@ def load_online_teacher(cfg: DistillRunConfig, reader: CacheReader) -> models.Lo
     return teacher
 
 
-def _total_steps(cfg: DistillRunConfig, train_config: TrainingConfig, num_batches: int) -> int:
-    if cfg.num_steps is not None:
-        return cfg.num_steps
-    per_epoch = num_batches // train_config.gradient_accumulation_steps
-    if per_epoch < 1:
-        raise ConfigError(
-            f"batch_size {cfg.batch_size} x gradient_accumulation_steps "
-            f"{train_config.gradient_accumulation_steps}: no optimizer step fits in an epoch "
-            f"of {num_batches} batches"
-        )
-    return per_epoch * int(cfg.num_epochs or 1)
-
-
-def _checkpoint_step(train_config: TrainingConfig) -> int:
+def checkpoint_step(train_config: TrainingConfig) -> int:
+    """The global step of the run's latest checkpoint, 0 when it has none."""
     path = resolve_checkpoint(LATEST, train_config.output_dir)
-    if path is None:
-        return 0
-    state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    return int(state["loop"]["global_step"])
+    return 0 if path is None else int(read_state(path)["loop"]["global_step"])

@@ -278,9 +278,10 @@ def _run_subprocess(cfg: DistillRunConfig, threads: int) -> dict[str, Any]:
     config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     command = [sys.executable, "-m", "cachebrew", "distill", "--config", str(config_path)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    # Not --quiet: the log keeps the run's info lines; no bar is drawn into a file.
     with open(cfg.run_dir / "log.txt", "w", encoding="utf-8") as log:
         code = subprocess.run(
-            [*command, "--quiet"], stdout=log, stderr=subprocess.STDOUT, env=env, check=False
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False
         ).returncode
     metrics_path = cfg.run_dir / "metrics.json"
     if code == 0 and metrics_path.is_file():

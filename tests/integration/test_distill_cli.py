@@ -18,11 +18,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from cachebrew.cli import app
-from cachebrew.runner.progress import KILL_AFTER_BATCHES_ENV
-from cachebrew.runner.run import METRICS_KEYS
+from cachebrew.runner.config import load_distill_config
+from cachebrew.runner.run import METRICS_KEYS, train_student
+from cachebrew.runner.setup import setup_run
+from cachebrew.schedules import lr_factor
 from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
 runner = CliRunner()
+KILL_SCRIPT = Path(__file__).with_name("kill_after_batches.py")
+ROOT = Path(__file__).resolve().parents[2]
 FEATURES = "logits,hidden:0,2"
 HIDDEN_MATCH = {
     "layer_T": 2,
@@ -152,8 +156,11 @@ def test_killed_mid_epoch_then_resumed_gives_the_same_weights(
     # batch is asked for: the latest checkpoint is gs7, in the middle of epoch 2.
     config = make_config(caches["fp32"], training={"seed": 3, "ckpt_frequency": 2})
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "cachebrew", "distill", "--quiet"]
-    env = {**os.environ, KILL_AFTER_BATCHES_ENV: "8"}
+    command = [sys.executable, str(KILL_SCRIPT), "8", "distill", "--quiet"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     result = subprocess.run(
         [*command, "--config", str(config), "--out", str(killed)],
         env=env,
@@ -164,6 +171,8 @@ def test_killed_mid_epoch_then_resumed_gives_the_same_weights(
     assert result.returncode == -9, result.stderr[-2000:]
     assert (killed / "checkpoints" / "latest").read_text().strip() == "checkpoint-gs7"
     assert not (killed / "metrics.json").exists()
+    # --quiet: no bar and no info lines on stderr, only what is a warning or worse
+    assert "%|" not in result.stderr and "INFO" not in result.stderr, result.stderr
 
     refused = runner.invoke(app, ["distill", "--config", str(config), "--out", str(killed)])
     assert refused.exit_code == 1 and "--resume" in refused.output
@@ -308,3 +317,18 @@ def test_a_student_with_another_tokenizer_reads_the_corpus_joined_by_example_id(
         app, ["distill", "--config", str(with_match), "--out", str(tmp_path / "y")]
     )
     assert result.exit_code == 1 and "token-aligned" in result.output
+
+
+def test_the_runner_trains_each_step_at_lr_factor_of_its_schedule(
+    caches: dict[str, Path], make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    schedule = {"name": "cosine", "warmup_steps": 3}
+    config = make_config(caches["fp32"], schedule=schedule)
+    cfg = load_distill_config(str(config), {"out": str(tmp_path / "lr")})
+    setup = setup_run(cfg, resume=False)
+    assert setup.plan.total_steps == 10 and setup.start_step == 0
+    trained = train_student(setup, progress=False)
+    expected = [1e-3 * lr_factor(s, warmup=3, total=10, name="cosine") for s in range(10)]
+    assert [row["lr"] for row in trained.history] == pytest.approx(expected, rel=1e-12)
+    assert expected[0] == 0 and expected[3] == pytest.approx(1e-3)  # ramp, then the peak
+    assert trained.throughput.examples == 70 and trained.throughput.micro_batches == 10

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from distill_helpers import (
 )
 from transformers import BatchEncoding
 
+import cachebrew.distill
 from cachebrew import (
     BasicDistiller,
     BasicTrainer,
@@ -26,7 +29,9 @@ from cachebrew import (
     GeneralDistiller,
     TrainingConfig,
 )
+from cachebrew.distill import TrainObserver
 from cachebrew.distill.plan import TrainPlan
+from cachebrew.distill.sources import SingleSource
 
 
 def general(tmp_path, teacher, student, adaptor_T=teacher_adaptor, adaptor_S=adaptor, **train):
@@ -260,3 +265,116 @@ def test_distill_imports_no_teacher_code_path():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class RecordingObserver(TrainObserver):
+    def __init__(self):
+        self.events = []
+        self.losses = []
+
+    def on_train_begin(self, total_steps, start_step, throughput):
+        self.events.append(("begin", total_steps, start_step))
+        self.throughput = throughput
+
+    def on_epoch(self, epoch):
+        self.events.append(("epoch", epoch))
+
+    def on_micro_batch(self, num_examples, loss):
+        self.events.append(("micro", num_examples))
+        self.losses.append(loss)
+
+    def on_step(self, step, lr):
+        self.events.append(("step", step, lr))
+
+    def on_train_end(self):
+        self.events.append(("end",))
+
+
+def test_observer_gets_every_micro_batch_and_step_in_order(tmp_path):
+    teacher, student = teacher_and_student()
+    observer = RecordingObserver()
+    distiller = general(tmp_path, teacher, student, gradient_accumulation_steps=2)
+    # 5 batches of 4, GA 2: 2 steps per epoch (the 5th batch is not read), 2 epochs
+    distiller.train(sgd(student), batches(5), num_epochs=2, observer=observer)
+
+    step = [("micro", 4), ("micro", 4)]
+    assert observer.events == [
+        ("begin", 4, 0),
+        *[("epoch", 0), *step, ("step", 1, 0.1), *step, ("step", 2, 0.1)],
+        *[("epoch", 1), *step, ("step", 3, 0.1), *step, ("step", 4, 0.1)],
+        ("end",),
+    ]
+    assert not any(loss.requires_grad for loss in observer.losses)
+    per_step = torch.stack(observer.losses).view(4, 2).mean(dim=1).tolist()
+    logged = [row["total_loss"] for row in distiller.loss_history]
+    assert per_step == pytest.approx(logged, rel=1e-6)
+    counters = observer.throughput
+    assert (counters.examples, counters.micro_batches) == (32, 8)
+    assert counters.finished is not None and 0 <= counters.data_wait <= counters.seconds
+
+
+def test_observer_sees_the_end_when_training_fails(tmp_path):
+    teacher, student = teacher_and_student()
+    observer = RecordingObserver()
+
+    def broken(batch):
+        raise RuntimeError("bad batch")
+
+    distiller = general(tmp_path, teacher, student)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        distiller.train(
+            sgd(student), batches(2), num_steps=2, batch_postprocessor=broken, observer=observer
+        )
+    assert observer.events == [("begin", 2, 0), ("end",)]
+
+
+def test_typed_lr_schedule_sets_every_step_and_excludes_scheduler_class(tmp_path):
+    teacher, student = teacher_and_student()
+    distiller = general(tmp_path, teacher, student)
+    optimizer = sgd(student)
+    observer = RecordingObserver()
+    job = distiller.make_job(
+        optimizer,
+        SingleSource(batches(2)),
+        TrainPlan.for_steps(distiller.t_config, 4),
+        lr_schedule=lambda step: 1 / (step + 1),
+        observer=observer,
+    )
+    distiller.run_job(job)
+    lrs = [event[2] for event in observer.events if event[0] == "step"]
+    assert lrs == pytest.approx([0.1, 0.05, 0.1 / 3, 0.025])
+    assert [row["lr"] for row in distiller.loss_history] == pytest.approx(lrs)
+
+    both = distiller.make_job(
+        optimizer,
+        SingleSource(batches(2)),
+        TrainPlan.for_steps(distiller.t_config, 1),
+        lr_schedule=lambda step: 1.0,
+        scheduler_class=torch.optim.lr_scheduler.ConstantLR,
+    )
+    with pytest.raises(ConfigError, match="give lr_schedule or a scheduler, not both"):
+        distiller.run_job(both)
+
+
+def test_the_library_draws_no_progress_bar():
+    # torch itself imports tqdm, so check the source: no distill module may import it
+    package = Path(cachebrew.distill.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(name.split(".")[0] == "tqdm" for name in names), path.name
+
+
+def test_with_distiller_sets_and_restores_modes(tmp_path):
+    teacher, student = teacher_and_student()
+    student.eval()
+    teacher.train()
+    distiller = general(tmp_path, teacher, student)
+    with distiller:
+        assert student.training and not teacher.training
+    assert not student.training and teacher.training
