@@ -50,13 +50,11 @@ import torch
 
 from cachebrew.cache.collate import CollateOptions, collate_examples, feature_layout
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
-from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch
+from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch, run_rows
 from cachebrew.cache.reader import DEFAULT_WINDOW_BYTES, CacheReader, open_cache
 from cachebrew.errors import CacheMismatchError, ConfigError
 
 logger = logging.getLogger(__name__)
-
-_DECODED_ITEMSIZE = 4  # features decode to float32 / int64 ids (the run size is an estimate)
 
 
 class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
@@ -153,7 +151,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         """Examples per rank, and this rank's selected rows per shard."""
         reader, world = self.reader, self.world_size
         shards = range(reader.num_shards)
-        run_rows = _run_rows(reader, self.window_bytes)
+        rows_per_run = run_rows(reader.manifest, self.window_bytes)
         if example_ids is None:
             sizes = [int(s["num_examples"]) for s in reader.manifest["shards"]]
             rows = {k: np.arange(sizes[k]) for k in shards if k % world == self.rank}
@@ -172,7 +170,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 f"has {reader.num_shards} shards (shard i goes to rank i % world_size); rerun "
                 "precompute with a smaller shard_size or use fewer ranks"
             )
-        selections = [ShardSelection(k, r, run_rows) for k, r in rows.items() if len(r)]
+        selections = [ShardSelection(k, r, rows_per_run) for k, r in rows.items() if len(r)]
         return counts, selections
 
     # ------------------------------------------------------------------ epochs
@@ -315,28 +313,13 @@ def _batch_count(num_examples: int, batch_size: int, drop_last: bool) -> int:
     return count
 
 
-def _run_rows(reader: CacheReader, window_bytes: int) -> int:
-    """Rows per contiguous run: about ``window_bytes`` of decoded features (cache-wide)."""
-    arrays = reader.manifest["arrays"]
-    total = sum(info["rows"] * info["width"] for info in arrays.values()) * _DECODED_ITEMSIZE
-    per_example = max(1, total // max(1, reader.num_examples))
-    return max(1, window_bytes // per_example)
-
-
 def _rows_of(reader: CacheReader, wanted: set[str]) -> dict[int, np.ndarray]:
     """Selected rows of every shard; unknown ids are an error listing a few."""
-    rows: dict[int, np.ndarray] = {}
-    found = 0
-    for k in range(reader.num_shards):
-        ids = reader.shard(k).example_ids
-        rows[k] = np.asarray([i for i, e in enumerate(ids) if e in wanted], dtype=np.int64)
-        found += len(rows[k])
-    if found < len(wanted):
-        stored = {e for k in range(reader.num_shards) for e in reader.shard(k).example_ids}
-        unknown = sorted(wanted - stored)
+    rows, unknown = reader.rows_of(wanted)
+    if unknown:
         raise CacheMismatchError(
             f"{len(unknown)} of the {len(wanted)} example_ids are not in the cache "
-            f"{reader.path}, e.g. {unknown[:5]}; was it precomputed from the same corpus?"
+            f"{reader.path}, e.g. {sorted(unknown)[:5]}; was it precomputed from the same corpus?"
         )
     return rows
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cachebrew.cache.order import EpochPlan
-from cachebrew.cache.reader import CacheReader
 from cachebrew.cache.shard import ShardReader
+
+if TYPE_CHECKING:  # reader.py streams through this module
+    from cachebrew.cache.reader import CacheReader
 
 
 class ChunkCache:

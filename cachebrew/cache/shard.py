@@ -1,9 +1,8 @@
-"""Read one published shard: its index, chunk-verified row reads and chunk-sequential streaming."""
+"""Read one published shard: its index (read and parsed once) and chunk-verified row reads."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -187,31 +186,6 @@ class ShardReader:
             start = int(offsets[row])
             features[name] = self.decoded_rows(name, start, start + int(lengths[row]))
         return self.record(row, features)
-
-    def iter_examples(self, window_bytes: int) -> Iterator[dict[str, Any]]:
-        """Every example in row order, reading each array in chunk-aligned windows."""
-        empty = np.empty((0, 0), dtype=np.float32)
-        windows: dict[str, tuple[int, int, np.ndarray]] = {}
-        for row in range(len(self.example_ids)):
-            features = {}
-            for name, (offsets, lengths) in self.rows.items():
-                start, stop = int(offsets[row]), int(offsets[row] + lengths[row])
-                lo, hi, data = windows.get(name, (0, -1, empty))
-                if start < lo or stop > hi:
-                    lo, hi = self._window(name, start, stop, window_bytes)
-                    data = self.decoded_rows(name, lo, hi)
-                    windows[name] = (lo, hi, data)
-                features[name] = data[start - lo : stop - lo]
-            yield self.record(row, features)
-
-    def _window(self, name: str, start: int, stop: int, window_bytes: int) -> tuple[int, int]:
-        info = self.meta["arrays"][name]
-        chunk_rows, rows = info["chunk_rows"], info["rows"]
-        row_bytes = max(1, info["width"] * np.dtype(info["stored_dtype"]).itemsize)
-        span = max(chunk_rows, (window_bytes // row_bytes) // chunk_rows * chunk_rows)
-        lo = start // chunk_rows * chunk_rows
-        hi = max(lo + span, -(-stop // chunk_rows) * chunk_rows)
-        return lo, min(hi, rows)
 
 
 _REPAIR = (

@@ -314,6 +314,40 @@ def test_example_ids_select_a_subset(cache: pathlib.Path) -> None:
         CacheDataset(cache, batch_size=4, example_ids=[])
 
 
+def test_the_index_is_read_once_per_shard_before_step_one(
+    cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_cache, example_ids(), a subset CacheDataset, require() and the order share one
+    parse of each shard's index and one id catalog (it was scanned four times, issue 10)."""
+    import cachebrew.cache.shard as shard_module
+    from cachebrew.cache.reader import IdCatalog
+
+    parsed: list[str] = []
+    built: list[int] = []
+    parse, build = shard_module.parse_index, IdCatalog.build
+
+    def counting_parse(data: bytes, where: str) -> Any:
+        parsed.append(where)
+        return parse(data, where)
+
+    def counting_build(ids_per_shard: Any) -> IdCatalog:
+        built.append(len(ids_per_shard))
+        return build(ids_per_shard)
+
+    monkeypatch.setattr(shard_module, "parse_index", counting_parse)
+    monkeypatch.setattr(IdCatalog, "build", staticmethod(counting_build))
+    reader = open_cache(cache)
+    ids = reader.example_ids()
+    train = ids[::2]
+    reader.require(["hidden.0"], example_ids=ids)
+    dataset = CacheDataset(reader, batch_size=4, example_ids=train, window_bytes=2000)
+    CacheDataset(reader, batch_size=4, example_ids=ids[1::2], window_bytes=2000)
+    assert sorted(dataset.example_order()) == sorted(train)
+    assert len(parsed) == reader.num_shards == 5 and len(set(parsed)) == 5
+    assert built == [5]
+    assert reader.get("ex00044")["example_id"] == "ex00044" and built == [5]
+
+
 def test_online_mode_decodes_no_features(cache: pathlib.Path, decoded_rows: list[int]) -> None:
     online = CacheDataset(cache, batch_size=4, teacher_cache=False, window_bytes=2000)
     batches = list(online)
