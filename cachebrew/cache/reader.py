@@ -156,7 +156,11 @@ class CacheReader:
         plan = plan_epoch(
             selections, seed=0, epoch=0, rank=0, shuffle=False, buffer_size=1, num_examples=total
         )
-        epoch = EpochReader(self, plan, self.spec.data_arrays, ChunkCache(4 * window_bytes))
+        arrays = [
+            *self.spec.data_arrays,
+            *(n for n in self.manifest["arrays"] if n.endswith(".scale")),
+        ]
+        epoch = EpochReader(self, plan, arrays, ChunkCache(4 * window_bytes))
         for examples in epoch.batches(range(-(-total // rows_per_run)), rows_per_run):
             yield from examples
 

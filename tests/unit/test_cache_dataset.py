@@ -55,15 +55,16 @@ def epoch_ids(dataset: CacheDataset, epoch: int = 0) -> list[str]:
 
 @pytest.fixture
 def decoded_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows decoded per read call (every ShardReader.decoded_rows call)."""
+    """Rows decoded per read call (every ShardReader.read_rows call: the dataset decodes
+    through it, keeping the stored dtype until the batch is padded)."""
     calls: list[int] = []
-    original = ShardReader.decoded_rows
+    original = ShardReader.read_rows
 
-    def counting(self: ShardReader, name: str, start: int, stop: int) -> np.ndarray:
+    def counting(self: ShardReader, name: str, start: int, stop: int, **kw: Any) -> np.ndarray:
         calls.append(stop - start)
-        return original(self, name, start, stop)
+        return original(self, name, start, stop, **kw)
 
-    monkeypatch.setattr(ShardReader, "decoded_rows", counting)
+    monkeypatch.setattr(ShardReader, "read_rows", counting)
     return calls
 
 
