@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo bench bench-cache bench-distill bench-data clean pipelines
+.PHONY: install test test-slow lint demo bench bench-cache bench-distill bench-reader bench-data clean pipelines
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ bench-cache: install bench-data
 
 bench-distill: install bench-data
 	$(PY) benchmarks/distill_speed.py
+
+# Reader against the raw codec decode of the same chunk bytes (synthetic BERT-base-shaped caches).
+bench-reader: install
+	$(PY) benchmarks/reader_speed.py
 
 bench-data: install
 	$(PY) -m cachebrew data prepare minilm sentiment --out data

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cachebrew.cache.codecs import decode
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
 
@@ -56,6 +57,7 @@ class FeatureLayout:
     num_classes: int | None = None
     hidden: dict[int, str] = field(default_factory=dict)
     attention: dict[int, str] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -66,6 +68,12 @@ class FeatureLayout:
         elif self.logits == "topk":
             names += ["logits.topk_values", "logits.topk_ids", "logits.logsumexp"]
         return (*names, *self.hidden.values(), *self.attention.values())
+
+    @property
+    def stored_arrays(self) -> tuple[str, ...]:
+        """:attr:`arrays` plus the ``.scale`` companion of every int8 array."""
+        scales = [f"{n}.scale" for n in self.arrays if self.dtypes.get(n) == "int8"]
+        return (*self.arrays, *scales)
 
 
 def feature_layout(spec: FeatureSpec, num_classes: int | None = None) -> FeatureLayout:
@@ -94,9 +102,10 @@ def feature_layout(spec: FeatureSpec, num_classes: int | None = None) -> Feature
         )
     attention.update({layer: f"attention.{layer}" for layer in by_kind.get("attention", ())})
     hidden, attention = dict(sorted(hidden.items())), dict(sorted(attention.items()))
+    dtypes = {name: spec.feature_of(name).array_dtype(name) for name in spec.data_arrays}
     logits = spec.get("logits")
     if logits is None:
-        return FeatureLayout(hidden=hidden, attention=attention)
+        return FeatureLayout(hidden=hidden, attention=attention, dtypes=dtypes)
     classes = num_classes if num_classes is not None else logits.vocab_size
     if logits.topk and classes is None:
         raise ConfigError(
@@ -109,6 +118,7 @@ def feature_layout(spec: FeatureSpec, num_classes: int | None = None) -> Feature
         num_classes=classes,
         hidden=hidden,
         attention=attention,
+        dtypes=dtypes,
     )
 
 
@@ -119,6 +129,7 @@ class CollateOptions:
     pad_id: int = 0
     sep_id: int | None = None
     with_token_type_ids: bool = False
+    device: str | None = None
 
 
 def collate_examples(
@@ -146,7 +157,9 @@ def collate_examples(
         student["labels"] = labels
     batch: dict[str, Any] = {"student": student, "teacher": teacher}
     if layout is not None:
-        batch["teacher_cache"] = teacher_outputs(examples, layout, teacher["attention_mask"])
+        batch["teacher_cache"] = teacher_outputs(
+            examples, layout, teacher["attention_mask"], options.device
+        )
     batch["example_ids"] = ids
     return batch
 
@@ -226,9 +239,17 @@ def collate_labels(labels: Sequence[Any], ids: Sequence[str], length: int) -> to
 
 
 def teacher_outputs(
-    examples: Sequence[Mapping[str, Any]], layout: FeatureLayout, inputs_mask: torch.Tensor
+    examples: Sequence[Mapping[str, Any]],
+    layout: FeatureLayout,
+    inputs_mask: torch.Tensor,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """The ``teacher_cache`` entry: adaptor keys only (the identity adaptor validates them)."""
+    """The ``teacher_cache`` entry: adaptor keys only (the identity adaptor validates them).
+
+    ``device`` ``"cuda[:i]"`` moves hidden states and attention in their stored dtype from
+    pinned memory (non-blocking) and casts them to float32 on the GPU; else they are cast on
+    the CPU inside the padding copy.
+    """
     lengths = [int(e["length"]) for e in examples]
     width = int(inputs_mask.shape[1])
     features = [e["features"] for e in examples]
@@ -236,9 +257,9 @@ def teacher_outputs(
     if layout.logits is not None:
         out["logits"] = _logits(features, layout)
     if layout.hidden:
-        out["hidden"] = _layer_list(layout.hidden, features, lengths, width)
+        out["hidden"] = _layer_list(layout.hidden, features, lengths, width, layout, device)
     if layout.attention:
-        out["attention"] = _layer_list(layout.attention, features, lengths, width)
+        out["attention"] = _layer_list(layout.attention, features, lengths, width, layout, device)
     out["inputs_mask"] = inputs_mask
     return out
 
@@ -246,15 +267,30 @@ def teacher_outputs(
 def _logits(features: Sequence[Mapping[str, np.ndarray]], layout: FeatureLayout) -> torch.Tensor:
     """(B, C) for a sequence head; (N_sel, C), every example's rows in batch order, else."""
     if layout.logits == "dense":
-        return torch.from_numpy(np.concatenate([f["logits"] for f in features]))
+        return _decoded(features, "logits", layout)
     assert layout.num_classes is not None
     return rebuild_topk(
-        torch.from_numpy(np.concatenate([f["logits.topk_values"] for f in features])),
-        torch.from_numpy(np.concatenate([f["logits.topk_ids"] for f in features])),
-        torch.from_numpy(np.concatenate([f["logits.logsumexp"] for f in features])),
+        _decoded(features, "logits.topk_values", layout),
+        _decoded(features, "logits.topk_ids", layout),
+        _decoded(features, "logits.logsumexp", layout),
         layout.num_classes,
         layout.logits_reduction,
     )
+
+
+def _decoded(
+    features: Sequence[Mapping[str, np.ndarray]], name: str, layout: FeatureLayout
+) -> torch.Tensor:
+    """Every example's rows of a small array, concatenated and decoded (float32 / int64 ids)."""
+    values = np.concatenate([f[name] for f in features])
+    if values.dtype in (np.float32, np.int64):  # already decoded (CacheReader examples)
+        return torch.from_numpy(values)
+    scale = (
+        np.concatenate([f[f"{name}.scale"] for f in features])
+        if f"{name}.scale" in features[0]
+        else None
+    )
+    return torch.from_numpy(decode(values, scale, layout.dtypes.get(name, str(values.dtype))))
 
 
 def rebuild_topk(
@@ -290,35 +326,88 @@ def _layer_list(
     features: Sequence[Mapping[str, np.ndarray]],
     lengths: Sequence[int],
     width: int,
+    layout: FeatureLayout,
+    device: str | None = None,
 ) -> list[torch.Tensor | None]:
-    """Padded per-layer tensors, indexed by teacher layer (None where nothing is stored)."""
+    """Padded per-layer float32 tensors, indexed by teacher layer (None where nothing is stored).
+
+    Rows may be float32 or stored (fp16, bf16 as uint16, int8 with a ``.scale`` companion):
+    on the CPU the cast to float32 happens inside the one padding copy, with no decoded
+    intermediate; on CUDA the stored dtype crosses the bus and is cast there.
+    """
     layers: list[torch.Tensor | None] = [None] * (max(arrays) + 1)
     for layer, name in arrays.items():
         rows = [f[name] for f in features]
-        layers[layer] = torch.from_numpy(_pad_feature(name, rows, lengths, width))
+        scales = [f[f"{name}.scale"] for f in features] if f"{name}.scale" in features[0] else None
+        dtype = layout.dtypes.get(name, "fp32")
+        if device is not None and device.startswith("cuda"):
+            layers[layer] = _to_gpu(name, rows, lengths, width, dtype, scales, device)
+        else:
+            layers[layer] = pad_feature(name, rows, lengths, width, dtype, scales)
     return layers
 
 
-def _pad_feature(
-    name: str, rows: Sequence[np.ndarray], lengths: Sequence[int], width: int
-) -> np.ndarray:
-    """Zero-padded batch of one array: hidden (B, L, D), hidden_cls (B, D), attention
-    (B, H, L, L), attention_sum/mean (B, L, L); L = ``width`` (the batch's longest)."""
-    kind = name.split(".", 1)[0]
-    batch = len(rows)
-    if kind == "hidden_cls":
-        return np.concatenate(rows).astype(np.float32, copy=False)  # (B, D)
-    if kind == "hidden":
-        out = np.zeros((batch, width, rows[0].shape[1]), dtype=np.float32)
-        for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
-            out[b, :n] = value
-        return out
-    heads = rows[0].size // (lengths[0] * lengths[0]) if kind == "attention" else 0
-    shape = (batch, heads, width, width) if heads else (batch, width, width)
-    out = np.zeros(shape, dtype=np.float32)
-    for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
-        if heads:
-            out[b, :, :n, :n] = value.reshape(heads, n, n)
-        else:
-            out[b, :n, :n] = value.reshape(n, n)
+def _to_gpu(
+    name: str,
+    rows: Sequence[np.ndarray],
+    lengths: Sequence[int],
+    width: int,
+    dtype: str,
+    scales: Sequence[np.ndarray] | None,
+    device: str,
+) -> torch.Tensor:
+    """Pad in the stored dtype into pinned memory, copy without blocking, cast on the GPU."""
+    padded = pad_feature(name, rows, lengths, width, dtype, scales, stored=True)
+    moved = padded.pin_memory().to(device, non_blocking=True)
+    if dtype == "bf16" and moved.dtype == torch.int16:
+        moved = moved.view(torch.bfloat16)
+    out = moved.float()
+    if scales is not None and rows[0].dtype == np.int8:
+        scale = pad_feature(name, scales, lengths, width).pin_memory()
+        out.mul_(scale.to(device, non_blocking=True))
     return out
+
+
+def pad_feature(
+    name: str,
+    rows: Sequence[np.ndarray],
+    lengths: Sequence[int],
+    width: int,
+    dtype: str = "fp32",
+    scales: Sequence[np.ndarray] | None = None,
+    *,
+    stored: bool = False,
+) -> torch.Tensor:
+    """Zero-padded batch of one array: hidden (B, L, D), hidden_cls (B, D), attention
+    (B, H, L, L), attention_sum/mean (B, L, L); L = ``width`` (the batch's longest).
+
+    Float32 by default: fp16 is cast, bf16 bits become the high half of each float32 and int8
+    is scaled, all inside the one padding copy (numpy, one thread: torch's two-thread copy_
+    was 4-20x slower on these small copies on the shared 2-core box). ``stored=True`` keeps
+    the stored dtype (bf16 as int16 bits) for a pinned copy cast on the GPU.
+    """
+    kind = name.split(".", 1)[0]
+    heads = rows[0].size // (lengths[0] * lengths[0]) if kind == "attention" else 0
+    if kind == "hidden_cls":
+        shape: tuple[int, ...] = (len(rows), rows[0].shape[1])
+    elif kind == "hidden":
+        shape = (len(rows), width, rows[0].shape[1])
+    else:
+        shape = (len(rows), heads, width, width) if heads else (len(rows), width, width)
+    bf16_bits = dtype == "bf16" and rows[0].dtype == np.uint16
+    out = np.zeros(shape, dtype=rows[0].dtype if stored else np.float32)
+    for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
+        if kind == "hidden_cls":
+            target = out[b : b + 1]
+        elif kind == "hidden":
+            target = out[b, :n]
+        else:
+            target = out[b, :, :n, :n] if heads else out[b, :n, :n]
+        value = value.reshape(target.shape)
+        if bf16_bits and not stored:  # little-endian: the high 16 bits are the odd halves
+            target.view(np.uint16)[..., 1::2] = value
+        elif scales is not None and not stored:
+            np.multiply(value, scales[b].reshape(-1, 1), out=target)
+        else:
+            target[...] = value
+    return torch.from_numpy(out.view(np.int16) if stored and bf16_bits else out)

@@ -43,6 +43,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -50,13 +51,11 @@ import torch
 
 from cachebrew.cache.collate import CollateOptions, collate_examples, feature_layout
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
-from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch
+from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch, run_rows
 from cachebrew.cache.reader import DEFAULT_WINDOW_BYTES, CacheReader, open_cache
 from cachebrew.errors import CacheMismatchError, ConfigError
 
 logger = logging.getLogger(__name__)
-
-_DECODED_ITEMSIZE = 4  # features decode to float32 / int64 ids (the run size is an estimate)
 
 
 class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
@@ -89,6 +88,13 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             batches and their order do not change. Use 1 when the student trains on a GPU; on
             a 2-core CPU the thread competes with the student and was measured slower
             (BENCHMARKS.md), hence the default 0.
+        device: where the student trains (``"cpu"``, ``"cuda:0"``...; None = CPU). On CUDA,
+            hidden states and attention leave in their stored dtype from pinned memory
+            (non-blocking) and are cast to float32 on the GPU; on the CPU the cast is fused
+            into the padding copy. Either way the batch values are the same.
+        decode_threads: threads decoding the chunks of one read (the codecs release the GIL);
+            None = 2 on CUDA, 1 (the calling thread) on the CPU, where a second thread
+            competes with the student (BENCHMARKS.md, "Reader against its codec").
 
     Raises:
         ConfigError: an invalid argument (all problems at once).
@@ -118,8 +124,17 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         num_classes: int | None = None,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
         prefetch: int = 0,
+        device: str | torch.device | None = None,
+        decode_threads: int | None = None,
     ):
         _check_arguments(batch_size, seed, buffer_size, rank, world_size, window_bytes, prefetch)
+        device = None if device is None else str(torch.device(device))
+        on_gpu = device is not None and device.startswith("cuda")
+        if decode_threads is None:
+            decode_threads = 2 if on_gpu else 1
+        if not isinstance(decode_threads, int) or decode_threads < 1:
+            raise ConfigError(f"CacheDataset: decode_threads={decode_threads!r}: expected >= 1")
+        self.decode_threads = decode_threads
         if with_token_type_ids and sep_id is None:
             raise ConfigError("with_token_type_ids=True needs sep_id (the [SEP] token id)")
         self.reader = cache if isinstance(cache, CacheReader) else open_cache(cache)
@@ -128,7 +143,9 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         self.rank, self.world_size, self.window_bytes = rank, world_size, window_bytes
         self.prefetch = prefetch
         self.layout = feature_layout(self.reader.spec, num_classes) if teacher_cache else None
-        self.options = CollateOptions(pad_id, sep_id, with_token_type_ids)
+        self.options = CollateOptions(
+            pad_id, sep_id, with_token_type_ids, device if on_gpu else None
+        )
         self.student_items = student_items
         counts, self._selections = self._select(example_ids)
         self.num_examples = min(counts) if drop_last else max(counts)
@@ -153,7 +170,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         """Examples per rank, and this rank's selected rows per shard."""
         reader, world = self.reader, self.world_size
         shards = range(reader.num_shards)
-        run_rows = _run_rows(reader, self.window_bytes)
+        rows_per_run = run_rows(reader.manifest, self.window_bytes)
         if example_ids is None:
             sizes = [int(s["num_examples"]) for s in reader.manifest["shards"]]
             rows = {k: np.arange(sizes[k]) for k in shards if k % world == self.rank}
@@ -172,7 +189,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 f"has {reader.num_shards} shards (shard i goes to rank i % world_size); rerun "
                 "precompute with a smaller shard_size or use fewer ranks"
             )
-        selections = [ShardSelection(k, r, run_rows) for k, r in rows.items() if len(r)]
+        selections = [ShardSelection(k, r, rows_per_run) for k, r in rows.items() if len(r)]
         return counts, selections
 
     # ------------------------------------------------------------------ epochs
@@ -227,17 +244,21 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         worker = torch.utils.data.get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
         indices = range(start + worker_id, self._num_batches, num_workers)
-        arrays = self.layout.arrays if self.layout is not None else ()
-        cache = ChunkCache(4 * self.window_bytes)
-        reader = EpochReader(self.reader, self.plan(), arrays, cache)
-        batches = (
-            collate_examples(examples, self.layout, self.options, self.student_items)
-            for examples in reader.batches(indices, self.batch_size)
-        )
-        if self.prefetch and worker is None:
-            yield from prefetched(batches, self.prefetch)
-        else:
-            yield from batches
+        arrays = self.layout.stored_arrays if self.layout is not None else ()
+        with contextlib.ExitStack() as stack:
+            pool = None
+            if self.decode_threads > 1:
+                pool = stack.enter_context(ThreadPoolExecutor(self.decode_threads))
+            cache = ChunkCache(4 * self.window_bytes, pool)
+            reader = EpochReader(self.reader, self.plan(), arrays, cache, cast=False)
+            batches = (
+                collate_examples(examples, self.layout, self.options, self.student_items)
+                for examples in reader.batches(indices, self.batch_size)
+            )
+            if self.prefetch and worker is None:
+                yield from prefetched(batches, self.prefetch)
+            else:
+                yield from batches
 
 
 def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -315,28 +336,13 @@ def _batch_count(num_examples: int, batch_size: int, drop_last: bool) -> int:
     return count
 
 
-def _run_rows(reader: CacheReader, window_bytes: int) -> int:
-    """Rows per contiguous run: about ``window_bytes`` of decoded features (cache-wide)."""
-    arrays = reader.manifest["arrays"]
-    total = sum(info["rows"] * info["width"] for info in arrays.values()) * _DECODED_ITEMSIZE
-    per_example = max(1, total // max(1, reader.num_examples))
-    return max(1, window_bytes // per_example)
-
-
 def _rows_of(reader: CacheReader, wanted: set[str]) -> dict[int, np.ndarray]:
     """Selected rows of every shard; unknown ids are an error listing a few."""
-    rows: dict[int, np.ndarray] = {}
-    found = 0
-    for k in range(reader.num_shards):
-        ids = reader.shard(k).example_ids
-        rows[k] = np.asarray([i for i, e in enumerate(ids) if e in wanted], dtype=np.int64)
-        found += len(rows[k])
-    if found < len(wanted):
-        stored = {e for k in range(reader.num_shards) for e in reader.shard(k).example_ids}
-        unknown = sorted(wanted - stored)
+    rows, unknown = reader.rows_of(wanted)
+    if unknown:
         raise CacheMismatchError(
             f"{len(unknown)} of the {len(wanted)} example_ids are not in the cache "
-            f"{reader.path}, e.g. {unknown[:5]}; was it precomputed from the same corpus?"
+            f"{reader.path}, e.g. {sorted(unknown)[:5]}; was it precomputed from the same corpus?"
         )
     return rows
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cachebrew.cache.codecs import decode, stored_dtype
 from cachebrew.cache.order import EpochPlan
-from cachebrew.cache.reader import CacheReader
 from cachebrew.cache.shard import ShardReader
+
+if TYPE_CHECKING:  # reader.py streams through this module
+    from cachebrew.cache.reader import CacheReader
 
 
 class ChunkCache:
@@ -25,14 +28,16 @@ class ChunkCache:
         budget_bytes: decoded bytes kept between read groups (a group may exceed it).
     """
 
-    def __init__(self, budget_bytes: int):
+    def __init__(self, budget_bytes: int, pool: Any = None):
         self.budget_bytes = budget_bytes
+        self.pool = pool  # a ThreadPoolExecutor decoding the chunks of one read, or None
         self.decoded_chunks = 0
         self._chunks: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
         self._bytes = 0
 
     def load(self, shard: ShardReader, name: str, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Decode the chunks that rows ``[starts[i], stops[i])`` overlap and are not cached."""
+        """Decode the chunks that rows ``[starts[i], stops[i])`` overlap and are not cached
+        (kept in the stored dtype: the cast happens where the batch is built)."""
         info = shard.meta["arrays"][name]
         chunk_rows, total_rows = info["chunk_rows"], info["rows"]
         wanted: set[int] = set()
@@ -42,7 +47,7 @@ class ChunkCache:
         missing = sorted(c for c in wanted if (shard.index, name, c) not in self._chunks)
         for first, last in _consecutive_ranges(missing):
             lo, hi = first * chunk_rows, min((last + 1) * chunk_rows, total_rows)
-            block = shard.decoded_rows(name, lo, hi)
+            block = shard.read_rows(name, lo, hi, pool=self.pool)
             for chunk in range(first, last + 1):
                 part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
                 self._chunks[(shard.index, name, chunk)] = part
@@ -54,7 +59,7 @@ class ChunkCache:
         info = shard.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
         if stop <= start:
-            return np.empty((0, info["width"]), dtype=np.float32)
+            return np.empty((0, info["width"]), dtype=stored_dtype(info["stored_dtype"]))
         parts = []
         for chunk in range(start // chunk_rows, (stop - 1) // chunk_rows + 1):
             key = (shard.index, name, chunk)
@@ -84,12 +89,26 @@ def _consecutive_ranges(values: Sequence[int]) -> Iterator[tuple[int, int]]:
 
 
 class EpochReader:
-    """Decodes the examples of chosen batches of one :class:`EpochPlan`, in stream order."""
+    """Decodes the examples of chosen batches of one :class:`EpochPlan`, in stream order.
+
+    Args:
+        arrays: the stored arrays to read (int8 arrays need their ``.scale`` listed too when
+            ``cast`` is False).
+        cast: True gives float32 features (int64 ids), as :meth:`CacheReader.get` does; False
+            keeps the stored dtype for a collate that casts while it pads.
+    """
 
     def __init__(
-        self, reader: CacheReader, plan: EpochPlan, arrays: Sequence[str], cache: ChunkCache
+        self,
+        reader: CacheReader,
+        plan: EpochPlan,
+        arrays: Sequence[str],
+        cache: ChunkCache,
+        *,
+        cast: bool = True,
     ):
         self.reader, self.plan, self.arrays, self.cache = reader, plan, tuple(arrays), cache
+        self.cast = cast
 
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[list[dict[str, Any]]]:
         """The examples of each batch index, in order; only their chunks are decoded."""
@@ -119,7 +138,7 @@ class EpochReader:
             rows = items[mine, 1]
             spans = {}
             for name in self.arrays:
-                offsets, lengths = shard.rows[name]
+                offsets, lengths = shard.rows[name.removesuffix(".scale")]
                 spans[name] = (offsets[rows], offsets[rows] + lengths[rows])
                 self.cache.load(shard, name, *spans[name])
             for i, (position, row) in enumerate(zip(positions[mine], rows, strict=True)):
@@ -127,5 +146,17 @@ class EpochReader:
                     name: self.cache.rows(shard, name, int(lo[i]), int(hi[i]))
                     for name, (lo, hi) in spans.items()
                 }
+                if self.cast:
+                    features = _cast(shard, features)
                 pending[int(position)] = shard.record(int(row), features)
         self.cache.trim()
+
+
+def _cast(shard: ShardReader, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stored rows -> float32 (int64 ids), int8 scaled by its ``.scale`` companion."""
+    dtypes = shard.meta["arrays"]
+    return {
+        name: decode(value, stored.get(f"{name}.scale"), dtypes[name]["dtype"])
+        for name, value in stored.items()
+        if not name.endswith(".scale")
+    }

@@ -7,10 +7,13 @@ so a resumed pass knows its batches without reading any data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+_DECODED_ITEMSIZE = 4  # features decode to float32 / int64 ids (the run size is an estimate)
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,11 @@ def plan_epoch(
         sizes += [min(group, len(repeats) - s) for s in range(0, len(repeats), group)]
     group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     return EpochPlan(stream=stream, group_starts=group_starts, order=order)
+
+
+def run_rows(manifest: Mapping[str, Any], window_bytes: int) -> int:
+    """Rows per contiguous run: about ``window_bytes`` of decoded features (cache-wide mean)."""
+    arrays = manifest["arrays"]
+    total = sum(info["rows"] * info["width"] for info in arrays.values()) * _DECODED_ITEMSIZE
+    per_example = max(1, total // max(1, int(manifest["totals"]["num_examples"])))
+    return max(1, window_bytes // per_example)

@@ -7,18 +7,26 @@ Examples come back as dicts::
 
 Feature arrays are the stored 2-D rows (``restore_shape`` turns attention rows back into
 ``(H, L, L)``). Streaming (:meth:`CacheReader.iter_shard`, :meth:`CacheReader.iter_examples`)
-reads chunk-aligned windows sequentially; :meth:`CacheReader.get` reads only the chunks one
-example overlaps. Every chunk's crc32 is checked the first time it is read.
+is an unshuffled :class:`~cachebrew.cache.epoch_reader.EpochReader` pass, the same
+chunk-aligned reads :class:`~cachebrew.cache.dataset.CacheDataset` makes; :meth:`CacheReader.get`
+reads only the chunks one example overlaps. Every chunk's crc32 is checked the first time it is
+read. Each shard's ``index.arrow`` is read and parsed once per reader; the id catalog built from
+it (:meth:`CacheReader.example_ids`, :meth:`CacheReader.rows_of`) is memoised.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.integrity import check_manifest, shard_problems
 from cachebrew.cache.manifest import read_manifest
+from cachebrew.cache.order import ShardSelection, plan_epoch, run_rows
 from cachebrew.cache.shard import ShardReader
 from cachebrew.cache.spec import FeatureSpec, StoredFeature, layer_names
 from cachebrew.cache.storage import CacheLocation
@@ -60,7 +68,7 @@ class CacheReader:
         self.verify = verify
         self._loc = loc
         self._shards: dict[int, ShardReader] = {}
-        self._lookup: dict[str, tuple[int, int]] | None = None
+        self._catalog: IdCatalog | None = None
 
     @property
     def path(self) -> str:
@@ -86,19 +94,30 @@ class CacheReader:
             self._shards[index] = ShardReader(self._loc, entry, self.spec, self.verify)
         return self._shards[index]
 
+    @property
+    def catalog(self) -> IdCatalog:
+        """Every example id with its shard and row, built once from each shard's index."""
+        if self._catalog is None:
+            self._catalog = IdCatalog.build(
+                [self.shard(k).example_ids for k in range(self.num_shards)]
+            )
+        return self._catalog
+
     def example_ids(self) -> list[str]:
-        """Every example id, in shard and row order (reads every shard's index)."""
-        return [i for k in range(self.num_shards) for i in self.shard(k).example_ids]
+        """Every example id, in shard and row order (a new list; the catalog is memoised)."""
+        return list(self.catalog.example_ids)
+
+    def rows_of(self, example_ids: Iterable[str]) -> tuple[dict[int, np.ndarray], list[str]]:
+        """The ascending rows of every shard holding one of ``example_ids``, and unknown ids.
+
+        Returns:
+            ``({shard: (n_k,) int64 rows} for every shard, [ids not in the cache])``.
+        """
+        return self.catalog.rows_of(example_ids, self.num_shards)
 
     def _locate(self, example_id: str) -> tuple[int, int]:
-        if self._lookup is None:
-            self._lookup = {
-                i: (k, row)
-                for k in range(self.num_shards)
-                for row, i in enumerate(self.shard(k).example_ids)
-            }
         try:
-            return self._lookup[example_id]
+            return self.catalog.locate(example_id)
         except KeyError:
             raise KeyError(f"example {example_id!r} is not in the cache {self.path}") from None
 
@@ -116,7 +135,7 @@ class CacheReader:
         self, shard: int, *, window_bytes: int = DEFAULT_WINDOW_BYTES
     ) -> Iterator[dict[str, Any]]:
         """Every example of one shard, in row order, read in chunk-aligned windows."""
-        return self.shard(shard).iter_examples(window_bytes)
+        return self.iter_examples([shard], window_bytes=window_bytes)
 
     def iter_examples(
         self,
@@ -124,10 +143,30 @@ class CacheReader:
         *,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
     ) -> Iterator[dict[str, Any]]:
-        """Every example once, shard by shard (``shard_order`` defaults to 0, 1, ...)."""
+        """Every example once, shard by shard (``shard_order`` defaults to 0, 1, ...), in row
+        order: an unshuffled :class:`EpochReader` pass over runs of about ``window_bytes``."""
         order = range(self.num_shards) if shard_order is None else shard_order
-        for shard in order:
-            yield from self.iter_shard(shard, window_bytes=window_bytes)
+        rows_per_run = run_rows(self.manifest, window_bytes)
+        selections = [
+            ShardSelection(
+                k, np.arange(int(self.manifest["shards"][k]["num_examples"])), rows_per_run
+            )
+            for k in order
+        ]
+        selections = [s for s in selections if len(s.rows)]
+        total = sum(len(s.rows) for s in selections)
+        if total == 0:
+            return
+        plan = plan_epoch(
+            selections, seed=0, epoch=0, rank=0, shuffle=False, buffer_size=1, num_examples=total
+        )
+        arrays = [
+            *self.spec.data_arrays,
+            *(n for n in self.manifest["arrays"] if n.endswith(".scale")),
+        ]
+        epoch = EpochReader(self, plan, arrays, ChunkCache(4 * window_bytes))
+        for examples in epoch.batches(range(-(-total // rows_per_run)), rows_per_run):
+            yield from examples
 
     # ------------------------------------------------------------------ checks
 
@@ -200,8 +239,7 @@ class CacheReader:
         return problems
 
     def _id_problems(self, example_ids: Iterable[str]) -> list[str]:
-        stored = set(self.example_ids())
-        missing = [i for i in example_ids if i not in stored]
+        missing = self.rows_of(example_ids)[1]
         if not missing:
             return []
         return [f"{len(missing)} example ids are not in the cache, e.g. {missing[:5]}"]
@@ -229,3 +267,51 @@ class CacheReader:
             report["bytes"] += nbytes
         report["ok"] = not report["problems"]
         return report
+
+
+@dataclass(frozen=True)
+class IdCatalog:
+    """Every example id of a cache with its shard and row, from one pass over the indexes.
+
+    Attributes:
+        example_ids: ids in shard and row order.
+        shard_starts: (num_shards + 1,) catalog position of each shard's first id, then N.
+        positions: id -> catalog position.
+    """
+
+    example_ids: list[str]
+    shard_starts: np.ndarray
+    positions: dict[str, int]
+
+    @classmethod
+    def build(cls, ids_per_shard: Sequence[Sequence[str]]) -> IdCatalog:
+        """The catalog of shards holding ``ids_per_shard[k]`` in row order."""
+        ids = [i for shard_ids in ids_per_shard for i in shard_ids]
+        sizes = [len(shard_ids) for shard_ids in ids_per_shard]
+        starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        return cls(ids, starts, {example_id: p for p, example_id in enumerate(ids)})
+
+    def locate(self, example_id: str) -> tuple[int, int]:
+        """``(shard, row)`` of an id. Raises KeyError for an unknown id."""
+        position = self.positions[example_id]
+        shard = int(np.searchsorted(self.shard_starts, position, side="right")) - 1
+        return shard, position - int(self.shard_starts[shard])
+
+    def rows_of(
+        self, example_ids: Iterable[str], num_shards: int
+    ) -> tuple[dict[int, np.ndarray], list[str]]:
+        """See :meth:`CacheReader.rows_of` (duplicated ids are selected once)."""
+        found: list[int] = []
+        unknown: list[str] = []
+        for example_id in example_ids:
+            position = self.positions.get(example_id)
+            if position is None:
+                unknown.append(example_id)
+            else:
+                found.append(position)
+        positions = np.unique(np.asarray(found, dtype=np.int64))
+        cuts = np.searchsorted(positions, self.shard_starts)
+        rows = {
+            k: positions[cuts[k] : cuts[k + 1]] - self.shard_starts[k] for k in range(num_shards)
+        }
+        return rows, unknown

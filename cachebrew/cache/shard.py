@@ -1,13 +1,13 @@
-"""Read one published shard: its index, chunk-verified row reads and chunk-sequential streaming."""
+"""Read one published shard: its index (read and parsed once) and chunk-verified row reads."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from cachebrew.cache.chunks import ChunkDecoder, chunk_decoder, decode_chunk
 from cachebrew.cache.codecs import bytes_checksum, chunk_checksum, decode, stored_dtype
 from cachebrew.cache.index import label_from_arrow, overlapping_ids, parse_index
 from cachebrew.cache.spec import FeatureSpec
@@ -70,6 +70,7 @@ class ShardReader:
             for name, info in self.meta["arrays"].items()
         }
         self._arrays: dict[str, Any] | None = None
+        self._decoders: dict[str, ChunkDecoder | None] = {}
 
     def _read_index_bytes(self) -> bytes:
         try:
@@ -111,13 +112,21 @@ class ShardReader:
 
     # ------------------------------------------------------------------ row reads
 
-    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        """Stored rows [start, stop) of an array (stored dtype), verifying chunks on first touch."""
+    def read_rows(self, name: str, start: int, stop: int, *, pool: Any = None) -> np.ndarray:
+        """Stored rows [start, stop) of an array (stored dtype), verifying chunks on first touch.
+
+        ``pool`` (an executor) decodes the chunks of one read in parallel: the codecs release
+        the GIL. None decodes them in the calling thread.
+        """
         info = self.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
         if stop <= start:
             return np.empty((0, info["width"]), dtype=stored_dtype(info["stored_dtype"]))
         first, last = start // chunk_rows, (stop - 1) // chunk_rows
+        decoder = self._decoder(name)
+        if decoder is not None:
+            block = self._decode_range(name, decoder, first, last, pool)
+            return block[start - first * chunk_rows : stop - first * chunk_rows]
         if not self.verify or self._verified[name][first : last + 1].all():
             return self._zarr_read(name, start, stop)
         lo, hi = first * chunk_rows, min((last + 1) * chunk_rows, info["rows"])
@@ -127,6 +136,39 @@ class ShardReader:
                 offset = chunk * chunk_rows - lo
                 self._check_chunk(name, chunk, block[offset : offset + chunk_rows])
         return block[start - lo : stop - lo]
+
+    def _decoder(self, name: str) -> ChunkDecoder | None:
+        if name not in self._decoders:
+            dtype = stored_dtype(self.meta["arrays"][name]["stored_dtype"])
+            self._decoders[name] = chunk_decoder(self._loc, f"{self.path}/{name}", dtype)
+        return self._decoders[name]
+
+    def _decode_range(
+        self, name: str, decoder: ChunkDecoder, first: int, last: int, pool: Any
+    ) -> np.ndarray:
+        """Chunks [first, last] decoded (and checked) into one new (n * chunk_rows, width) block."""
+        info = self.meta["arrays"][name]
+        chunk_rows = info["chunk_rows"]
+        dtype = stored_dtype(info["stored_dtype"])
+        block = np.empty(((last - first + 1) * chunk_rows, info["width"]), dtype=dtype)
+
+        def one(chunk: int) -> None:
+            part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
+            try:
+                decode_chunk(self._loc, decoder, chunk, part)
+            except Exception as e:  # codecs raise many types on bad bytes
+                raise self._corrupt(name, chunk, f"cannot be decoded ({e})") from e
+            if self.verify and not self._verified[name][chunk]:
+                real = min(chunk_rows, info["rows"] - chunk * chunk_rows)  # zarr pads the edge
+                self._check_chunk(name, chunk, part[:real])
+
+        chunks = range(first, last + 1)
+        if pool is None or len(chunks) == 1:
+            for chunk in chunks:
+                one(chunk)
+        else:
+            list(pool.map(one, chunks))
+        return block
 
     def _zarr_read(self, name: str, start: int, stop: int) -> np.ndarray:
         try:
@@ -198,31 +240,6 @@ class ShardReader:
             start = int(offsets[row])
             features[name] = self.decoded_rows(name, start, start + int(lengths[row]))
         return self.record(row, features)
-
-    def iter_examples(self, window_bytes: int) -> Iterator[dict[str, Any]]:
-        """Every example in row order, reading each array in chunk-aligned windows."""
-        empty = np.empty((0, 0), dtype=np.float32)
-        windows: dict[str, tuple[int, int, np.ndarray]] = {}
-        for row in range(len(self.example_ids)):
-            features = {}
-            for name, (offsets, lengths) in self.rows.items():
-                start, stop = int(offsets[row]), int(offsets[row] + lengths[row])
-                lo, hi, data = windows.get(name, (0, -1, empty))
-                if start < lo or stop > hi:
-                    lo, hi = self._window(name, start, stop, window_bytes)
-                    data = self.decoded_rows(name, lo, hi)
-                    windows[name] = (lo, hi, data)
-                features[name] = data[start - lo : stop - lo]
-            yield self.record(row, features)
-
-    def _window(self, name: str, start: int, stop: int, window_bytes: int) -> tuple[int, int]:
-        info = self.meta["arrays"][name]
-        chunk_rows, rows = info["chunk_rows"], info["rows"]
-        row_bytes = max(1, info["width"] * np.dtype(info["stored_dtype"]).itemsize)
-        span = max(chunk_rows, (window_bytes // row_bytes) // chunk_rows * chunk_rows)
-        lo = start // chunk_rows * chunk_rows
-        hi = max(lo + span, -(-stop // chunk_rows) * chunk_rows)
-        return lo, min(hi, rows)
 
 
 _REPAIR = (

@@ -55,15 +55,16 @@ def epoch_ids(dataset: CacheDataset, epoch: int = 0) -> list[str]:
 
 @pytest.fixture
 def decoded_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows decoded per read call (every ShardReader.decoded_rows call)."""
+    """Rows decoded per read call (every ShardReader.read_rows call: the dataset decodes
+    through it, keeping the stored dtype until the batch is padded)."""
     calls: list[int] = []
-    original = ShardReader.decoded_rows
+    original = ShardReader.read_rows
 
-    def counting(self: ShardReader, name: str, start: int, stop: int) -> np.ndarray:
+    def counting(self: ShardReader, name: str, start: int, stop: int, **kw: Any) -> np.ndarray:
         calls.append(stop - start)
-        return original(self, name, start, stop)
+        return original(self, name, start, stop, **kw)
 
-    monkeypatch.setattr(ShardReader, "decoded_rows", counting)
+    monkeypatch.setattr(ShardReader, "read_rows", counting)
     return calls
 
 
@@ -312,6 +313,40 @@ def test_example_ids_select_a_subset(cache: pathlib.Path) -> None:
         CacheDataset(cache, batch_size=4, example_ids=["ex00001", "nope", "zzz"])
     with pytest.raises(CacheMismatchError, match="no examples selected"):
         CacheDataset(cache, batch_size=4, example_ids=[])
+
+
+def test_the_index_is_read_once_per_shard_before_step_one(
+    cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """open_cache, example_ids(), a subset CacheDataset, require() and the order share one
+    parse of each shard's index and one id catalog (it was scanned four times, issue 10)."""
+    import cachebrew.cache.shard as shard_module
+    from cachebrew.cache.reader import IdCatalog
+
+    parsed: list[str] = []
+    built: list[int] = []
+    parse, build = shard_module.parse_index, IdCatalog.build
+
+    def counting_parse(data: bytes, where: str) -> Any:
+        parsed.append(where)
+        return parse(data, where)
+
+    def counting_build(ids_per_shard: Any) -> IdCatalog:
+        built.append(len(ids_per_shard))
+        return build(ids_per_shard)
+
+    monkeypatch.setattr(shard_module, "parse_index", counting_parse)
+    monkeypatch.setattr(IdCatalog, "build", staticmethod(counting_build))
+    reader = open_cache(cache)
+    ids = reader.example_ids()
+    train = ids[::2]
+    reader.require(["hidden.0"], example_ids=ids)
+    dataset = CacheDataset(reader, batch_size=4, example_ids=train, window_bytes=2000)
+    CacheDataset(reader, batch_size=4, example_ids=ids[1::2], window_bytes=2000)
+    assert sorted(dataset.example_order()) == sorted(train)
+    assert len(parsed) == reader.num_shards == 5 and len(set(parsed)) == 5
+    assert built == [5]
+    assert reader.get("ex00044")["example_id"] == "ex00044" and built == [5]
 
 
 def test_online_mode_decodes_no_features(cache: pathlib.Path, decoded_rows: list[int]) -> None:

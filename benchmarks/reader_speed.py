@@ -1,0 +1,171 @@
+"""Reader benchmark: one ``CacheDataset`` epoch against the raw codec decode of the same chunks.
+
+Usage: ``make bench-reader`` (or ``python benchmarks/reader_speed.py [--examples N] [--repeats
+R] [--codec zstd]``). Prints a Markdown table and writes ``runs/bench-reader/results.json``.
+
+The caches are BERT-base-shaped (768 hidden, 12 heads, lengths uniform in [26, 128], fp16) and
+synthetic: Gaussian hidden states with a per-dimension offset and softmax attention rows, which
+compress like fresh-weight teacher outputs (zstd-1: ~1.09x hidden, ~1.3x attention). One cache
+per feature kind, so each row of the table reads exactly one kind:
+
+- ``codec 1t`` / ``codec 2t``: numcodecs decodes every chunk file's bytes (read into memory
+  first) into one preallocated buffer, in 1 thread / a pool of 2 threads. This machine's limit
+  for that codec.
+- ``reader 1t`` / ``reader 2t``: one ``CacheDataset`` epoch in shuffled batches of 16 (every
+  array decoded, crc32 checked, collated into padded float32 tensors), ``decode_threads`` 1 / 2.
+
+Ratios (codec seconds / reader seconds) come from the same run, interleaved, median of
+``--repeats``: the shared 2-core box varies by +-30 % between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numcodecs
+import numpy as np
+from common import ROOT
+
+from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec
+from cachebrew.cache.dataset import CacheDataset
+from cachebrew.cache.synthetic import synthetic_examples, write_examples
+
+OUT = ROOT / "runs" / "bench-reader"
+KINDS = {"hidden": "hidden:0,6,12", "attention": "attention:5,11"}
+
+
+def build_cache(kind: str, codec: str, num_examples: int) -> Path:
+    """The cache of one feature kind (reused when it exists)."""
+    path = OUT / f"{kind}-{codec}"
+    if (path / "manifest.json").exists():
+        return path
+    spec = parse_feature_spec(KINDS[kind], dtype="fp16", codec=codec)
+    examples = synthetic_examples(
+        spec, num_examples, seed=0, min_length=26, max_length=128, hidden_size=768, num_heads=12
+    )
+    with CacheWriter(
+        path, spec, teacher_info={"class": "synthetic"}, corpus_fingerprint="bench", shard_size=64
+    ) as writer:
+        write_examples(writer, examples)
+    return path
+
+
+def chunk_payloads(cache: Path) -> tuple[list[bytes], int, Any]:
+    """Every stored chunk's bytes, the decoded chunk size and the numcodecs codec."""
+    reader = open_cache(cache)
+    payloads, chunk_nbytes = [], 0
+    for k in range(reader.num_shards):
+        shard = reader.shard(k)
+        for name, info in shard.meta["arrays"].items():
+            itemsize = np.dtype(info["stored_dtype"]).itemsize
+            chunk_nbytes = max(chunk_nbytes, info["chunk_rows"] * info["width"] * itemsize)
+            folder = Path(shard.path) / name / "c"
+            payloads += [p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()]
+    return payloads, chunk_nbytes, _codec(next(iter(reader.spec)).codec)
+
+
+def _codec(name: str) -> Any:
+    from cachebrew.cache.codecs import CODEC_CONFIGS
+
+    config = CODEC_CONFIGS[name]
+    if config["name"] == "zstd":
+        return numcodecs.Zstd(level=config["configuration"]["level"])
+    if config["name"] == "blosc":
+        return numcodecs.Blosc()  # decoding reads cname and shuffle from the frame header
+    return None
+
+
+def codec_seconds(payloads: list[bytes], chunk_nbytes: int, codec: Any, threads: int) -> float:
+    """Decode every payload into a preallocated buffer per thread."""
+    buffers = [np.empty(chunk_nbytes, dtype=np.uint8) for _ in range(threads)]
+
+    def decode(part: int) -> None:
+        out = buffers[part]
+        for payload in payloads[part::threads]:
+            if codec is None:
+                out[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+            else:
+                codec.decode(payload, out=out)
+
+    start = time.perf_counter()
+    if threads == 1:
+        decode(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(decode, range(threads)))
+    return time.perf_counter() - start
+
+
+def reader_seconds(cache: Path, threads: int) -> float:
+    """One shuffled CacheDataset epoch, batches of 16, every array decoded and collated."""
+    kwargs: dict[str, Any] = {"decode_threads": threads} if _has_threads() else {}
+    dataset = CacheDataset(open_cache(cache), batch_size=16, **kwargs)
+    start = time.perf_counter()
+    for _ in dataset:
+        pass
+    return time.perf_counter() - start
+
+
+def _has_threads() -> bool:
+    import inspect
+
+    return "decode_threads" in inspect.signature(CacheDataset).parameters
+
+
+def median_of(repeats: int, run: Callable[[], float]) -> float:
+    return statistics.median(run() for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--codec", default="zstd")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"codec": args.codec, "examples": args.examples, "kinds": {}}
+    for kind in KINDS:
+        cache = build_cache(kind, args.codec, args.examples)
+        payloads, chunk_nbytes, codec = chunk_payloads(cache)
+        decoded = len(payloads) * chunk_nbytes
+        reader_seconds(cache, 1)  # warm the page cache and imports
+        row: dict[str, float] = {"decoded_mb": decoded / 1e6}
+        for threads in (1, 2):
+            times: dict[str, list[float]] = {"codec": [], "reader": []}
+            for _ in range(args.repeats):  # interleaved: both see the same load
+                times["codec"].append(codec_seconds(payloads, chunk_nbytes, codec, threads))
+                times["reader"].append(reader_seconds(cache, threads))
+            row[f"codec_{threads}t_s"] = statistics.median(times["codec"])
+            row[f"reader_{threads}t_s"] = statistics.median(times["reader"])
+        results["kinds"][kind] = row
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    print(render(results))
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [
+        f"codec {results['codec']}, {results['examples']} examples, medians (MB/s of stored "
+        "bytes decoded; ratio = codec 1t seconds / reader seconds)",
+        "",
+        "| kind | stored MB | codec 1t | codec 2t | reader 1t | reader 2t | reader 1t / codec 1t "
+        "| reader 2t / codec 1t |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, row in results["kinds"].items():
+        mb = row["decoded_mb"]
+        speeds = [mb / row[k] for k in ("codec_1t_s", "codec_2t_s", "reader_1t_s", "reader_2t_s")]
+        ratios = [row["codec_1t_s"] / row[k] for k in ("reader_1t_s", "reader_2t_s")]
+        cells = [f"{mb:.0f}", *(f"{s:,.0f}" for s in speeds), *(f"{r:.2f}" for r in ratios)]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The numcodecs read path and the stored-dtype batches equal zarr's decode bit for bit."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import cachebrew.cache.shard as shard_module
+from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec
+from cachebrew.cache.collate import collate_examples
+from cachebrew.cache.dataset import CacheDataset
+from cachebrew.cache.synthetic import synthetic_examples, write_examples
+from cachebrew.errors import CacheCorruptError, ConfigError
+
+SPECS = {
+    "fp16-zstd": parse_feature_spec("logits:logprobs,hidden:0,2,attention:1", dtype="fp16"),
+    "bf16-lz4": parse_feature_spec("logits,hidden:1,hidden_cls:2", dtype="bf16", codec="lz4"),
+    "int8-none": parse_feature_spec("hidden:0,1", dtype="int8", codec="none"),
+    "topk-fp16": parse_feature_spec("logits,hidden:1", dtype="fp16", topk=3, vocab_size=11),
+}
+
+
+def write(path: pathlib.Path, name: str) -> pathlib.Path:
+    spec = SPECS[name]
+    examples = synthetic_examples(spec, 23, seed=7, num_classes=11, hidden_size=64)
+    with CacheWriter(
+        path, spec, teacher_info={"class": "T"}, corpus_fingerprint="c", shard_size=9,
+        chunk_bytes=4096,
+    ) as writer:  # fmt: skip
+        write_examples(writer, examples)
+    return path
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_batches_equal_zarr_decode_bit_for_bit(
+    tmp_path: pathlib.Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "cache", name)
+    dataset = CacheDataset(path, batch_size=5, seed=3, buffer_size=4, window_bytes=600)
+    fast = list(dataset)
+    monkeypatch.setattr(shard_module, "chunk_decoder", lambda *args: None)  # zarr reads it
+    old = open_cache(path)
+    assert old.shard(0)._decoder(next(iter(old.manifest["arrays"]))) is None
+    expected = [
+        collate_examples(
+            [old.get(i) for i in batch["example_ids"]], dataset.layout, dataset.options
+        )
+        for batch in fast
+    ]
+    assert [b["example_ids"] for b in fast] == [b["example_ids"] for b in expected]
+    assert all(same(a, b) for a, b in zip(fast, expected, strict=True))
+    # iter_examples (cast to float32) equals zarr's per-example reads too
+    monkeypatch.undo()
+    for got in open_cache(path).iter_examples(window_bytes=600):
+        want = old.get(got["example_id"])["features"]
+        assert got["features"].keys() == want.keys()
+        for key, value in want.items():
+            assert got["features"][key].dtype == value.dtype
+            np.testing.assert_array_equal(got["features"][key], value)
+
+
+def test_two_decode_threads_give_the_same_batches(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path / "cache", "fp16-zstd")
+    one = list(CacheDataset(path, batch_size=4, seed=1, window_bytes=5000))
+    two = list(CacheDataset(path, batch_size=4, seed=1, window_bytes=5000, decode_threads=2))
+    assert all(same(a, b) for a, b in zip(one, two, strict=True)) and len(one) == len(two)
+    with pytest.raises(ConfigError, match="decode_threads=0"):
+        CacheDataset(path, batch_size=4, decode_threads=0)
+
+
+def test_a_corrupt_chunk_is_caught_on_the_fast_path(
+    tmp_path: pathlib.Path, flip_chunk_byte: Callable[[pathlib.Path, int, str], None]
+) -> None:
+    path = write(tmp_path / "cache", "int8-none")
+    flip_chunk_byte(path, 1, "hidden.1")
+    dataset = CacheDataset(path, batch_size=4, shuffle=False, decode_threads=2)
+    with pytest.raises(CacheCorruptError) as info:
+        list(dataset)
+    message = str(info.value)
+    assert "shard 1, array 'hidden.1', chunk 0" in message and "crc32" in message
+    assert "examples affected: ['ex00009'" in message
+
+
+def test_a_missing_uncompressed_chunk_of_the_wrong_size_is_named(tmp_path: pathlib.Path) -> None:
+    path = write(tmp_path / "cache", "int8-none")
+    chunk = path / "shards" / "00000" / "hidden.0" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    with pytest.raises(CacheCorruptError, match=r"shard 0, array 'hidden.0', chunk 0 .*decoded"):
+        open_cache(path).get("ex00000")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_are_cast_on_the_gpu_to_the_cpu_values(tmp_path: pathlib.Path) -> None:
+    for name in ("fp16-zstd", "bf16-lz4", "int8-none"):
+        path = write(tmp_path / name, name)
+        cpu = list(CacheDataset(path, batch_size=5, seed=2))
+        gpu = list(CacheDataset(path, batch_size=5, seed=2, device="cuda"))
+        for a, b in zip(cpu, gpu, strict=True):
+            for kind in ("hidden", "attention"):
+                expected, got = a["teacher_cache"].get(kind, []), b["teacher_cache"].get(kind, [])
+                for x, y in zip(expected, got, strict=True):
+                    assert (x is None) == (y is None)
+                    if x is not None:
+                        assert y.is_cuda and y.dtype == torch.float32
+                        assert torch.equal(x, y.cpu())
