@@ -84,3 +84,31 @@ def test_a_missing_s3_cache_is_one_clear_line(s3_bucket: str) -> None:
     result = runner.invoke(app, ["inspect", f"{s3_bucket}/nothing-here"])
     assert result.exit_code != 0
     assert "does not exist" in str(result.exception) + result.output
+
+
+def test_torchrun_two_ranks_on_s3_equal_a_local_single_process(
+    s3_bucket: str, tiny_teacher_dir: Path, tiny_corpus_jsonl: Path, tmp_path: Path
+) -> None:
+    # rank 0 merges shards rank 1 published from another process: its listing cache must not hide them
+    import os
+    import subprocess
+    import sys
+
+    remote, local = f"{s3_bucket}/ranks", str(tmp_path / "local")
+    args = ["precompute", "--teacher", str(tiny_teacher_dir), "--data", str(tiny_corpus_jsonl)]
+    args += ["--label-field", "label", "--shard-size", "6", "--quiet"]
+    assert (
+        _precompute(tiny_teacher_dir, tiny_corpus_jsonl, local, "--shard-size", "6").exit_code == 0
+    )
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [*torchrun, "--nproc_per_node", "2", "-m", "cachebrew", *args, "--out", remote],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    compared = runner.invoke(app, ["compare", remote, local])
+    assert compared.exit_code == 0, compared.output
