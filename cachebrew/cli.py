@@ -34,6 +34,10 @@ def _global_options(
     _DEBUG["on"] = debug
 
 
+# precompute options that are not PrecomputeConfig fields (how to run, not what to compute)
+_PRECOMPUTE_NON_CONFIG = ("config", "set_", "quiet", "part", "finalize", "barrier_timeout")
+
+
 @app.command()
 def precompute(
     teacher: str | None = typer.Option(
@@ -80,14 +84,28 @@ def precompute(
         False, "--wait", help="If another precompute writes --out, wait for it instead of failing."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    part: str | None = typer.Option(
+        None, "--part", help="Job arrays: compute part I of N (0-based), e.g. --part 0/4."
+    ),
+    finalize: bool = typer.Option(
+        False, "--finalize", help="Publish the manifest of a --part run (names missing parts)."
+    ),
+    barrier_timeout: float = typer.Option(
+        3600.0, "--barrier-timeout", help="torchrun: seconds a rank waits for the others."
+    ),
 ) -> None:
     """Run the teacher once over a corpus and write its outputs to a cache."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "set_", "quiet")}
+    flags = {k: v for k, v in locals().items() if k not in _PRECOMPUTE_NON_CONFIG}
+    from cachebrew.teacher.parallel import make_partition
     from cachebrew.teacher.precompute import (
         describe_summary,
         load_precompute_config,
         run_precompute,
     )
+
+    if finalize:
+        _finalize_parts(out, part)
+        return
 
     flags["overwrite"] = overwrite or None
     flags["wait"] = wait or None
@@ -97,8 +115,19 @@ def precompute(
         raise ConfigError(f"--feature-dtype {bad}: expected KIND=DTYPE, e.g. hidden=int8")
     set_ = [f"feature_dtypes.{item}" for item in feature_dtype] + set_
     cfg = load_precompute_config(config, flags, set_)
-    summary = run_precompute(cfg, progress=not quiet)
+    partition = make_partition(part, barrier_timeout_s=barrier_timeout)
+    summary = run_precompute(cfg, progress=not quiet, partition=partition)
     typer.echo(describe_summary(summary))
+
+
+def _finalize_parts(out: str | None, part: str | None) -> None:
+    from cachebrew.teacher.parallel import finalize, parse_part
+
+    if out is None:
+        raise ConfigError("--finalize needs --out, the cache the parts wrote to")
+    manifest = finalize(out, parse_part(part)[1] if part else None)
+    totals = manifest["totals"]
+    typer.echo(f"cache {out}: {totals['num_examples']} examples in {totals['num_shards']} shards")
 
 
 @app.command()
@@ -163,6 +192,25 @@ def verify(
         for name, stats in (report["values"] or {}).items():
             text = ", ".join(f"{k} {v:.3g}" for k, v in stats.items())
             typer.echo(f"  {name}: {text}")
+    if not report["ok"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def compare(
+    cache_a: str = typer.Argument(..., help="First cache directory or fsspec URL."),
+    cache_b: str = typer.Argument(..., help="Second cache directory or fsspec URL."),
+    atol: float = typer.Option(0.0, "--atol", min=0.0, help="Max abs difference still equal."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Compare two caches example by example; exit 1 naming the first difference."""
+    with _exit_on_error():
+        from cachebrew.cache.compare import compare_caches, describe_comparison
+
+        report = compare_caches(cache_a, cache_b, atol=atol)
+    typer.echo(
+        json.dumps(report, indent=2, sort_keys=True) if as_json else describe_comparison(report)
+    )
     if not report["ok"]:
         raise typer.Exit(code=1)
 

@@ -191,3 +191,45 @@ def flip_chunk_byte() -> Callable[[Path, int, str], None]:
         chunk.write_bytes(bytes(data))
 
     return flip
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Any:
+    """A real S3-compatible server (moto in server mode) on 127.0.0.1 and a free port.
+
+    Yields its endpoint URL. Nothing else is contacted; the server stops with the session.
+    """
+    import socket
+
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the loopback server; returns ``s3://<bucket>``.
+
+    The endpoint and the (fake) credentials reach s3fs the way a user's would: through the AWS
+    environment variables (subprocesses inherit them), never through cachebrew's config.
+    """
+    import uuid
+
+    import fsspec
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    fsspec.filesystem("s3").clear_instance_cache()
+    bucket = f"cachebrew-{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}"

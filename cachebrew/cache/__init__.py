@@ -36,6 +36,7 @@ _LAZY = {
     "merge_manifest": "cachebrew.cache.manifest",
     "FORMAT_VERSION": "cachebrew.cache.manifest",
     "describe_cache": "cachebrew.cache.describe",
+    "compare_caches": "cachebrew.cache.compare",
     "encode": "cachebrew.cache.codecs",
     "decode": "cachebrew.cache.codecs",
     "prepare_example": "cachebrew.cache.prepare",

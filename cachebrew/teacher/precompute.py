@@ -35,6 +35,7 @@ from cachebrew.corpus import (
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model, resolve_device
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
+from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
 from cachebrew.validation import (
     ConfigBase,
     check_bool,
@@ -184,8 +185,12 @@ class PrecomputeSummary:
         return self.examples_computed / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> PrecomputeSummary:
+def run_precompute(
+    cfg: PrecomputeConfig, *, progress: bool = True, partition: Partition | None = None
+) -> PrecomputeSummary:
     """Run the teacher over the corpus once and write the cache at ``cfg.out``.
+
+    ``partition`` (:mod:`cachebrew.teacher.parallel`): compute only this rank's shard windows.
 
     Raises:
         ConfigError: bad teacher, corpus fields, features or layers not produced by the teacher.
@@ -193,6 +198,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
             without ``overwrite``; a write failed (no manifest is written).
     """
     start = time.perf_counter()
+    part = partition or Partition()
     teacher = load_model(cfg.teacher, task=cfg.task, num_labels=cfg.num_labels, role="teacher")
     if teacher.tokenizer is None:
         raise ConfigError(f"teacher {cfg.teacher}: no tokenizer.json next to the weights")
@@ -207,7 +213,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
     )
     spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None))
     check_layers_exist(spec, getattr(teacher.model.config, "num_hidden_layers", None))
-    device = resolve_device(cfg.device)
+    device = resolve_device(rank_device(cfg.device, part))
     teacher.model.to(device)
     records = list(corpus)
     writer = CacheWriter(
@@ -217,15 +223,19 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
         corpus_fingerprint=corpus.fingerprint,
         tokenizer_hash=teacher.identity.get("tokenizer_sha256"),
         shard_size=cfg.shard_size,
-        overwrite=cfg.overwrite,
+        overwrite=begin(part, cfg.out, cfg.overwrite),
         wait_seconds=float("inf") if cfg.wait else 0.0,
         extra={"max_length": cfg.max_length, "label_names": corpus.label_names},
+        rank=part.rank,
+        world_size=part.world_size,
     )
     pass_start = time.perf_counter()
     with writer, _BackgroundWriter(writer) as sink:
         skipped = set(writer.completed_shards())
-        todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if k not in skipped]
-        bar = tqdm(total=len(records), disable=not progress, unit="ex", desc="precompute")
+        todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if part.owns(k)]
+        todo = [k for k in todo if k not in skipped]
+        show = progress and part.is_main
+        bar = tqdm(total=len(records), disable=not show, unit="ex", desc="precompute")
         bar.update(len(records) - sum(len(_window(records, k, cfg.shard_size)) for k in todo))
         for k in todo:
             window = _window(records, k, cfg.shard_size)
@@ -235,7 +245,7 @@ def run_precompute(cfg: PrecomputeConfig, *, progress: bool = True) -> Precomput
             bar.set_postfix_str(sink.progress_text())
         bar.close()
     pass_seconds = time.perf_counter() - pass_start
-    manifest = writer.manifest or {}
+    manifest = writer.manifest or publish(part, cfg.out) or {}
     totals = manifest.get("totals", {})
     computed = sum(len(_window(records, k, cfg.shard_size)) for k in todo)
     return PrecomputeSummary(
