@@ -102,7 +102,10 @@ def check_owned(loc: CacheLocation, action: str) -> None:
     entries = [n for n in loc.listdir(loc.root) if not _LOCK.match(n)]
     if not entries:
         return
-    if not is_cache(loc):
+    # Another rank of the same run may be mid-way through writing the run record: its
+    # temporary name is cachebrew's own, so the folder is already a cache being started.
+    starting = all(_TOP.match(name) for name in entries)
+    if not is_cache(loc) and not starting:
         raise CacheError(
             f"{loc.path} is not empty and is not a cachebrew cache (no {MANIFEST} or "
             f"{RUN_RECORD}; found {entries[:5]}); refusing to {action} there: choose an empty "
