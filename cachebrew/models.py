@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from cachebrew.config import resolve_device as resolve_device  # the one resolver, re-exported
 from cachebrew.errors import ConfigError
 from cachebrew.files import sha256_files
 
@@ -409,25 +410,6 @@ def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) ->
     """Number of parameters (shared tensors counted once)."""
     unique = {id(p): p for p in model.parameters() if p.requires_grad or not trainable_only}
     return sum(p.numel() for p in unique.values())
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, else cpu; anything else must be a usable torch device.
-
-    Raises:
-        ConfigError: unparseable name, or cuda asked for and not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"unknown device {name!r}: {error}; try 'auto', 'cpu', 'cuda'") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {name!r} asked for but CUDA is not available; use 'auto' or 'cpu'"
-        )
-    return device
 
 
 def init_from_teacher(
