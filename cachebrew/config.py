@@ -327,6 +327,29 @@ def _weight_scheduler_fn(name: str) -> Callable[[float], float] | None:
     return None if name == NONE else presets.WEIGHT_SCHEDULER[name]
 
 
+def resolve_device(name: str | torch.device = "auto", local_rank: int = -1) -> torch.device:
+    """The one device resolver: ``"auto"`` -> CUDA if available (``cuda:local_rank`` for a
+    DDP rank >= 0), else CPU; any other name must be a usable torch device.
+
+    Raises:
+        ConfigError: an unparseable name, or CUDA asked for and not available (caught here,
+            before a model is moved, rather than as a RuntimeError mid-run).
+    """
+    if isinstance(name, str) and name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank) if local_rank >= 0 else torch.device("cuda")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"unknown device {name!r}: {error}; try 'auto', 'cpu', 'cuda'") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {name!r} asked for but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
 @dataclass(frozen=True)
 class TrainingConfig(ConfigBase):
     """How training runs (TextBrewer's fields and defaults, plus ``bf16`` and ``seed``).
@@ -380,11 +403,5 @@ class TrainingConfig(ConfigBase):
         raise_if_any(problems)
 
     def resolved_device(self) -> torch.device:
-        """The torch device to train on; ``'auto'`` picks CUDA when available."""
-        if self.device != "auto":
-            return torch.device(self.device)
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return (
-            torch.device("cuda", self.local_rank) if self.local_rank >= 0 else torch.device("cuda")
-        )
+        """The torch device to train on (:func:`resolve_device`; ``cuda:local_rank`` under DDP)."""
+        return resolve_device(self.device, self.local_rank)

@@ -15,14 +15,20 @@ Values are fractions in [0, 1]; an empty selection gives 0.0.
   predictions / non-O predictions, recall = correct non-O predictions / non-O gold tokens. Without
   it, every token is a positive and token F1 equals token accuracy (POS tagging). Token level,
   not entity (span) level as seqeval.
+
+:func:`predict` is the one argmax loop that turns a model and labelled batches into the
+``(predictions, labels)`` these functions take (runner eval, finetune dev eval, pipeline reports).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported on first use, so the metric functions stay NumPy-only
+    import torch
 
 IGNORE_INDEX = -100
 
@@ -117,3 +123,49 @@ METRICS: dict[str, Callable[..., float]] = {
     "macro_f1": macro_f1,
     "token_f1": token_f1,
 }
+
+
+def predict(
+    model: torch.nn.Module,
+    adaptor: Callable[[Any, Any], Mapping[str, Any]] | None,
+    batches: Iterable[Mapping[str, Any]],
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat predicted and gold class ids: the argmax of the logits over every batch.
+
+    Args:
+        model: called as ``model(**inputs)`` with each batch minus ``labels``, moved to
+            ``device``; in eval mode and without gradients (its mode is restored afterwards).
+        adaptor: ``(inputs, outputs) -> {"logits": ...}`` (a list of heads: the first is used);
+            None reads ``outputs["logits"]`` / ``outputs.logits``.
+        batches: Mappings of tensors, each with ``labels`` of the logits' leading shape,
+            (B,) for sequence heads or (B, L) / (N_sel,) for token heads.
+        device: where the inputs go; predictions and labels come back on the CPU.
+
+    Returns:
+        ``(predictions, labels)``, both flat int64 tensors of the same length (empty when
+        there are no batches).
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    predictions, labels = [], []
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                outputs = model(**inputs)
+                logits = _logits(adaptor(inputs, outputs) if adaptor else outputs)
+                predictions.append(logits.argmax(dim=-1).reshape(-1).cpu())  # (B,) or (B * L,)
+                labels.append(batch["labels"].reshape(-1).cpu())
+    finally:
+        model.train(was_training)
+    if not predictions:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(predictions), torch.cat(labels)
+
+
+def _logits(outputs: Any) -> Any:
+    logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
+    return logits[0] if isinstance(logits, list | tuple) else logits

@@ -3,7 +3,9 @@
 Each ``check_*`` appends its problems to ``problems`` and returns the normalised value, so a
 config can collect every problem and raise one :class:`~cachebrew.errors.ConfigError`.
 :class:`ConfigBase` gives a frozen dataclass ``from_dict`` / ``from_json_file`` / ``from_yaml`` /
-``to_dict`` with unknown keys reported next to bad values.
+``to_dict`` with unknown keys reported next to bad values; :func:`load_config` is the one way a
+command merges its YAML file, CLI flags and ``--set`` overrides; :class:`CorpusFields` are the
+corpus keys every config that reads a corpus shares.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import math
 import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import MISSING, fields
-from typing import Any, Self
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Self, TypedDict, TypeVar
 
 import torch
 import yaml
@@ -23,6 +25,7 @@ import yaml
 from cachebrew.errors import ConfigError
 
 PathLike = str | os.PathLike[str]
+ConfigT = TypeVar("ConfigT", bound="ConfigBase")
 
 
 def load_yaml_mapping(path: PathLike) -> dict[str, Any]:
@@ -251,3 +254,95 @@ def _set_dotted(
             return
         target = child
     target[path[-1]] = value
+
+
+def load_config(
+    cls: type[ConfigT],
+    path: PathLike | None,
+    flags: Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    missing_hint: str = "",
+) -> ConfigT:
+    """Build ``cls`` from a YAML file, then CLI flags, then ``--set`` overrides (later wins).
+
+    Args:
+        cls: the config class (a :class:`ConfigBase` dataclass).
+        path: the YAML file, or None for flags and overrides alone.
+        flags: CLI values by field name; None means "not given" and keeps the file's value.
+        overrides: ``key=value`` strings (:func:`apply_overrides`), applied last.
+        missing_hint: appended to a "missing required key(s)" problem, e.g. how to pass them.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed; or every problem of the merged mapping
+            at once (bad overrides, unknown keys, bad values, missing keys).
+    """
+    data = load_yaml_mapping(path) if path else {}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return cls.from_dict(apply_overrides(data, overrides))
+    except ConfigError as error:
+        if not missing_hint:
+            raise
+        problems = [
+            p + missing_hint if p.startswith("missing required") else p for p in error.problems
+        ]
+        raise ConfigError(problems) from None
+
+
+CORPUS_FIELD_NAMES = ("text_field", "text_pair_field", "label_field", "id_field", "split")
+
+
+class CorpusKwargs(TypedDict):
+    """:func:`~cachebrew.corpus.read_corpus`'s keyword arguments, as :class:`CorpusFields` gives them."""
+
+    text_field: str
+    text_pair_field: str | None
+    label_field: str | None
+    id_field: str | None
+    split: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusFields:
+    """The corpus keys of every config that reads a corpus (precompute, distill ``data:`` and
+    ``eval:``, finetune): which columns hold the text, the second text, the label and the id,
+    and which split of a saved dataset to read. They are :func:`cachebrew.corpus.read_corpus`'s
+    keyword arguments, under the same names in YAML and on the command line.
+
+    Keyword-only, so a config mixing them in may declare required fields of its own; a config
+    may redeclare one to change its default (``label_field: str = "label"``).
+    """
+
+    text_field: str | None = "text"
+    text_pair_field: str | None = None
+    label_field: str | None = None
+    id_field: str | None = None
+    split: str | None = None
+
+    def check_corpus_fields(self, problems: list[str]) -> None:
+        """Append a problem for each field that is not a non-empty string (``text_field``
+        must be given; the others may be None)."""
+        for name in CORPUS_FIELD_NAMES:
+            value = getattr(self, name)
+            if value is None and name != "text_field":
+                continue
+            if not isinstance(value, str) or not value:
+                problems.append(f"{name}: expected a non-empty string, got {value!r}")
+
+    def corpus_fields(self) -> CorpusKwargs:
+        """The five fields by name, as :func:`~cachebrew.corpus.read_corpus` takes them.
+
+        Raises:
+            ConfigError: ``text_field`` is None (only a config whose ``__post_init__`` fills
+                a default, as finetune's per-task one, may hold None, and never after it).
+        """
+        if self.text_field is None:
+            raise ConfigError("text_field: no text column given")
+        return CorpusKwargs(
+            text_field=self.text_field,
+            text_pair_field=self.text_pair_field,
+            label_field=self.label_field,
+            id_field=self.id_field,
+            split=self.split,
+        )

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from cachebrew import models
 from cachebrew.cache.reader import open_cache
-from cachebrew.metrics import accuracy, macro_f1
+from cachebrew.metrics import accuracy, macro_f1, predict
 from cachebrew.runner.config import EvalConfig, load_distill_config
 from cachebrew.runner.evaluate import corpus_eval_batches
 from cachebrew.runner.setup import load_student
@@ -40,19 +40,12 @@ EVAL_BATCH = 64
 
 def timed_predict(loaded: models.LoadedModel, batches: list[dict[str, Any]]) -> dict[str, Any]:
     """Accuracy, macro-F1 and forward-pass examples/s of ``loaded`` over labelled ``batches``."""
-    model = loaded.model.eval()
-    predictions, labels, count = [], [], 0
-    with torch.inference_mode():
-        model(**{k: v for k, v in batches[0].items() if k != "labels"})  # warm-up
-        start = time.perf_counter()
-        for batch in batches:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            logits = loaded.adaptor(inputs, model(**inputs))["logits"]  # (B, C) or (B, L, C)
-            predictions.append(logits.argmax(-1).reshape(-1))
-            labels.append(batch["labels"].reshape(-1))
-            count += batch["labels"].shape[0]
-        seconds = time.perf_counter() - start
-    pred, gold = torch.cat(predictions), torch.cat(labels)
+    with torch.inference_mode():  # warm-up batch, not timed
+        loaded.model.eval()(**{k: v for k, v in batches[0].items() if k != "labels"})
+    start = time.perf_counter()
+    pred, gold = predict(loaded.model, loaded.adaptor, batches, "cpu")
+    seconds = time.perf_counter() - start
+    count = sum(batch["labels"].shape[0] for batch in batches)
     return {
         "accuracy": round(accuracy(pred, gold), 4),
         "macro_f1": round(macro_f1(pred, gold), 4),

@@ -38,14 +38,14 @@ from cachebrew.errors import ConfigError
 from cachebrew.metrics import METRICS
 from cachebrew.validation import (
     ConfigBase,
-    apply_overrides,
+    CorpusFields,
     check_bool,
     check_choice,
     check_int,
     check_real,
     is_int,
     is_real,
-    load_yaml_mapping,
+    load_config,
     raise_if_any,
     set_field,
 )
@@ -133,37 +133,28 @@ class ScheduleConfig(ConfigBase):
         return int(self.warmup_ratio * total_steps)
 
 
-def _check_corpus_fields(problems: list[str], config: Any) -> None:
-    for name in ("text_field", "text_pair_field", "label_field", "id_field", "split"):
-        _check_str(problems, name, getattr(config, name), optional=name != "text_field")
-
-
 @dataclass(frozen=True)
-class DataConfig(ConfigBase):
+class DataConfig(CorpusFields, ConfigBase):
     """The corpus the cache was built from, re-tokenized for a student with another tokenizer.
 
-    Use the same file and fields as ``precompute`` so the example ids match.
+    Use the same file and corpus fields as ``precompute`` so the example ids match.
     """
 
     path: str
-    text_field: str = "text"
-    text_pair_field: str | None = None
-    label_field: str | None = None
-    id_field: str | None = None
-    split: str | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
         _check_str(problems, "path", self.path, optional=False)
-        _check_corpus_fields(problems, self)
+        self.check_corpus_fields(problems)
         raise_if_any(problems)
 
 
 @dataclass(frozen=True)
-class EvalConfig(ConfigBase):
+class EvalConfig(CorpusFields, ConfigBase):
     """Evaluation after training: a held-out ``fraction`` of the cache's examples (chosen by a
     hash of the example id and ``seed``; they are not trained on), or a labelled corpus at
-    ``data`` tokenized with the student's tokenizer.
+    ``data`` (read with the corpus fields; ``label_field`` defaults to ``label``) tokenized
+    with the student's tokenizer.
 
     ``metric`` defaults to ``accuracy`` for sequence classification and ``token_f1`` for
     tagging; ``outside_label`` is the ``O`` tag id for ``token_f1``.
@@ -175,11 +166,7 @@ class EvalConfig(ConfigBase):
     batch_size: int = 64
     seed: int = 0
     outside_label: int | None = None
-    text_field: str = "text"
-    text_pair_field: str | None = None
-    label_field: str = "label"
-    id_field: str | None = None
-    split: str | None = None
+    label_field: str | None = field(default="label", kw_only=True)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -196,7 +183,7 @@ class EvalConfig(ConfigBase):
         set_field(self, "seed", check_int(problems, "seed", self.seed, 0))
         if self.outside_label is not None:
             check_int(problems, "outside_label", self.outside_label, 0)
-        _check_corpus_fields(problems, self)
+        self.check_corpus_fields(problems)
         raise_if_any(problems)
 
 
@@ -331,17 +318,10 @@ _REQUIRED_HINT = " (give them in the YAML or as --cache / --student / --out)"
 def load_distill_config(
     config_path: str | None, flags: Mapping[str, Any], overrides: Sequence[str] = ()
 ) -> DistillRunConfig:
-    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate.
+    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate
+    (:func:`~cachebrew.validation.load_config`).
 
     Raises:
         ConfigError: every problem of the merged config at once.
     """
-    data = load_yaml_mapping(config_path) if config_path else {}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        return DistillRunConfig.from_dict(apply_overrides(data, overrides))
-    except ConfigError as error:
-        problems = [
-            p + _REQUIRED_HINT if p.startswith("missing required") else p for p in error.problems
-        ]
-        raise ConfigError(problems) from None
+    return load_config(DistillRunConfig, config_path, flags, overrides, missing_hint=_REQUIRED_HINT)

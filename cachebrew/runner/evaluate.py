@@ -1,8 +1,9 @@
 """Evaluate a trained student on held-out cache examples or a labelled corpus (``eval:``).
 
-Predictions are the argmax of the student adaptor's ``logits``; labels of -100 (special tokens,
-later sub-tokens) are skipped. The metric defaults to ``accuracy`` for sequence classification
-and ``token_f1`` for token classification (see :mod:`cachebrew.metrics`).
+Predictions are the argmax of the student adaptor's ``logits`` (:func:`cachebrew.metrics.predict`);
+labels of -100 (special tokens, later sub-tokens) are skipped. The metric defaults to
+``accuracy`` for sequence classification and ``token_f1`` for token classification (see
+:mod:`cachebrew.metrics`).
 
 **Eval split.** ``eval: {fraction: f}`` holds out the examples whose
 ``sha256(f"{seed}:{example_id}")`` falls in the lowest fraction ``f`` of the hash range: a
@@ -20,7 +21,7 @@ import torch
 from cachebrew.cache.reader import CacheReader
 from cachebrew.corpus import pad_batch
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import METRICS
+from cachebrew.metrics import METRICS, predict
 from cachebrew.models import LoadedModel
 from cachebrew.runner.config import DataConfig, DistillRunConfig, EvalConfig
 from cachebrew.runner.tokens import StudentTokens, max_length, student_items
@@ -57,34 +58,10 @@ def evaluate_student(
             **tokens.dataset_kwargs(),
         )
         source, count = student_batches(dataset), len(eval_ids or [])
-    predictions, labels = predict(student, source, device)
+    predictions, labels = predict(student.model, student.adaptor, source, device)
     name = cfg.eval.metric or default_metric(student.kind)
     kwargs = {"outside_label": cfg.eval.outside_label} if name == "token_f1" else {}
     return name, METRICS[name](predictions, labels, **kwargs), count
-
-
-@torch.no_grad()
-def predict(
-    student: LoadedModel, batches: Iterable[dict[str, Any]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat predicted and gold class ids over every batch (batches must carry ``labels``)."""
-    model = student.model
-    was_training = model.training
-    model.eval()
-    predictions, labels = [], []
-    try:
-        for batch in batches:
-            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            outputs = model(**inputs)
-            logits = student.adaptor(inputs, outputs)["logits"]
-            logits = logits[0] if isinstance(logits, list | tuple) else logits
-            predictions.append(logits.argmax(dim=-1).reshape(-1).cpu())
-            labels.append(batch["labels"].reshape(-1).cpu())
-    finally:
-        model.train(was_training)
-    if not predictions:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return torch.cat(predictions), torch.cat(labels)
 
 
 def split_eval_ids(
@@ -122,14 +99,7 @@ def corpus_eval_batches(
             "eval.data: the student has no tokenizer to read it with; give tokenizer: (a "
             "directory with tokenizer.json) or use eval: {fraction: ...}"
         )
-    data = DataConfig(
-        path=str(eval_cfg.data),
-        text_field=eval_cfg.text_field,
-        text_pair_field=eval_cfg.text_pair_field,
-        label_field=eval_cfg.label_field,
-        id_field=eval_cfg.id_field,
-        split=eval_cfg.split,
-    )
+    data = DataConfig(path=str(eval_cfg.data), **eval_cfg.corpus_fields())
     items = list(student_items(data, tokens.tokenizer, length).values())
     pad_id = tokens.dataset_kwargs()["pad_id"]
     size = eval_cfg.batch_size

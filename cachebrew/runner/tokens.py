@@ -114,15 +114,7 @@ def max_length(reader: CacheReader) -> int:
 
 def student_items(data: DataConfig, tokenizer: Any, length: int) -> dict[str, dict[str, Any]]:
     """``example_id -> tokenized item`` for the corpus at ``data.path``."""
-    corpus = read_corpus(
-        data.path,
-        text_field=data.text_field,
-        text_pair_field=data.text_pair_field,
-        label_field=data.label_field,
-        id_field=data.id_field,
-        split=data.split,
-    )
-    records = list(corpus)
+    records = list(read_corpus(data.path, **data.corpus_fields()))
     words = bool(records) and isinstance(records[0].text, list)
     items = tokenize_records(records, tokenizer, length, is_split_into_words=words)
     return {r.example_id: item for r, item in zip(records, items, strict=True)}

@@ -8,7 +8,8 @@ classification, token accuracy on first sub-tokens for tagging); the best epoch'
 kept, and training stops after ``patience`` epochs without improvement. The best model is
 saved to ``out`` as an HF directory (safetensors, config with ``id2label``, the source
 directory's tokenizer files), ready to be the teacher of ``cachebrew precompute``, together
-with ``finetune_metrics.json`` (per-epoch dev metrics, best epoch, seconds).
+with ``finetune_metrics.json`` (per-epoch dev metrics, best epoch, seconds). The config and the
+summary live in :mod:`cachebrew.teacher.finetune_config` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -36,30 +36,22 @@ from cachebrew.corpus import (
     tokenize_records,
 )
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import accuracy, macro_f1
+from cachebrew.metrics import accuracy, macro_f1, predict
 from cachebrew.models import LoadedModel, adamw_param_groups, count_parameters, load_model
 from cachebrew.schedules import lr_factor
-from cachebrew.validation import (
-    ConfigBase,
-    apply_overrides,
-    check_bool,
-    check_choice,
-    check_int,
-    check_real,
-    load_yaml_mapping,
-    raise_if_any,
-    set_field,
+from cachebrew.teacher.finetune_config import (
+    METRICS_FILE,
+    TASK_DEFAULTS,
+    TASKS,
+    FinetuneConfig,
+    FinetuneSummary,
+    describe_summary,
+    load_finetune_config,
+    write_metrics,
 )
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("sequence_classification", "token_classification")
-# task -> (default text field, default label field, metric that picks the best epoch)
-TASK_DEFAULTS = {
-    "sequence_classification": ("text", "label", "accuracy"),
-    "token_classification": ("tokens", "tags", "token_accuracy"),
-}
-METRICS_FILE = "finetune_metrics.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -67,113 +59,6 @@ TOKENIZER_FILES = (
     "vocab.txt",
 )
 _CHECKPOINT_DIR = ".finetune-checkpoints"
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(ConfigBase):
-    """Everything ``cachebrew finetune`` needs; YAML keys and CLI flags share these names.
-
-    ``text_field`` / ``label_field`` / ``metric`` default by task (``text``/``label``/
-    ``accuracy`` for sequences, ``tokens``/``tags``/``token_accuracy`` for tagging).
-    ``label_names`` is a JSON list file; by default ``label_names.json`` beside ``train`` when
-    present. ``max_train_examples`` / ``max_dev_examples`` take a seeded random subset.
-    """
-
-    model: str
-    train: str
-    dev: str
-    out: str
-    task: str = "sequence_classification"
-    text_field: str | None = None
-    label_field: str | None = None
-    label_names: str | None = None
-    num_labels: int | None = None
-    epochs: int = 3
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    max_length: int = 128
-    patience: int = 2
-    metric: str | None = None
-    max_train_examples: int | None = None
-    max_dev_examples: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        for name in ("model", "train", "dev", "out"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                problems.append(f"{name}: expected a non-empty string, got {getattr(self, name)!r}")
-        check_choice(problems, "task", self.task, TASKS, "task")
-        for name, minimum in (
-            ("epochs", 1),
-            ("batch_size", 1),
-            ("eval_batch_size", 1),
-            ("max_length", 2),
-            ("patience", 1),
-            ("seed", 0),
-        ):
-            set_field(self, name, check_int(problems, name, getattr(self, name), minimum))
-        for name in ("num_labels", "max_train_examples", "max_dev_examples"):
-            if getattr(self, name) is not None:
-                set_field(self, name, check_int(problems, name, getattr(self, name), 1))
-        for name in ("lr", "weight_decay", "warmup_ratio"):
-            value = check_real(problems, name, getattr(self, name))
-            if isinstance(value, float) and value < 0:
-                problems.append(f"{name}: expected a number >= 0, got {value!r}")
-            set_field(self, name, value)
-        if isinstance(self.warmup_ratio, float) and self.warmup_ratio > 1:
-            problems.append(f"warmup_ratio: expected a fraction in [0, 1], got {self.warmup_ratio}")
-        if self.task in TASK_DEFAULTS:
-            text, label, metric = TASK_DEFAULTS[self.task]
-            set_field(self, "text_field", self.text_field or text)
-            set_field(self, "label_field", self.label_field or label)
-            set_field(self, "metric", self.metric or metric)
-            check_choice(problems, "metric", self.metric, _metric_names(self.task), "metric")
-        check_bool(problems, "overwrite", self.overwrite)
-        raise_if_any(problems)
-
-
-def _metric_names(task: str) -> tuple[str, ...]:
-    return ("accuracy", "macro_f1") if task == "sequence_classification" else ("token_accuracy",)
-
-
-def load_finetune_config(
-    config_path: str | None, flags: Mapping[str, Any], overrides: Sequence[str] = ()
-) -> FinetuneConfig:
-    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate."""
-    data = load_yaml_mapping(config_path) if config_path else {}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    return FinetuneConfig.from_dict(apply_overrides(data, overrides))
-
-
-@dataclass
-class FinetuneSummary:
-    """What a fine-tuning run did (also written to ``finetune_metrics.json``)."""
-
-    out: str
-    task: str
-    metric: str
-    label_names: list[str]
-    num_train: int
-    num_dev: int
-    num_parameters: int
-    epochs: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = 0
-    stopped_early: bool = False
-    train_seconds: float = 0.0
-
-    @property
-    def best(self) -> dict[str, float]:
-        """The dev metrics of the best epoch."""
-        return self.epochs[self.best_epoch - 1]["dev"] if self.best_epoch else {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "best": self.best}
 
 
 class BucketBatchSampler:
@@ -240,7 +125,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     best_state = _train(cfg, loaded, train_items, dev_items, summary)
     loaded.model.load_state_dict(best_state)
     save_model_dir(loaded, cfg.model, out, label_names)
-    _write_metrics(out, cfg, summary, finished=True)
+    write_metrics(out, cfg, summary, finished=True)
     logger.info("%s", describe_summary(summary))
     return summary
 
@@ -257,7 +142,7 @@ def _check_out(out: Path, cfg: FinetuneConfig) -> None:
 
 def _read(cfg: FinetuneConfig, path: str, limit: int | None) -> Corpus:
     """The corpus at ``path`` (a seeded subset of ``limit`` records), labels checked."""
-    corpus = read_corpus(path, text_field=str(cfg.text_field), label_field=cfg.label_field)
+    corpus = read_corpus(path, **cfg.corpus_fields())
     words = cfg.task == "token_classification"
     wanted = "a list of int tags per word" if words else "an int class id"
     bad = [
@@ -413,7 +298,7 @@ class _EpochTracker:
             self.epochs_without_gain += 1
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         logger.info("epoch %d: dev %s%s", epoch, text, " (best)" if improved else "")
-        _write_metrics(Path(self.cfg.out), self.cfg, self.summary, finished=False)
+        write_metrics(Path(self.cfg.out), self.cfg, self.summary, finished=False)
         if self.epochs_without_gain >= self.cfg.patience and epoch < self.cfg.epochs:
             logger.info(
                 "early stop: no dev %s gain in %d epochs", self.cfg.metric, self.cfg.patience
@@ -421,7 +306,6 @@ class _EpochTracker:
             raise _EarlyStop
 
 
-@torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
     items: list[dict[str, Any]],
@@ -436,18 +320,12 @@ def evaluate(
         sequence classification: ``accuracy``, ``macro_f1``; token classification:
         ``token_accuracy`` over labelled positions (first sub-tokens; -100 skipped).
     """
-    was_training = model.training
-    model.eval()
-    predictions, labels = [], []
     lengths = [len(item["input_ids"]) for item in items]
-    for indices in length_bucketed_batches(lengths, batch_size):
-        batch = pad_batch([items[i] for i in indices], pad_id)
-        gold = batch.pop("labels")
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        predictions.append(logits.argmax(-1).cpu().reshape(-1))  # (B,) or (B * L,)
-        labels.append(gold.reshape(-1))
-    model.train(was_training)
-    pred, gold = torch.cat(predictions), torch.cat(labels)
+    batches = (
+        pad_batch([items[i] for i in indices], pad_id)
+        for indices in length_bucketed_batches(lengths, batch_size)
+    )
+    pred, gold = predict(model, None, batches, device)
     if task == "token_classification":
         return {"token_accuracy": accuracy(pred, gold)}
     return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold)}
@@ -465,20 +343,17 @@ def save_model_dir(loaded: LoadedModel, source: str, out: Path, label_names: lis
             shutil.copy(Path(source) / name, out / name)
 
 
-def _write_metrics(
-    out: Path, cfg: FinetuneConfig, summary: FinetuneSummary, finished: bool
-) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"config": cfg.to_dict(), **summary.to_dict(), "finished": finished}
-    (out / METRICS_FILE).write_text(json.dumps(record, indent=1) + "\n")
-
-
-def describe_summary(summary: FinetuneSummary) -> str:
-    """One line for the end of a run."""
-    best = ", ".join(f"{k} {v:.4f}" for k, v in summary.best.items())
-    stopped = ", stopped early" if summary.stopped_early else ""
-    return (
-        f"{summary.task} model saved to {summary.out}: best epoch {summary.best_epoch} of "
-        f"{len(summary.epochs)} (dev {best}), {summary.num_train} train / {summary.num_dev} dev "
-        f"examples, {summary.train_seconds:.1f} s{stopped}"
-    )
+__all__ = [
+    "METRICS_FILE",
+    "TASKS",
+    "TASK_DEFAULTS",
+    "BucketBatchSampler",
+    "FinetuneConfig",
+    "FinetuneSummary",
+    "describe_summary",
+    "evaluate",
+    "load_finetune_config",
+    "run_finetune",
+    "save_model_dir",
+    "write_metrics",
+]

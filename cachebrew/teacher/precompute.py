@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from cachebrew.cache import CacheWriter, FeatureSpec, feature_spec_from_matches, parse_feature_spec
 from cachebrew.cache.spec import DTYPES
-from cachebrew.config import DistillationConfig
+from cachebrew.config import DistillationConfig, resolve_device
 from cachebrew.corpus import (
     Record,
     length_bucketed_batches,
@@ -33,15 +33,16 @@ from cachebrew.corpus import (
     tokenize_records,
 )
 from cachebrew.errors import ConfigError
-from cachebrew.models import LoadedModel, load_model, resolve_device
+from cachebrew.models import LoadedModel, load_model
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
 from cachebrew.validation import (
     ConfigBase,
+    CorpusFields,
     check_bool,
     check_choice,
     check_int,
-    load_yaml_mapping,
+    load_config,
     raise_if_any,
     set_field,
 )
@@ -53,13 +54,14 @@ _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass(frozen=True)
-class PrecomputeConfig(ConfigBase):
+class PrecomputeConfig(CorpusFields, ConfigBase):
     """Everything ``cachebrew precompute`` needs; YAML keys and CLI flags share these names.
 
     What to store comes from ``features`` (CLI form, e.g. ``logits,hidden:0,4,attention:4``),
     or is derived from the ``DistillationConfig`` YAML at ``distill_config`` (its kd loss and
     matches); without either, only ``logits`` are stored. ``dtype`` applies to every feature;
     ``feature_dtypes`` overrides it per kind, e.g. ``{"hidden": "int8", "attention": "fp16"}``.
+    The corpus keys (``text_field``, ``label_field``, ...) are :class:`CorpusFields`.
     """
 
     teacher: str
@@ -71,11 +73,6 @@ class PrecomputeConfig(ConfigBase):
     feature_dtypes: dict[str, str] | None = None
     codec: str = "zstd"
     topk: int | None = None
-    text_field: str = "text"
-    text_pair_field: str | None = None
-    label_field: str | None = None
-    id_field: str | None = None
-    split: str | None = None
     task: str | None = None
     num_labels: int | None = None
     max_length: int | None = None  # None: 128, clipped to the teacher's positions
@@ -87,9 +84,10 @@ class PrecomputeConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        for name in ("teacher", "data", "out", "text_field"):
+        for name in ("teacher", "data", "out"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 problems.append(f"{name}: expected a non-empty string, got {getattr(self, name)!r}")
+        self.check_corpus_fields(problems)
         if self.features is not None and self.distill_config is not None:
             problems.append(
                 "features and distill_config both given: choose one way to say what to store"
@@ -118,12 +116,9 @@ class PrecomputeConfig(ConfigBase):
 def load_precompute_config(
     config_path: str | None, flags: Mapping[str, Any], overrides: Sequence[str] = ()
 ) -> PrecomputeConfig:
-    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate."""
-    from cachebrew.validation import apply_overrides
-
-    data = load_yaml_mapping(config_path) if config_path else {}
-    data.update({k: v for k, v in flags.items() if v is not None})
-    return PrecomputeConfig.from_dict(apply_overrides(data, overrides))
+    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate
+    (:func:`~cachebrew.validation.load_config`)."""
+    return load_config(PrecomputeConfig, config_path, flags, overrides)
 
 
 def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> FeatureSpec:
@@ -203,14 +198,7 @@ def run_precompute(
     if teacher.tokenizer is None:
         raise ConfigError(f"teacher {cfg.teacher}: no tokenizer.json next to the weights")
     cfg = replace(cfg, max_length=resolve_max_length(cfg.max_length, teacher, cfg.teacher))
-    corpus = read_corpus(
-        cfg.data,
-        text_field=cfg.text_field,
-        text_pair_field=cfg.text_pair_field,
-        label_field=cfg.label_field,
-        id_field=cfg.id_field,
-        split=cfg.split,
-    )
+    corpus = read_corpus(cfg.data, **cfg.corpus_fields())
     spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None))
     check_layers_exist(spec, getattr(teacher.model.config, "num_hidden_layers", None))
     device = resolve_device(rank_device(cfg.device, part))

@@ -15,8 +15,9 @@ import torch
 
 from cachebrew.cache import open_cache, prepare_example
 from cachebrew.cache.reader import CacheReader
+from cachebrew.config import resolve_device
 from cachebrew.errors import CacheMismatchError
-from cachebrew.models import LoadedModel, load_model, resolve_device
+from cachebrew.models import LoadedModel, load_model
 from cachebrew.teacher.precompute import teacher_features
 
 

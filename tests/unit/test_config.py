@@ -22,6 +22,7 @@ from cachebrew.config import (
     DistillationConfig,
     IntermediateMatch,
     TrainingConfig,
+    resolve_device,
 )
 from cachebrew.errors import ConfigError
 from cachebrew.validation import apply_overrides, load_yaml_mapping
@@ -528,3 +529,26 @@ def test_apply_overrides_reports_every_bad_item() -> None:
     assert len(info.value.problems) == 3
     assert "expected key=value" in info.value.problems[0]
     assert "temperature is 4, not a mapping" in info.value.problems[2]
+
+
+def test_resolve_device_auto_picks_cuda_only_when_available(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto", local_rank=2) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+    with pytest.raises(ConfigError, match="unknown device 'tpu9'"):
+        resolve_device("tpu9")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_models_and_training_config_share_the_device_resolver() -> None:
+    from cachebrew import models
+
+    assert models.resolve_device is resolve_device
+    assert TrainingConfig(device="cpu").resolved_device() == resolve_device("cpu")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
-from cachebrew.metrics import METRICS, accuracy, macro_f1, token_f1
+from cachebrew.metrics import METRICS, accuracy, macro_f1, predict, token_f1
 
 
 def test_accuracy_counts_matches_and_skips_ignored_positions() -> None:
@@ -55,3 +57,48 @@ def test_shapes_must_agree_and_metrics_are_registered_by_name() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         accuracy([0, 1], [0, 1, 2])
     assert set(METRICS) == {"accuracy", "macro_f1", "token_f1"}
+
+
+class _TinyClassifier(torch.nn.Module):
+    """Logits = embedding of the first token: the argmax is known by construction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(4, 3)
+        with torch.no_grad():
+            self.table.weight.copy_(torch.eye(4, 3) * 5)  # token t -> class t (t < 3)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, Any]:
+        assert not torch.is_grad_enabled() and not self.training
+        return {"logits": self.table(input_ids[:, 0])}  # (B, C)
+
+
+def test_predict_is_the_argmax_over_every_batch_and_restores_the_mode() -> None:
+    model = _TinyClassifier().train()
+    batches = [
+        {"input_ids": torch.tensor([[0, 1], [2, 1]]), "attention_mask": torch.ones(2, 2),
+         "labels": torch.tensor([0, 1])},
+        {"input_ids": torch.tensor([[1, 0]]), "attention_mask": torch.ones(1, 2),
+         "labels": torch.tensor([1])},
+    ]  # fmt: skip
+    pred, gold = predict(model, None, batches, "cpu")
+    assert pred.tolist() == [0, 2, 1] and gold.tolist() == [0, 1, 1]
+    assert accuracy(pred, gold) == pytest.approx(2 / 3)
+    assert model.training  # back in train mode
+
+
+def test_predict_uses_the_adaptor_first_head_and_token_labels() -> None:
+    model = _TinyClassifier()
+
+    def adaptor(inputs: dict[str, torch.Tensor], outputs: dict[str, Any]) -> dict[str, Any]:
+        logits = outputs["logits"].unsqueeze(1).expand(-1, 2, -1)  # (B, L, C): token-level
+        return {"logits": [-logits, logits]}  # the first head wins
+
+    batch = {"input_ids": torch.tensor([[2, 0]]), "attention_mask": torch.ones(1, 2),
+             "labels": torch.tensor([[-100, 1]])}  # fmt: skip
+    pred, gold = predict(model, adaptor, [batch])
+    assert pred.shape == gold.shape == (2,)
+    assert gold.tolist() == [-100, 1]
+    assert pred.tolist() == [0, 0]  # argmax of -logits for token 2: classes 0 and 1 tie at 0
+    empty_pred, empty_gold = predict(model, None, [])
+    assert empty_pred.numel() == empty_gold.numel() == 0
