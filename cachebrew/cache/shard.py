@@ -140,7 +140,13 @@ class ShardReader:
     def _decoder(self, name: str) -> ChunkDecoder | None:
         if name not in self._decoders:
             dtype = stored_dtype(self.meta["arrays"][name]["stored_dtype"])
-            self._decoders[name] = chunk_decoder(self._loc, f"{self.path}/{name}", dtype)
+            try:
+                self._decoders[name] = chunk_decoder(self._loc, f"{self.path}/{name}", dtype)
+            except CacheError as e:  # an unreadable zarr.json: name its own array
+                raise CacheCorruptError(
+                    f"shard {self.index}, array {name!r}: {self.path}/{name}/zarr.json cannot be "
+                    f"read ({e}); {_REPAIR.format(shard=self.index)}"
+                ) from e
         return self._decoders[name]
 
     def _decode_range(
