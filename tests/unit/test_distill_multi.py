@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from distill_helpers import (
     adaptor,
     assert_same_weights,
@@ -16,6 +15,7 @@ from distill_helpers import (
     teacher_adaptor,
     tiny_bert,
 )
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
 from cachebrew import (

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from distill_helpers import (
     adaptor,
     assert_same_weights,
@@ -15,6 +14,7 @@ from distill_helpers import (
     teacher_adaptor,
     tiny_bert,
 )
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from cachebrew import DistillationConfig, GeneralDistiller, TrainingConfig
