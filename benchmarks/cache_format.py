@@ -2,7 +2,7 @@
 weights, all-MiniLM-L6-v2's 30,522-token WordPiece tokenizer) on 128-token inputs.
 
 Usage: ``make bench-cache`` (or ``python benchmarks/cache_format.py [--examples N]
-[--throughput-examples N]``). Needs ``data/`` from ``cachebrew data prepare --out data``.
+[--throughput-examples N]``). Needs ``data/`` from ``cachebrew data prepare --all --out data``.
 Prints Markdown tables and writes ``runs/bench-cache/results.json``.
 
 1. Size: bytes per example and compression per feature for the same teacher outputs stored as

@@ -49,7 +49,9 @@ def bert_base_teacher(out: Path) -> Path:
 
     tokenizer = ROOT / "data" / "minilm" / "tokenizer.json"
     if not tokenizer.exists():
-        sys.exit("needs data/minilm/tokenizer.json: run `cachebrew data prepare --out data` first")
+        sys.exit(
+            "needs data/minilm/tokenizer.json: run `cachebrew data prepare --all --out data` first"
+        )
     path = out / "bert-base"
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(num_labels=3))  # BERT-base defaults
@@ -62,7 +64,7 @@ def long_corpus(out: Path, n: int) -> Path:
     """``n`` texts of 12 consecutive VADER sentences each: nearly all fill 128 tokens."""
     source = ROOT / "data" / "sentiment" / "train.jsonl"
     if not source.exists():
-        sys.exit("needs data/sentiment: run `cachebrew data prepare --out data` first")
+        sys.exit("needs data/sentiment: run `cachebrew data prepare --all --out data` first")
     sentences = [json.loads(line)["text"] for line in source.read_text().splitlines()]
     path = out / "corpus.jsonl"
     with path.open("w") as f:

@@ -55,7 +55,7 @@ def _inputs(num_examples: int) -> tuple[Path, Path]:
     teacher = ROOT / "data" / "minilm"
     source = ROOT / "data" / "sentiment" / "train.jsonl"
     if not (teacher / "model.safetensors").exists() or not source.exists():
-        sys.exit("benchmarks need real data: run `cachebrew data prepare --out data` first")
+        sys.exit("benchmarks need real data: run `cachebrew data prepare --all --out data` first")
     lines = source.read_text().splitlines()[:num_examples]
     corpus = OUT / "corpus.jsonl"
     corpus.write_text("\n".join(lines) + "\n")

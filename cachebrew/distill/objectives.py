@@ -104,8 +104,9 @@ class TeacherSide:
         else:
             outputs = self._run_online(teacher_batch, args)
         adaptors = self._adaptors_for(len(outputs))
+        cached = split.teacher_cache is not None
         results = [
-            adapt(adaptor, teacher_batch, output, "adaptor_T")
+            _adapt_teacher(adaptor, teacher_batch, output, cached)
             for adaptor, output in zip(adaptors, outputs, strict=True)
         ]
         return results if self.multi else results[0]
@@ -130,6 +131,29 @@ class TeacherSide:
             )
         with torch.no_grad():
             return [forward(model, teacher_batch, args) for model in models]
+
+
+def _adapt_teacher(adaptor: Adaptor | None, batch: Any, output: Any, cached: bool) -> Any:
+    """``adapt`` for a teacher; a custom adaptor that fails on cached features gets a clear error.
+
+    A cache holds *adapted* features (a dict with ``ADAPTOR_KEYS``), not the model's raw
+    outputs, so a TextBrewer adaptor written for raw outputs (``outputs[1]``...) fails inside
+    the user's code with a bare ``KeyError: 1``; say what happened and what to do instead.
+    """
+    if adaptor is None or not cached:
+        return adapt(adaptor, batch, output, "adaptor_T")
+    try:
+        return adapt(adaptor, batch, output, "adaptor_T")
+    except ConfigError:
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError) as error:
+        keys = sorted(output) if isinstance(output, Mapping) else type(output).__name__
+        raise ConfigError(
+            f"adaptor_T failed on a teacher_cache batch ({type(error).__name__}: {error}): "
+            f"with teacher_cache the adaptor receives the cached, already adapted features "
+            f"(keys {keys}), not the teacher's raw outputs; pass adaptor_T=None (the identity) "
+            "or write adaptor_T for that dict"
+        ) from error
 
 
 class DistillObjective:

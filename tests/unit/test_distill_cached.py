@@ -100,3 +100,18 @@ def test_custom_adaptor_T_receives_teacher_batch_and_cache(tmp_path):
     cached = kd_only(None, adaptor_T, raw, "cached")
     assert len(calls) == 2
     assert online.loss_history == cached.loss_history
+
+
+def test_raw_output_adaptor_on_cached_batches_is_a_clear_error(tmp_path):
+    import pytest
+
+    from cachebrew import ConfigError
+
+    teacher, student = teacher_and_student()
+    cached = cached_batches(teacher, batches(2))
+
+    def textbrewer_adaptor(batch, model_outputs):  # written for the model's raw tuple
+        return {"logits": model_outputs[1], "hidden": model_outputs[2]}
+
+    with pytest.raises(ConfigError, match=r"adaptor_T failed on a teacher_cache batch \(KeyError"):
+        _train(tmp_path, "raw", None, textbrewer_adaptor, clone(student), cached)
