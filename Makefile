@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo bench bench-cache bench-distill bench-reader bench-data clean pipelines
+.PHONY: install test test-slow lint demo bench bench-cache bench-distill bench-reader bench-codecs bench-data clean pipelines
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ bench-distill: install bench-data
 # Reader against the raw codec decode of the same chunk bytes (synthetic BERT-base-shaped caches).
 bench-reader: install
 	$(PY) benchmarks/reader_speed.py
+
+# Size and one-thread decode speed of every candidate codec on the same chunks of real caches
+# (build them first: see docs/decisions.md, "Codec choice").
+CODEC_CACHES ?= caches/minilm runs/bench-reader/hidden-zstd runs/bench-reader/attention-zstd
+bench-codecs: install
+	$(PY) benchmarks/codec_choice.py $(CODEC_CACHES)
 
 bench-data: install
 	$(PY) -m cachebrew data prepare minilm sentiment --out data

@@ -70,7 +70,9 @@ def precompute(
     feature_dtype: list[str] = typer.Option(
         [], "--feature-dtype", help="Per-kind dtype: --feature-dtype hidden=int8 (repeatable)."
     ),
-    codec: str | None = typer.Option(None, help="zstd (default), lz4, blosc-zstd or none."),
+    codec: str | None = typer.Option(
+        None, help="lz4-bitshuffle (default), zstd, lz4, blosc-zstd or none."
+    ),
     topk: int | None = typer.Option(
         None, help="Store only the top-k logits per row (+ ids, log-sum-exp)."
     ),

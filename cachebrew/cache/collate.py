@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cachebrew.cache.batch_copy import pad_batch
+from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import decode
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
@@ -130,6 +132,8 @@ class CollateOptions:
     sep_id: int | None = None
     with_token_type_ids: bool = False
     device: str | None = None
+    # Reused padded output memory of one pass (CPU only); None allocates per batch.
+    buffers: BufferPool | None = field(default=None, compare=False)
 
 
 def collate_examples(
@@ -158,7 +162,7 @@ def collate_examples(
     batch: dict[str, Any] = {"student": student, "teacher": teacher}
     if layout is not None:
         batch["teacher_cache"] = teacher_outputs(
-            examples, layout, teacher["attention_mask"], options.device
+            examples, layout, teacher["attention_mask"], options.device, options.buffers
         )
     batch["example_ids"] = ids
     return batch
@@ -243,12 +247,13 @@ def teacher_outputs(
     layout: FeatureLayout,
     inputs_mask: torch.Tensor,
     device: str | None = None,
+    buffers: BufferPool | None = None,
 ) -> dict[str, Any]:
     """The ``teacher_cache`` entry: adaptor keys only (the identity adaptor validates them).
 
     ``device`` ``"cuda[:i]"`` moves hidden states and attention in their stored dtype from
     pinned memory (non-blocking) and casts them to float32 on the GPU; else they are cast on
-    the CPU inside the padding copy.
+    the CPU inside the padding copy (:mod:`cachebrew.cache.batch_copy`), into ``buffers``.
     """
     lengths = [int(e["length"]) for e in examples]
     width = int(inputs_mask.shape[1])
@@ -257,9 +262,13 @@ def teacher_outputs(
     if layout.logits is not None:
         out["logits"] = _logits(features, layout)
     if layout.hidden:
-        out["hidden"] = _layer_list(layout.hidden, features, lengths, width, layout, device)
+        out["hidden"] = _layer_list(
+            layout.hidden, features, lengths, width, layout, device, buffers
+        )
     if layout.attention:
-        out["attention"] = _layer_list(layout.attention, features, lengths, width, layout, device)
+        out["attention"] = _layer_list(
+            layout.attention, features, lengths, width, layout, device, buffers
+        )
     out["inputs_mask"] = inputs_mask
     return out
 
@@ -328,6 +337,7 @@ def _layer_list(
     width: int,
     layout: FeatureLayout,
     device: str | None = None,
+    buffers: BufferPool | None = None,
 ) -> list[torch.Tensor | None]:
     """Padded per-layer float32 tensors, indexed by teacher layer (None where nothing is stored).
 
@@ -341,9 +351,9 @@ def _layer_list(
         scales = [f[f"{name}.scale"] for f in features] if f"{name}.scale" in features[0] else None
         dtype = layout.dtypes.get(name, "fp32")
         if device is not None and device.startswith("cuda"):
-            layers[layer] = _to_gpu(name, rows, lengths, width, dtype, scales, device)
+            layers[layer] = _to_gpu(name, rows, lengths, width, dtype, scales, device, buffers)
         else:
-            layers[layer] = pad_feature(name, rows, lengths, width, dtype, scales)
+            layers[layer] = pad_batch(name, rows, lengths, width, dtype, scales, buffers)
     return layers
 
 
@@ -355,9 +365,13 @@ def _to_gpu(
     dtype: str,
     scales: Sequence[np.ndarray] | None,
     device: str,
+    buffers: BufferPool | None = None,
 ) -> torch.Tensor:
-    """Pad in the stored dtype into pinned memory, copy without blocking, cast on the GPU."""
-    padded = pad_feature(name, rows, lengths, width, dtype, scales, stored=True)
+    """Pad in the stored dtype, copy into pinned memory, move without blocking, cast on the GPU.
+
+    ``pin_memory()`` copies synchronously, so the reused ``buffers`` are free again after it.
+    """
+    padded = pad_batch(name, rows, lengths, width, dtype, scales, buffers, stored=True)
     moved = padded.pin_memory().to(device, non_blocking=True)
     if dtype == "bf16" and moved.dtype == torch.int16:
         moved = moved.view(torch.bfloat16)

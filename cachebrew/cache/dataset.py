@@ -38,6 +38,7 @@ nor the identity teacher adaptor (which rejects keys outside ``ADAPTOR_KEYS``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -49,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.collate import CollateOptions, collate_examples, feature_layout
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch, run_rows
@@ -251,8 +253,10 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 pool = stack.enter_context(ThreadPoolExecutor(self.decode_threads))
             cache = ChunkCache(4 * self.window_bytes, pool)
             reader = EpochReader(self.reader, self.plan(), arrays, cache, cast=False)
+            # padded output memory reused within this pass (never while a batch still uses it)
+            options = dataclasses.replace(self.options, buffers=BufferPool())
             batches = (
-                collate_examples(examples, self.layout, self.options, self.student_items)
+                collate_examples(examples, self.layout, options, self.student_items)
                 for examples in reader.batches(indices, self.batch_size)
             )
             if self.prefetch and worker is None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import decode, stored_dtype
 from cachebrew.cache.order import EpochPlan
 from cachebrew.cache.shard import ShardReader
@@ -20,17 +21,26 @@ from cachebrew.cache.shard import ShardReader
 if TYPE_CHECKING:  # reader.py streams through this module
     from cachebrew.cache.reader import CacheReader
 
+# Decoded blocks kept for reuse (per stored dtype): enough for the chunk cache's budget of
+# 4 windows plus the blocks pending examples still view.
+_REUSED_BLOCKS = 16
+
 
 class ChunkCache:
     """Decoded chunks of the arrays of a cache, least recently used evicted past a budget.
 
     Args:
         budget_bytes: decoded bytes kept between read groups (a group may exceed it).
+        pool: a ThreadPoolExecutor decoding the chunks of one read, or None.
+
+    Decoded blocks come from a :class:`BufferPool`: a block is decoded into again only after
+    it was evicted and no example or batch still holds a view of it.
     """
 
     def __init__(self, budget_bytes: int, pool: Any = None):
         self.budget_bytes = budget_bytes
-        self.pool = pool  # a ThreadPoolExecutor decoding the chunks of one read, or None
+        self.pool = pool
+        self.blocks = BufferPool(per_key=_REUSED_BLOCKS)
         self.decoded_chunks = 0
         self._chunks: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -47,15 +57,19 @@ class ChunkCache:
         missing = sorted(c for c in wanted if (shard.index, name, c) not in self._chunks)
         for first, last in _consecutive_ranges(missing):
             lo, hi = first * chunk_rows, min((last + 1) * chunk_rows, total_rows)
-            block = shard.read_rows(name, lo, hi, pool=self.pool)
+            block = shard.read_rows(name, lo, hi, pool=self.pool, blocks=self.blocks)
             for chunk in range(first, last + 1):
                 part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
                 self._chunks[(shard.index, name, chunk)] = part
                 self._bytes += part.nbytes
             self.decoded_chunks += last - first + 1
 
-    def rows(self, shard: ShardReader, name: str, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` of a loaded array, as a new array (chunks may be evicted)."""
+    def rows(
+        self, shard: ShardReader, name: str, start: int, stop: int, *, copy: bool = True
+    ) -> np.ndarray:
+        """Rows ``[start, stop)`` of a loaded array: a new array, or with ``copy=False`` a
+        view into the decoded chunk when the rows lie in one chunk (the view keeps its chunk
+        alive after eviction; a decoded chunk is never written again, so views stay valid)."""
         info = shard.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
         if stop <= start:
@@ -66,7 +80,9 @@ class ChunkCache:
             self._chunks.move_to_end(key)
             base = chunk * chunk_rows
             parts.append(self._chunks[key][max(start - base, 0) : stop - base])
-        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) > 1:
+            return np.concatenate(parts)
+        return parts[0].copy() if copy else parts[0]
 
     def trim(self) -> None:
         """Evict least recently used chunks down to the budget."""
@@ -142,8 +158,8 @@ class EpochReader:
                 spans[name] = (offsets[rows], offsets[rows] + lengths[rows])
                 self.cache.load(shard, name, *spans[name])
             for i, (position, row) in enumerate(zip(positions[mine], rows, strict=True)):
-                features = {
-                    name: self.cache.rows(shard, name, int(lo[i]), int(hi[i]))
+                features = {  # views into the chunks unless cast (no per-example copy)
+                    name: self.cache.rows(shard, name, int(lo[i]), int(hi[i]), copy=self.cast)
                     for name, (lo, hi) in spans.items()
                 }
                 if self.cast:

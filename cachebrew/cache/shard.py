@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.chunks import ChunkDecoder, chunk_decoder, decode_chunk
 from cachebrew.cache.codecs import bytes_checksum, chunk_checksum, decode, stored_dtype
 from cachebrew.cache.index import label_from_arrow, overlapping_ids, parse_index
@@ -112,11 +113,20 @@ class ShardReader:
 
     # ------------------------------------------------------------------ row reads
 
-    def read_rows(self, name: str, start: int, stop: int, *, pool: Any = None) -> np.ndarray:
+    def read_rows(
+        self,
+        name: str,
+        start: int,
+        stop: int,
+        *,
+        pool: Any = None,
+        blocks: BufferPool | None = None,
+    ) -> np.ndarray:
         """Stored rows [start, stop) of an array (stored dtype), verifying chunks on first touch.
 
         ``pool`` (an executor) decodes the chunks of one read in parallel: the codecs release
-        the GIL. None decodes them in the calling thread.
+        the GIL. None decodes them in the calling thread. ``blocks`` supplies reused memory
+        for the decoded chunks (None: fresh memory).
         """
         info = self.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
@@ -125,7 +135,7 @@ class ShardReader:
         first, last = start // chunk_rows, (stop - 1) // chunk_rows
         decoder = self._decoder(name)
         if decoder is not None:
-            block = self._decode_range(name, decoder, first, last, pool)
+            block = self._decode_range(name, decoder, first, last, pool, blocks)
             return block[start - first * chunk_rows : stop - first * chunk_rows]
         if not self.verify or self._verified[name][first : last + 1].all():
             return self._zarr_read(name, start, stop)
@@ -150,13 +160,20 @@ class ShardReader:
         return self._decoders[name]
 
     def _decode_range(
-        self, name: str, decoder: ChunkDecoder, first: int, last: int, pool: Any
+        self,
+        name: str,
+        decoder: ChunkDecoder,
+        first: int,
+        last: int,
+        pool: Any,
+        blocks: BufferPool | None,
     ) -> np.ndarray:
-        """Chunks [first, last] decoded (and checked) into one new (n * chunk_rows, width) block."""
+        """Chunks [first, last] decoded (and checked) into one (n * chunk_rows, width) block."""
         info = self.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
         dtype = stored_dtype(info["stored_dtype"])
-        block = np.empty(((last - first + 1) * chunk_rows, info["width"]), dtype=dtype)
+        shape = ((last - first + 1) * chunk_rows, info["width"])
+        block = np.empty(shape, dtype) if blocks is None else blocks.take("chunks", shape, dtype)
 
         def one(chunk: int) -> None:
             part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachebrew.cache.codecs import DEFAULT_CODEC
 from cachebrew.errors import ConfigError
 
 KINDS: tuple[str, ...] = (
@@ -45,7 +46,7 @@ KINDS: tuple[str, ...] = (
 LAYERED_KINDS: tuple[str, ...] = KINDS[1:]
 FLAT_KINDS: tuple[str, ...] = ("attention", "attention_sum", "attention_mean")
 DTYPES: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
-CODECS: tuple[str, ...] = ("zstd", "lz4", "blosc-zstd", "none")
+CODECS: tuple[str, ...] = ("lz4-bitshuffle", "zstd", "lz4", "blosc-zstd", "none")
 REDUCTIONS: tuple[str, ...] = ("raw", "logprobs")
 TOPK_SUFFIXES: tuple[str, ...] = ("topk_values", "topk_ids", "logsumexp")
 # Vocabularies up to this size store top-k ids as uint16.
@@ -73,7 +74,7 @@ class StoredFeature:
     kind: str
     layers: tuple[int, ...] = ()
     dtype: str = "fp16"
-    codec: str = "zstd"
+    codec: str = DEFAULT_CODEC
     reduction: str | None = None
     topk: int | None = None
     vocab_size: int | None = None
@@ -263,7 +264,7 @@ def parse_feature_spec(
     text: str,
     *,
     dtype: str = "fp16",
-    codec: str = "zstd",
+    codec: str = DEFAULT_CODEC,
     topk: int | None = None,
     vocab_size: int | None = None,
 ) -> FeatureSpec:
@@ -339,7 +340,7 @@ def feature_spec_from_matches(
     matches: Sequence[Mapping[str, Any]],
     *,
     dtype: str = "fp16",
-    codec: str = "zstd",
+    codec: str = DEFAULT_CODEC,
     topk: int | None = None,
     vocab_size: int | None = None,
 ) -> FeatureSpec:

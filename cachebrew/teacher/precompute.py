@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cachebrew.cache import CacheWriter, FeatureSpec, feature_spec_from_matches, parse_feature_spec
+from cachebrew.cache.codecs import DEFAULT_CODEC
 from cachebrew.cache.spec import DTYPES
 from cachebrew.config import DistillationConfig, resolve_device
 from cachebrew.corpus import (
@@ -71,7 +72,7 @@ class PrecomputeConfig(CorpusFields, ConfigBase):
     distill_config: str | None = None
     dtype: str = "fp16"
     feature_dtypes: dict[str, str] | None = None
-    codec: str = "zstd"
+    codec: str = DEFAULT_CODEC
     topk: int | None = None
     task: str | None = None
     num_labels: int | None = None

@@ -18,7 +18,10 @@ from cachebrew.cache.synthetic import synthetic_examples, write_examples
 from cachebrew.errors import CacheCorruptError, ConfigError
 
 SPECS = {
-    "fp16-zstd": parse_feature_spec("logits:logprobs,hidden:0,2,attention:1", dtype="fp16"),
+    "fp16-zstd": parse_feature_spec(
+        "logits:logprobs,hidden:0,2,attention:1", dtype="fp16", codec="zstd"
+    ),
+    "fp16-default": parse_feature_spec("logits:logprobs,hidden:0,2,attention:1", dtype="fp16"),
     "bf16-lz4": parse_feature_spec("logits,hidden:1,hidden_cls:2", dtype="bf16", codec="lz4"),
     "int8-none": parse_feature_spec("hidden:0,1", dtype="int8", codec="none"),
     "topk-fp16": parse_feature_spec("logits,hidden:1", dtype="fp16", topk=3, vocab_size=11),
@@ -94,6 +97,20 @@ def test_a_corrupt_chunk_is_caught_on_the_fast_path(
     message = str(info.value)
     assert "shard 1, array 'hidden.1', chunk 0" in message and "crc32" in message
     assert "examples affected: ['ex00009'" in message
+
+
+def test_a_corrupt_chunk_of_the_default_codec_is_caught_while_shuffling(
+    tmp_path: pathlib.Path, flip_chunk_byte: Callable[[pathlib.Path, int, str], None]
+) -> None:
+    path = write(tmp_path / "cache", "fp16-default")
+    assert open_cache(path).manifest["codecs"].keys() == {"lz4-bitshuffle"}
+    flip_chunk_byte(path, 2, "attention.1")
+    with pytest.raises(CacheCorruptError) as info:
+        list(CacheDataset(path, batch_size=3, seed=4, window_bytes=600))
+    message = str(info.value)
+    assert "shard 2, array 'attention.1', chunk 0 " in message
+    assert "crc32" in message or "cannot be decoded" in message
+    assert "examples affected: ['ex00018'" in message
 
 
 def test_a_missing_uncompressed_chunk_of_the_wrong_size_is_named(tmp_path: pathlib.Path) -> None:

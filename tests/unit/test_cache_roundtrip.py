@@ -143,7 +143,12 @@ def test_manifest_and_describe(cache_path: str) -> None:
     assert (manifest["corpus_fingerprint"], manifest["tokenizer_hash"]) == ("corpus-1", "tok-1")
     assert manifest["extra"] == {"note": "x"} and manifest["label_type"] == "int"
     assert manifest["checksums"] == {"chunk": "crc32", "index": "sha256"}
-    assert manifest["codecs"]["zstd"]["configuration"]["level"] == 1
+    assert manifest["codecs"] == {
+        "lz4-bitshuffle": {
+            "name": "blosc",
+            "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+        }
+    }
     assert [s["num_examples"] for s in manifest["shards"]] == [5, 5, 2]
     assert all(len(s["index_sha256"]) == 64 and s["bytes"] > 0 for s in manifest["shards"])
     totals = manifest["totals"]

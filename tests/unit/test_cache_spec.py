@@ -25,7 +25,7 @@ def test_parse_cli_form() -> None:
         *(f"hidden.{i}" for i in (0, 4, 8, 12)),
         *(f"attention.{i}" for i in (4, 8, 12)),
     )
-    assert all(f.dtype == "fp16" and f.codec == "zstd" for f in spec)
+    assert all(f.dtype == "fp16" and f.codec == "lz4-bitshuffle" for f in spec)
 
 
 def test_parse_options_and_topk_arrays() -> None:

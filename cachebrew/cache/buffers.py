@@ -1,0 +1,50 @@
+"""Reusable flat buffers: a buffer is handed out again only when nothing else refers to it.
+
+Fresh memory costs page faults on first write: decoding a hidden-state cache's chunks into new
+blocks took ~1.5x as long as decoding them into a reused buffer, and a new float32 batch per
+array per batch spent ~25 % of a reader epoch zeroing pages (BENCHMARKS.md, "Reader against
+its codec"). Every numpy view of a pooled buffer, and every tensor made from such a view with
+``torch.from_numpy``, holds a reference to the flat buffer, so its reference count tells
+whether a batch the caller keeps, a prefetch queue or a cached chunk still uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+
+class BufferPool:
+    """Up to ``per_key`` reusable flat buffers per key.
+
+    Args:
+        per_key: buffers kept per key; when all are in use, fresh memory is returned (and
+            not kept), so a caller that holds many batches costs memory only while it does.
+    """
+
+    def __init__(self, per_key: int = 4):
+        self.per_key = per_key
+        self.allocations = 0  # new buffers made (tests and benchmarks read it)
+        self._pools: dict[Any, list[np.ndarray]] = {}
+
+    def take(self, key: Any, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype`` with undefined contents that no
+        live array or tensor refers to."""
+        size = math.prod(shape)
+        pool = self._pools.setdefault((key, np.dtype(dtype)), [])
+        for i in range(len(pool)):
+            if sys.getrefcount(pool[i]) == 2:  # only the pool's list and this call's argument
+                if pool[i].size < size:
+                    pool[i] = self._new(size, dtype)
+                return pool[i][:size].reshape(shape)
+        flat = self._new(size, dtype)
+        if len(pool) < self.per_key:
+            pool.append(flat)
+        return flat.reshape(shape)
+
+    def _new(self, size: int, dtype: Any) -> np.ndarray:
+        self.allocations += 1
+        return np.empty(size, dtype=dtype)
