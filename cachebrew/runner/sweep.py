@@ -196,7 +196,8 @@ def _run_problems(runs: Sequence[SweepRun]) -> list[str]:
         problems.append(f"run {name}: {names.count(name)} runs have this name; give the runs names")
     for run in runs:
         try:
-            text = json.dumps(run.config("sweep").to_dict(), sort_keys=True, default=str)
+            resolved = {**run.config("sweep").to_dict(), "out": None}  # out differs by name
+            text = json.dumps(resolved, sort_keys=True, default=str)
         except ConfigError as error:
             problems += [f"run {run.name}: {p}" for p in error.problems]
             continue
