@@ -184,8 +184,8 @@ class CacheWriter:
         same = not run_differences(manifest, self._run)
         if same and manifest.get("extra") == self._run["extra"] and self.world_size == 1:
             raise CacheUpToDateError(
-                f"{self._loc.path} is up to date: a complete cache of the same teacher, corpus "
-                "and features; nothing to do (pass --overwrite to recompute it)"
+                f"{self._loc.path} already holds a complete cache of the same teacher, corpus "
+                "and features: it is up to date, nothing to do (pass --overwrite to recompute it)"
             )
 
     def _load_completed(self) -> None:

@@ -153,8 +153,8 @@ def _load_directory(path: Path, task: str | None, num_labels: int | None) -> Loa
     if fresh:  # transformers' own LOAD REPORT table is silenced unless `cachebrew --verbose`
         modules = sorted({key.rsplit(".", 1)[0] for key in fresh})
         logger.info(
-            "%s: %s weights are new, not in the checkpoint (fine-tuning or distillation trains "
-            "them)", path, ", ".join(modules),
+            "%s: %s weights are new (fresh, not in the checkpoint; fine-tuning or distillation "
+            "trains them)", path, ", ".join(modules),
         )  # fmt: skip
     weights_sha, hash_of = (
         (hash_state_dict(model), "state_dict") if fresh else (sha256_files(weight_files), "file")
