@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from cachebrew.errors import CachebrewError, ConfigError
+from cachebrew.errors import CachebrewError, CacheUpToDateError, ConfigError
 
 app = typer.Typer(
     name="cachebrew",
@@ -35,6 +37,16 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _third_party_logs(verbose: bool) -> None:
+    """transformers' loading chatter (LOAD REPORT tables, notices) only with ``--verbose``."""
+    level = "info" if verbose else "error"
+    os.environ["TRANSFORMERS_VERBOSITY"] = level  # read when transformers is first imported
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
+
+
 @app.callback()
 def _global_options(
     debug: bool = typer.Option(
@@ -43,12 +55,16 @@ def _global_options(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Also show third-party loading messages (transformers)."
+    ),
 ) -> None:
     """Distill NLP models with a teacher that runs once: precompute a cache, then distill from it.
 
     Shell completion: `cachebrew --install-completion` (bash, zsh, fish, PowerShell).
     """
     _DEBUG["on"] = debug
+    _third_party_logs(verbose)
 
 
 @app.command()
@@ -65,6 +81,9 @@ def precompute(
     ),
     distill_config: str | None = typer.Option(
         None, help="Derive the features from this DistillationConfig YAML."
+    ),
+    from_runs: str | None = typer.Option(
+        None, "--from", help="Store what every run of this run config or sweep file reads."
     ),
     dtype: str | None = typer.Option(None, help="fp16 (default), bf16, fp32 or int8."),
     feature_dtype: list[str] = typer.Option(
@@ -131,7 +150,11 @@ def precompute(
     set_ = [f"feature_dtypes.{item}" for item in feature_dtype] + set_
     cfg = load_precompute_config(config, flags, set_)
     partition = make_partition(part, barrier_timeout_s=barrier_timeout)
-    summary = run_precompute(cfg, progress=not quiet, partition=partition)
+    try:
+        summary = run_precompute(cfg, progress=not quiet, partition=partition)
+    except CacheUpToDateError as done:
+        typer.echo(str(done))
+        return
     typer.echo(describe_summary(summary))
 
 
@@ -152,50 +175,10 @@ def inspect(
 ) -> None:
     """Describe a cache: teacher, corpus, features, layers, dtypes, sizes."""
     from cachebrew.cache import describe_cache, open_cache
+    from cachebrew.cache.describe import describe_text
 
     info = describe_cache(open_cache(cache, verify=False))
-    if as_json:
-        typer.echo(json.dumps(info, indent=2, sort_keys=True))
-        return
-    typer.echo(_describe_text(info))
-
-
-def _describe_text(info: dict[str, Any]) -> str:
-    teacher = info["teacher"]
-    lines = [
-        f"cache        {info['path']} (format v{info['format_version']})",
-        f"teacher      {teacher.get('class')} from {teacher.get('source')}",
-        f"corpus       {str(info['corpus_fingerprint'])[:16]}",
-        f"examples     {info['num_examples']} in {info['num_shards']} shards",
-        f"on disk      {_size(info['bytes_on_disk'])} "
-        f"({_size(info['bytes_per_example'])} per example)",
-        "features:",
-    ]
-    for f in info["features"]:
-        layers = f" layers {f['layers']}" if f.get("layers") else ""
-        lines.append(
-            f"  {f['name']:<15}{layers} {f['dtype']}/{f['codec']}: "
-            f"{_size(f['bytes'])} ({_size(f['bytes_per_example'])} per example)"
-            f"{_ratio_text(f.get('compression_ratio'))}"
-        )
-    return "\n".join(lines)
-
-
-def _size(num_bytes: float) -> str:
-    """``512 B``, ``1.5 KB``, ``12.3 MB``, ``4.20 GB`` (decimal units)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if num_bytes >= scale:
-            return f"{num_bytes / scale:.3g} {unit}"
-    return f"{num_bytes:.0f} B"
-
-
-def _ratio_text(ratio: float | None) -> str:
-    """Stored bytes over disk bytes: a codec can also expand data (chunk and metadata overhead)."""
-    if not ratio:
-        return ""
-    if ratio >= 1:
-        return f", codec saves {ratio:.2f}x"
-    return f", codec expands {1 / ratio:.2f}x (chunk/metadata overhead)"
+    typer.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else describe_text(info))
 
 
 @app.command()
@@ -207,12 +190,17 @@ def verify(
     sample: int = typer.Option(8, help="How many random examples to recompute."),
     seed: int = typer.Option(0, help="Seed of the sample."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    tolerance: float | None = typer.Option(
+        None, help="Max relative error allowed (default by stored dtype: fp16 2e-3, fp32 1e-4)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Check every checksum; with --teacher, compare recomputed values with the cache."""
-    from cachebrew.teacher.verify import verify_cache
+    from cachebrew.teacher.verify import verdict_line, verify_cache
 
-    report = verify_cache(cache, teacher=teacher, sample=sample, seed=seed, device=device)
+    report = verify_cache(
+        cache, teacher=teacher, sample=sample, seed=seed, device=device, tolerance=tolerance
+    )
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
@@ -223,6 +211,7 @@ def verify(
         for name, stats in (report["values"] or {}).items():
             text = ", ".join(f"{k} {v:.3g}" for k, v in stats.items())
             typer.echo(f"  {name}: {text}")
+        typer.echo(verdict_line(report))
     if not report["ok"]:
         raise typer.Exit(code=1)
 
@@ -271,6 +260,9 @@ def _quiet_logs(quiet: bool) -> Iterator[None]:
         root.setLevel(level)
 
 
+_DRY_RUN_HELP = "Print the resolved config and the plan, check the cache; write nothing."
+
+
 @app.command()
 def distill(
     config: str | None = typer.Option(None, "--config", help="distill.yaml with any of the keys."),
@@ -296,6 +288,7 @@ def distill(
         False, "--resume", help="Continue from RUN_DIR/checkpoints/latest."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar; log warnings only."),
+    dry_run: bool = typer.Option(False, "--dry-run", help=_DRY_RUN_HELP),
 ) -> None:
     """Train a student from a cache (flags override the YAML, --set overrides both)."""
     with _exit_on_error(), _quiet_logs(quiet):
@@ -305,6 +298,11 @@ def distill(
         flags: dict[str, Any] = {"cache": cache, "student": student, "out": out}
         flags |= {"teacher": teacher, "allow_teacher_mismatch": allow_teacher_mismatch or None}
         cfg = load_distill_config(config, flags, set_)
+        if dry_run:
+            from cachebrew.runner.dry_run import describe_dry_run
+
+            typer.echo(describe_dry_run([cfg], resume=resume))
+            return
         metrics = run_distill(cfg, resume=resume, progress=not quiet)
     summary = {k: v for k, v in metrics.items() if k not in ("loss_curve", "loss_terms")}
     typer.echo(json.dumps(summary, indent=2))
@@ -319,12 +317,17 @@ def sweep(
         [], "--set", help="Override a key of base: --set cache=caches/sst (repeatable)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars; log warnings only."),
+    dry_run: bool = typer.Option(False, "--dry-run", help=_DRY_RUN_HELP),
 ) -> None:
     """Train many students over one cache; write results.csv and results.md."""
     with _exit_on_error(), _quiet_logs(quiet):
+        from cachebrew.runner.dry_run import describe_dry_run
         from cachebrew.runner.sweep import load_sweep, run_sweep
 
         runs = load_sweep(sweep_file, set_)
+        if dry_run:
+            typer.echo(describe_dry_run([run.config(out) for run in runs]))
+            return
         results = run_sweep(runs, out, parallel=parallel, progress=not quiet)
     typer.echo((Path(out) / "results.md").read_text(encoding="utf-8"))
     if any(row["status"] != "ok" for row in results):

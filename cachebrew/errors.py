@@ -30,6 +30,11 @@ class CacheError(CachebrewError):
     """A teacher cache cannot be used as asked."""
 
 
+class CacheUpToDateError(CacheError):
+    """The output already holds a complete cache of the same teacher, corpus and features:
+    nothing to do (``cachebrew precompute`` reports it and exits 0)."""
+
+
 class CacheCorruptError(CacheError):
     """Stored bytes do not match their checksum (names shard, array and example ids)."""
 

@@ -6,6 +6,11 @@ config can collect every problem and raise one :class:`~cachebrew.errors.ConfigE
 ``to_dict`` with unknown keys reported next to bad values; :func:`load_config` is the one way a
 command merges its YAML file, CLI flags and ``--set`` overrides; :class:`CorpusFields` are the
 corpus keys every config that reads a corpus shares.
+
+Relative paths written in a config file are relative to that file's folder: each config class
+names its path fields in ``PATH_FIELDS`` (dotted for nested ones) and :func:`load_config`
+resolves them (:func:`resolve_paths`); CLI flags and ``--set`` values stay relative to the
+working directory.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Self, TypedDict, TypeVar
+from typing import Any, ClassVar, Self, TypedDict, TypeVar
 
 import torch
 import yaml
@@ -155,8 +161,49 @@ def key_problems(cls: type, data: Mapping[Any, Any], where: str) -> list[str]:
     return problems
 
 
+# ``module:function`` factory specs and URLs (``s3://``, ``file://``) are not relative paths.
+_NOT_A_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$|://")
+
+
+def resolve_path(value: str, base_dir: PathLike) -> str:
+    """``value`` joined to ``base_dir`` (made absolute) when it is a relative filesystem path.
+
+    Absolute paths, ``~`` paths, URLs (``s3://...``) and ``module:function`` specs are returned
+    unchanged, so resolving twice gives the same value.
+    """
+    if not value or value.startswith("~") or os.path.isabs(value) or _NOT_A_PATH.search(value):
+        return value
+    return os.path.normpath(os.path.join(os.path.abspath(base_dir), value))
+
+
+def resolve_paths(
+    data: Mapping[str, Any], path_fields: Collection[str], base_dir: PathLike, prefix: str = ""
+) -> dict[str, Any]:
+    """A copy of ``data`` with every string at a ``path_fields`` name resolved against
+    ``base_dir`` (:func:`resolve_path`).
+
+    Names are dotted for nested mappings (``eval.data``); a key may itself be dotted, as in a
+    sweep's overrides (``{"init_from_teacher.path": "t"}``). Other values are kept as they are.
+    """
+    result: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if name in path_fields and isinstance(value, str):
+            value = resolve_path(value, base_dir)
+        elif isinstance(value, Mapping):
+            value = resolve_paths(value, path_fields, base_dir, f"{name}.")
+        result[key] = value
+    return result
+
+
 class ConfigBase:
-    """Loading, saving and printing shared by the config dataclasses."""
+    """Loading, saving and printing shared by the config dataclasses.
+
+    ``PATH_FIELDS``: the (dotted) field names holding paths, resolved against the folder of the
+    config file that gives them (:func:`load_config`).
+    """
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
@@ -263,12 +310,17 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     missing_hint: str = "",
+    defaults: Mapping[str, Any] | None = None,
 ) -> ConfigT:
     """Build ``cls`` from a YAML file, then CLI flags, then ``--set`` overrides (later wins).
+
+    Relative paths in the file (``cls.PATH_FIELDS``) are resolved against the file's folder;
+    flags and overrides are taken as given (relative to the working directory).
 
     Args:
         cls: the config class (a :class:`ConfigBase` dataclass).
         path: the YAML file, or None for flags and overrides alone.
+        defaults: values used when neither the file nor a flag gives the key.
         flags: CLI values by field name; None means "not given" and keeps the file's value.
         overrides: ``key=value`` strings (:func:`apply_overrides`), applied last.
         missing_hint: appended to a "missing required key(s)" problem, e.g. how to pass them.
@@ -277,7 +329,9 @@ def load_config(
         ConfigError: the file cannot be read or parsed; or every problem of the merged mapping
             at once (bad overrides, unknown keys, bad values, missing keys).
     """
-    data = load_yaml_mapping(path) if path else {}
+    data = dict(defaults or {})
+    if path:
+        data |= resolve_paths(load_yaml_mapping(path), cls.PATH_FIELDS, os.path.dirname(path))
     data.update({k: v for k, v in flags.items() if v is not None})
     try:
         return cls.from_dict(apply_overrides(data, overrides))

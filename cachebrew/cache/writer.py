@@ -54,7 +54,7 @@ from cachebrew.cache.storage import (
     CacheLocation,
     done_marker_name,
 )
-from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
+from cachebrew.errors import CacheError, CacheMismatchError, CacheUpToDateError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +163,7 @@ class CacheWriter:
         if self.overwrite:
             remove_owned(loc)
         elif loc.exists(loc.join(MANIFEST)):
+            self._raise_if_up_to_date(loc.read_json(loc.join(MANIFEST)) or {})
             raise CacheError(
                 f"{loc.path} already holds a complete cache (manifest.json exists); "
                 "pass --overwrite (overwrite=True) to replace it"
@@ -177,6 +178,14 @@ class CacheWriter:
             raise CacheMismatchError(
                 f"cannot resume {loc.path}: it was started with a different configuration:\n"
                 f"{lines}\npass --overwrite (overwrite=True) to start over"
+            )
+
+    def _raise_if_up_to_date(self, manifest: dict[str, Any]) -> None:
+        same = not run_differences(manifest, self._run)
+        if same and manifest.get("extra") == self._run["extra"] and self.world_size == 1:
+            raise CacheUpToDateError(
+                f"{self._loc.path} already holds a complete cache of the same teacher, corpus "
+                "and features: it is up to date, nothing to do (pass --overwrite to recompute it)"
             )
 
     def _load_completed(self) -> None:

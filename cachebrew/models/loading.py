@@ -150,8 +150,12 @@ def _load_directory(path: Path, task: str | None, num_labels: int | None) -> Loa
         raise unreadable_weights(weight_files, error) from error
     mismatched = {k if isinstance(k, str) else k[0] for k in info["mismatched_keys"]}
     fresh = sorted(set(info["missing_keys"]) | mismatched)
-    if fresh:
-        logger.info("%s: fresh weights for %s (not in the checkpoint)", path, fresh)
+    if fresh:  # transformers' own LOAD REPORT table is silenced unless `cachebrew --verbose`
+        modules = sorted({key.rsplit(".", 1)[0] for key in fresh})
+        logger.info(
+            "%s: %s weights are new (fresh, not in the checkpoint; fine-tuning or distillation "
+            "trains them)", path, ", ".join(modules),
+        )  # fmt: skip
     weights_sha, hash_of = (
         (hash_state_dict(model), "state_dict") if fresh else (sha256_files(weight_files), "file")
     )

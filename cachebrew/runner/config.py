@@ -21,17 +21,21 @@ priority)::
     data: corpus.jsonl                # only for a student with another tokenizer
     tokenizer: null                   # the student's tokenizer (default: see the runner)
 
-Relative paths are relative to the working directory. Omitting ``distill`` means KD with
+Relative paths written in the file (``cache``, ``student``, ``out``, ``teacher``,
+``tokenizer``, ``init_from_teacher.path``, ``eval.data``, ``data``) are relative to the file's
+folder; CLI flags and ``--set`` values to the working directory. ``student``, ``teacher`` and
+``tokenizer`` of the ``module:function`` form are not paths. Omitting ``distill`` means KD with
 :class:`~cachebrew.config.DistillationConfig`'s defaults (temperature 4, ``ce``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cachebrew.config import DistillationConfig, TrainingConfig
 from cachebrew.errors import ConfigError
@@ -47,6 +51,7 @@ from cachebrew.validation import (
     is_real,
     load_config,
     raise_if_any,
+    resolve_paths,
     set_field,
 )
 
@@ -233,6 +238,11 @@ class DistillRunConfig(ConfigBase):
             bad nested ``distill``/``training``/``optimizer``/``schedule``/``eval`` fields.
     """
 
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = (
+        "cache", "student", "out", "teacher", "tokenizer", "init_from_teacher.path",
+        "eval.data", "data", "data.path",
+    )  # fmt: skip
+
     cache: str
     student: str
     out: str
@@ -310,6 +320,11 @@ class DistillRunConfig(ConfigBase):
         data = super().to_dict()
         data["training"] = {k: v for k, v in data["training"].items() if k not in RUNNER_OWNED}
         return data
+
+    def to_portable_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with relative paths made absolute (against the working directory):
+        what ``RUN_DIR/config.yaml`` holds, so it loads the same from any folder."""
+        return resolve_paths(self.to_dict(), self.PATH_FIELDS, os.getcwd())
 
 
 _REQUIRED_HINT = " (give them in the YAML or as --cache / --student / --out)"

@@ -67,7 +67,7 @@ def run_distill(
     setup = setup_run(cfg, resume)
     log_plan(setup)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_portable_dict(), sort_keys=False))
     trained = train_student(setup, progress)
     metric, value, eval_examples = evaluate_student(
         cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,

@@ -10,6 +10,11 @@ A sweep file::
       - name: hot                          # optional; derived from the overrides when absent
         overrides: {distill.temperature: 8}
 
+Relative paths in the sweep file (``base:`` and the path keys of ``base``, ``grid`` and
+``runs``) are relative to the sweep file's folder, those inside a ``base`` file to that file's
+folder, ``--set`` values to the working directory; every run config holds absolute paths.
+Two runs with the same name or the same resolved config are an error.
+
 Run ``<name>`` trains into ``DIR/<name>/`` (its ``out``). Runs go one after another in this
 process, or as ``--parallel N`` subprocesses (``python -m cachebrew distill --config
 DIR/<name>/config.yaml``, logs in ``DIR/<name>/log.txt``, ``OMP_NUM_THREADS`` split between
@@ -41,7 +46,14 @@ import yaml
 
 from cachebrew.errors import CachebrewError, ConfigError
 from cachebrew.runner.config import DistillRunConfig
-from cachebrew.validation import ConfigBase, apply_overrides, load_yaml_mapping, raise_if_any
+from cachebrew.validation import (
+    ConfigBase,
+    apply_overrides,
+    load_yaml_mapping,
+    raise_if_any,
+    resolve_path,
+    resolve_paths,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +73,9 @@ class SweepRun:
     data: Mapping[str, Any]
 
     def config(self, sweep_dir: str | Path) -> DistillRunConfig:
-        """The validated run config training into ``sweep_dir/<name>``."""
-        return DistillRunConfig.from_dict({**self.data, "out": str(Path(sweep_dir) / self.name)})
+        """The validated run config training into ``sweep_dir/<name>`` (made absolute)."""
+        out = os.path.abspath(Path(sweep_dir) / self.name)
+        return DistillRunConfig.from_dict({**self.data, "out": out})
 
 
 @dataclass(frozen=True)
@@ -74,27 +87,33 @@ class SweepSpec(ConfigBase):
     runs: Any = None
 
 
-def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> list[SweepRun]:
+def load_sweep(
+    path: str | Path, overrides: Sequence[str] = (), defaults: Mapping[str, Any] | None = None
+) -> list[SweepRun]:
     """Read a sweep file and expand it into runs; every run's config is validated up front.
 
     Args:
         path: the sweep YAML.
         overrides: ``key=value`` strings applied to ``base`` first (``--set``), e.g.
             ``cache=out/tiny/cache``.
+        defaults: values for keys ``base`` does not give (``precompute --from`` gives ``cache``).
 
     Raises:
-        ConfigError: every problem at once (the sweep file's keys, the grid, the runs, and
-            each run's config, prefixed with the run name).
+        ConfigError: every problem at once (the sweep file's keys, the grid, the runs, each
+            run's config, prefixed with the run name, and runs with the same name or config).
     """
     spec = SweepSpec.from_dict(load_yaml_mapping(path))
+    folder = os.path.dirname(path)
     problems: list[str] = []
-    base = apply_overrides(_base_mapping(spec.base, problems), overrides)
+    base = {**(defaults or {}), **_base_mapping(spec.base, folder, problems)}
+    base = resolve_paths(apply_overrides(base, overrides), _PATHS, os.getcwd())
     grid = _grid_points(spec.grid, problems)
     named = _explicit_runs(spec.runs, problems)
     raise_if_any(problems)
     runs = []
     for (run_name, run_overrides), point in itertools.product(named, grid):
         items = run_overrides + [_override(k, v) for k, v in point.items()]
+        items = [_resolved_override(item, folder) for item in items]
         name = "_".join(p for p in (run_name, derive_name(point)) if p) or "base"
         try:
             runs.append(SweepRun(name, tuple(items), apply_overrides(base, items)))
@@ -105,11 +124,15 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> list[SweepRun
     return runs
 
 
-def _base_mapping(base: Any, problems: list[str]) -> dict[str, Any]:
+_PATHS = DistillRunConfig.PATH_FIELDS
+
+
+def _base_mapping(base: Any, folder: str, problems: list[str]) -> dict[str, Any]:
     if isinstance(base, str):
-        return load_yaml_mapping(base)
+        base_path = resolve_path(base, folder)
+        return resolve_paths(load_yaml_mapping(base_path), _PATHS, os.path.dirname(base_path))
     if isinstance(base, Mapping):
-        return dict(base)
+        return resolve_paths(base, _PATHS, folder)
     problems.append(f"base: expected a distill config mapping or a path to one, got {base!r}")
     return {}
 
@@ -154,17 +177,33 @@ def _explicit_runs(runs: Any, problems: list[str]) -> list[tuple[str, list[str]]
     return named
 
 
+def _resolved_override(item: str, folder: str) -> str:
+    """A ``key=value`` of the sweep file with a relative path value resolved against ``folder``."""
+    key, _, raw = item.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return item  # apply_overrides reports it
+    resolved = resolve_paths({key.strip(): value}, _PATHS, folder)[key.strip()]
+    return item if resolved == value else _override(key.strip(), resolved)
+
+
 def _run_problems(runs: Sequence[SweepRun]) -> list[str]:
     problems = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # resolved config -> the first run with it
+    names = [run.name for run in runs]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"run {name}: {names.count(name)} runs have this name; give the runs names")
     for run in runs:
-        if run.name in seen:
-            problems.append(f"run {run.name}: two runs have this name; give the runs names")
-        seen.add(run.name)
         try:
-            run.config("sweep")
+            resolved = {**run.config("sweep").to_dict(), "out": None}  # out differs by name
+            text = json.dumps(resolved, sort_keys=True, default=str)
         except ConfigError as error:
             problems += [f"run {run.name}: {p}" for p in error.problems]
+            continue
+        if text in seen and seen[text] != run.name:
+            problems.append(f"runs {seen[text]} and {run.name} have identical configs; drop one")
+        seen.setdefault(text, run.name)
     return problems
 
 
@@ -231,7 +270,7 @@ def finished_metrics(cfg: DistillRunConfig) -> dict[str, Any] | None:
     metrics_path, config_path = cfg.run_dir / "metrics.json", cfg.run_dir / "config.yaml"
     if not metrics_path.is_file() or not config_path.is_file():
         return None
-    if yaml.safe_load(config_path.read_text(encoding="utf-8")) != cfg.to_dict():
+    if yaml.safe_load(config_path.read_text(encoding="utf-8")) != cfg.to_portable_dict():
         return None
     metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8"))
     try:
@@ -275,7 +314,9 @@ def _run_subprocess(cfg: DistillRunConfig, threads: int) -> dict[str, Any]:
     """``python -m cachebrew distill`` on the run's config.yaml; output in log.txt."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = cfg.run_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    config_path.write_text(
+        yaml.safe_dump(cfg.to_portable_dict(), sort_keys=False), encoding="utf-8"
+    )
     command = [sys.executable, "-m", "cachebrew", "distill", "--config", str(config_path)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     # Not --quiet: the log keeps the run's info lines; no bar is drawn into a file.
@@ -307,8 +348,17 @@ def result_row(name: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """One results row (:data:`COLUMNS`) from a run's metrics (or failure record)."""
     row = {column: metrics.get(column) for column in COLUMNS}
     row["run"] = name
+    row["student"] = _shown_path(row["student"])
     row["status"] = metrics.get("status", "ok")
     return row
+
+
+def _shown_path(value: Any) -> Any:
+    """An absolute path under the working directory shown relative to it (shorter tables)."""
+    if isinstance(value, str) and os.path.isabs(value):
+        relative = os.path.relpath(value)
+        return value if relative.startswith("..") else relative
+    return value
 
 
 def _cell(value: Any) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cachebrew.files import write_json_atomic
 from cachebrew.validation import (
@@ -44,6 +44,8 @@ class FinetuneConfig(CorpusFields, ConfigBase):
     ``label_names`` is a JSON list file; by default ``label_names.json`` beside ``train`` when
     present. ``max_train_examples`` / ``max_dev_examples`` take a seeded random subset.
     """
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("model", "train", "dev", "out", "label_names")
 
     model: str
     train: str

@@ -17,12 +17,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
 
-from cachebrew.cache import CacheWriter, FeatureSpec, feature_spec_from_matches, parse_feature_spec
+from cachebrew.cache import CacheWriter, FeatureSpec, parse_feature_spec
 from cachebrew.cache.codecs import DEFAULT_CODEC
 from cachebrew.cache.spec import DTYPES
 from cachebrew.config import DistillationConfig, resolve_device
@@ -35,6 +35,7 @@ from cachebrew.corpus import (
 )
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model
+from cachebrew.runner.config import DistillRunConfig
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
 from cachebrew.validation import (
@@ -63,13 +64,23 @@ class PrecomputeConfig(CorpusFields, ConfigBase):
     matches); without either, only ``logits`` are stored. ``dtype`` applies to every feature;
     ``feature_dtypes`` overrides it per kind, e.g. ``{"hidden": "int8", "attention": "fp16"}``.
     The corpus keys (``text_field``, ``label_field``, ...) are :class:`CorpusFields`.
+    ``from_runs`` (``--from``): a run config or sweep file; what its runs read is stored too.
     """
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = (
+        "teacher",
+        "data",
+        "out",
+        "distill_config",
+        "from_runs",
+    )
 
     teacher: str
     data: str
     out: str
     features: str | None = None
     distill_config: str | None = None
+    from_runs: str | None = None
     dtype: str = "fp16"
     feature_dtypes: dict[str, str] | None = None
     codec: str = DEFAULT_CODEC
@@ -123,28 +134,26 @@ def load_precompute_config(
 
 
 def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> FeatureSpec:
-    """The feature spec from ``features``, from ``distill_config``, or the default (logits).
+    """What to store: the union of ``features``, what ``distill_config`` and the runs of
+    ``from_runs`` read; only ``logits`` when none is given.
 
     Each kind gets ``cfg.feature_dtypes[kind]`` if given, else ``cfg.dtype``.
     """
+    from cachebrew.runner.reads import features_read_by, merge_specs, run_features
+
     # Parsed with a dtype every kind takes; the real dtypes are set per kind below.
+    kwargs: dict[str, Any] = {"dtype": "fp32", "codec": cfg.codec, "topk": cfg.topk}
+    specs: list[FeatureSpec | None] = []
     if cfg.distill_config is not None:
         distill = DistillationConfig.from_yaml(cfg.distill_config)
-        scheduler = distill.temperature_scheduler
-        scheduler_name = scheduler if isinstance(scheduler, str) else scheduler[0]
-        spec = feature_spec_from_matches(
-            distill.kd_loss_type,
-            scheduler_name,
-            [m.to_dict() for m in distill.intermediate_matches],
-            dtype="fp32",
-            codec=cfg.codec,
-            topk=cfg.topk,
-            vocab_size=vocab_size,
-        )
-    else:
-        spec = parse_feature_spec(
-            cfg.features or DEFAULT_FEATURES, dtype="fp32", codec=cfg.codec, topk=cfg.topk
-        )
+        run = DistillRunConfig(cache="-", student="-", out="-", distill=distill)
+        specs.append(run_features(run, vocab_size=vocab_size, **kwargs))
+    if cfg.from_runs is not None:  # None when every run trains on the labels alone
+        specs.append(features_read_by(cfg.from_runs, vocab_size=vocab_size, **kwargs))
+    given = [s for s in specs if s is not None]
+    if cfg.features is not None or not given:
+        given.append(parse_feature_spec(cfg.features or DEFAULT_FEATURES, **kwargs))
+    spec = merge_specs(given)
     return with_feature_dtypes(spec, cfg.dtype, cfg.feature_dtypes or {})
 
 

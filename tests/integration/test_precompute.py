@@ -173,6 +173,10 @@ def test_rerun_resumes_refuses_a_different_spec_and_needs_overwrite(
     result = _invoke(
         tiny_teacher_dir, tiny_corpus_jsonl, out, "--label-field", "label", "--shard-size", "16"
     )
+    assert result.exit_code == 0 and "is up to date" in result.stdout  # identical: nothing to do
+    result = _invoke(
+        tiny_teacher_dir, tiny_corpus_jsonl, out, "--label-field", "label", "--shard-size", "8"
+    )
     assert result.exit_code != 0 and "--overwrite" in str(result.exception)
 
     (out / "manifest.json").unlink()

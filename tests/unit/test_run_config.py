@@ -25,7 +25,8 @@ def test_yaml_then_flags_then_set_overrides(tmp_path: Path) -> None:
         {"cache": "caches/other", "student": None, "out": "runs/x", "teacher": None},
         ["distill.temperature=2", "training.seed=7", "batch_size=4"],
     )
-    assert cfg.cache == "caches/other" and cfg.student == "students/s.json"
+    assert cfg.cache == "caches/other"  # a flag: as given, relative to the working directory
+    assert cfg.student == str(tmp_path / "students/s.json")  # the file's folder
     assert cfg.distill is not None and cfg.distill.temperature == 2.0
     assert cfg.training.seed == 7 and cfg.batch_size == 4
     assert cfg.num_epochs == 3 and cfg.num_steps is None  # the default length

@@ -31,7 +31,7 @@ def test_load_config_precedence_is_file_then_flags_then_overrides(tmp_path: Path
     flags = {"data": "flag.jsonl", "batch_size": 16, "topk": None}  # None: not given
     cfg = load_config(PrecomputeConfig, path, flags, ["batch_size=32", "split=test"])
     assert (cfg.data, cfg.batch_size, cfg.topk, cfg.split) == ("flag.jsonl", 32, 3, "test")
-    assert cfg.teacher == "t"
+    assert cfg.teacher == str(tmp_path / "t")  # a file's paths are relative to its folder
 
 
 def test_load_config_without_a_file_uses_flags_and_overrides_alone() -> None:
