@@ -156,50 +156,13 @@ def inspect(
 ) -> None:
     """Describe a cache: teacher, corpus, features, layers, dtypes, sizes."""
     from cachebrew.cache import describe_cache, open_cache
+    from cachebrew.cache.describe import describe_text
 
     info = describe_cache(open_cache(cache, verify=False))
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
         return
-    typer.echo(_describe_text(info))
-
-
-def _describe_text(info: dict[str, Any]) -> str:
-    teacher = info["teacher"]
-    lines = [
-        f"cache        {info['path']} (format v{info['format_version']})",
-        f"teacher      {teacher.get('class')} from {teacher.get('source')}",
-        f"corpus       {str(info['corpus_fingerprint'])[:16]}",
-        f"examples     {info['num_examples']} in {info['num_shards']} shards",
-        f"on disk      {_size(info['bytes_on_disk'])} "
-        f"({_size(info['bytes_per_example'])} per example)",
-        "features:",
-    ]
-    for f in info["features"]:
-        layers = f" layers {f['layers']}" if f.get("layers") else ""
-        lines.append(
-            f"  {f['name']:<15}{layers} {f['dtype']}/{f['codec']}: "
-            f"{_size(f['bytes'])} ({_size(f['bytes_per_example'])} per example)"
-            f"{_ratio_text(f.get('compression_ratio'))}"
-        )
-    return "\n".join(lines)
-
-
-def _size(num_bytes: float) -> str:
-    """``512 B``, ``1.5 KB``, ``12.3 MB``, ``4.20 GB`` (decimal units)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if num_bytes >= scale:
-            return f"{num_bytes / scale:.3g} {unit}"
-    return f"{num_bytes:.0f} B"
-
-
-def _ratio_text(ratio: float | None) -> str:
-    """Stored bytes over disk bytes: a codec can also expand data (chunk and metadata overhead)."""
-    if not ratio:
-        return ""
-    if ratio >= 1:
-        return f", codec saves {ratio:.2f}x"
-    return f", codec expands {1 / ratio:.2f}x (chunk/metadata overhead)"
+    typer.echo(describe_text(info))
 
 
 @app.command()
@@ -333,6 +296,38 @@ def sweep(
     typer.echo((Path(out) / "results.md").read_text(encoding="utf-8"))
     if any(row["status"] != "ok" for row in results):
         raise typer.Exit(code=1)
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(..., help="Run dir, checkpoint dir, final/ or HF (teacher) dir."),
+    data: str = typer.Option(..., "--data", help="Labelled corpus (jsonl, csv, tsv, parquet)."),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="Comma-separated, e.g. accuracy,macro_f1 (default: all that fit)."
+    ),
+    text_field: str = typer.Option("text", help="Text column (tokens for tagging)."),
+    text_pair_field: str | None = typer.Option(None, help="Second text column for pairs."),
+    label_field: str = typer.Option("label", help="Label column (tags for tagging)."),
+    id_field: str | None = typer.Option(None, help="Example id column."),
+    split: str | None = typer.Option(None, help="Split of a save_to_disk DatasetDict."),
+    max_length: int | None = typer.Option(None, help="Truncation (default: the model's own)."),
+    batch_size: int = typer.Option(64, min=1, help="Examples per forward pass."),
+    outside_label: int | None = typer.Option(None, help="The O tag id for token_f1."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Score a model on a labelled corpus with every metric that fits its task."""
+    with _exit_on_error():
+        from cachebrew.runner.score import format_report, score_model
+
+        fields = {"text_field": text_field, "text_pair_field": text_pair_field}
+        fields |= {"label_field": label_field, "id_field": id_field, "split": split}
+        names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+        report = score_model(
+            model, data, metrics=names, fields=fields, max_length=max_length,
+            batch_size=batch_size, outside_label=outside_label, device=device,
+        )  # fmt: skip
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 data_app = typer.Typer(

@@ -1,4 +1,5 @@
-"""``describe_cache``: the plain-JSON summary behind ``cachebrew inspect --json``."""
+"""``describe_cache``: the plain-JSON summary behind ``cachebrew inspect --json``, and
+:func:`describe_text`, the text ``cachebrew inspect`` prints from it."""
 
 from __future__ import annotations
 
@@ -76,3 +77,42 @@ def _feature_entry(manifest: dict[str, Any], feature: StoredFeature, n: int) -> 
 
 def _ratio(uncompressed: int, on_disk: int) -> float | None:
     return round(uncompressed / on_disk, 4) if on_disk else None
+
+
+def describe_text(info: dict[str, Any]) -> str:
+    """The text of ``cachebrew inspect``: the summary of :func:`describe_cache`, one line each."""
+    teacher = info["teacher"]
+    lines = [
+        f"cache        {info['path']} (format v{info['format_version']})",
+        f"teacher      {teacher.get('class')} from {teacher.get('source')}",
+        f"corpus       {str(info['corpus_fingerprint'])[:16]}",
+        f"examples     {info['num_examples']} in {info['num_shards']} shards",
+        f"on disk      {_size(info['bytes_on_disk'])} "
+        f"({_size(info['bytes_per_example'])} per example)",
+        "features:",
+    ]
+    for f in info["features"]:
+        layers = f" layers {f['layers']}" if f.get("layers") else ""
+        lines.append(
+            f"  {f['name']:<15}{layers} {f['dtype']}/{f['codec']}: "
+            f"{_size(f['bytes'])} ({_size(f['bytes_per_example'])} per example)"
+            f"{_ratio_text(f.get('compression_ratio'))}"
+        )
+    return "\n".join(lines)
+
+
+def _size(num_bytes: float) -> str:
+    """``512 B``, ``1.5 KB``, ``12.3 MB``, ``4.20 GB`` (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.3g} {unit}"
+    return f"{num_bytes:.0f} B"
+
+
+def _ratio_text(ratio: float | None) -> str:
+    """Stored bytes over disk bytes: a codec can also expand data (chunk and metadata overhead)."""
+    if not ratio:
+        return ""
+    if ratio >= 1:
+        return f", codec saves {ratio:.2f}x"
+    return f", codec expands {1 / ratio:.2f}x (chunk/metadata overhead)"

@@ -222,6 +222,16 @@ def load_checkpoint(
     return state, tensors
 
 
+def load_model_weights(module: nn.Module, file: Path) -> None:
+    """Load a checkpoint's ``student.safetensors`` (or projections) into ``module``, strictly.
+
+    Raises:
+        CheckpointError: the file cannot be read or does not fit ``module``.
+    """
+    with _readable(file):
+        load_model(module, str(file), strict=True)
+
+
 @contextlib.contextmanager
 def _readable(file: Path) -> Iterator[None]:
     """A checkpoint file that cannot be read (truncated, edited, or a crafted pickle that
