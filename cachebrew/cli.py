@@ -273,7 +273,9 @@ def distill(
         flags |= {"teacher": teacher, "allow_teacher_mismatch": allow_teacher_mismatch or None}
         cfg = load_distill_config(config, flags, set_)
         metrics = run_distill(cfg, resume=resume, progress=not quiet)
-    summary = {k: v for k, v in metrics.items() if k not in ("loss_curve", "loss_terms")}
+    summary = {
+        k: v for k, v in metrics.items() if k not in ("loss_curve", "loss_terms", "eval_curve")
+    }
     typer.echo(json.dumps(summary, indent=2))
 
 
