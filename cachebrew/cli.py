@@ -23,16 +23,6 @@ app = typer.Typer(
 _DEBUG = {"on": False}
 
 
-@app.callback()
-def _global_options(
-    debug: bool = typer.Option(
-        False, "--debug", help="Show the full traceback of an error instead of one line."
-    ),
-) -> None:
-    """Distill NLP models with a teacher that runs once: precompute a cache, then distill."""
-    _DEBUG["on"] = debug
-
-
 # precompute options that are not PrecomputeConfig fields (how to run, not what to compute)
 _PRECOMPUTE_NON_CONFIG = ("config", "set_", "quiet", "part", "finalize", "barrier_timeout")
 
@@ -45,16 +35,21 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+# One callback: typer keeps only the last one registered (a second dropped --debug).
 @app.callback()
 def _options(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show the full traceback of an error instead of one line."
     ),
 ) -> None:
     """Distill NLP models with a teacher that runs once: precompute a cache, then distill from it.
 
     Shell completion: `cachebrew --install-completion` (bash, zsh, fish, PowerShell).
     """
+    _DEBUG["on"] = debug
 
 
 @app.command()

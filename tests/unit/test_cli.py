@@ -62,7 +62,7 @@ def test_data_prepare_without_names_refuses_instead_of_fetching_everything(tmp_p
 
 
 def test_sizes_read_in_the_unit_that_fits() -> None:
-    from cachebrew.cli import _ratio_text, _size
+    from cachebrew.cache.describe import _ratio_text, _size
 
     assert _size(512) == "512 B"
     assert _size(1_536) == "1.54 KB"
