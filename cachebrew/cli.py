@@ -304,7 +304,9 @@ def distill(
             typer.echo(describe_dry_run([cfg], resume=resume))
             return
         metrics = run_distill(cfg, resume=resume, progress=not quiet)
-    summary = {k: v for k, v in metrics.items() if k not in ("loss_curve", "loss_terms")}
+    summary = {
+        k: v for k, v in metrics.items() if k not in ("loss_curve", "loss_terms", "eval_curve")
+    }
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -332,6 +334,38 @@ def sweep(
     typer.echo((Path(out) / "results.md").read_text(encoding="utf-8"))
     if any(row["status"] != "ok" for row in results):
         raise typer.Exit(code=1)
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Argument(..., help="Run dir, checkpoint dir, final/ or HF (teacher) dir."),
+    data: str = typer.Option(..., "--data", help="Labelled corpus (jsonl, csv, tsv, parquet)."),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="Comma-separated, e.g. accuracy,macro_f1 (default: all that fit)."
+    ),
+    text_field: str = typer.Option("text", help="Text column (tokens for tagging)."),
+    text_pair_field: str | None = typer.Option(None, help="Second text column for pairs."),
+    label_field: str = typer.Option("label", help="Label column (tags for tagging)."),
+    id_field: str | None = typer.Option(None, help="Example id column."),
+    split: str | None = typer.Option(None, help="Split of a save_to_disk DatasetDict."),
+    max_length: int | None = typer.Option(None, help="Truncation (default: the model's own)."),
+    batch_size: int = typer.Option(64, min=1, help="Examples per forward pass."),
+    outside_label: int | None = typer.Option(None, help="The O tag id for token_f1."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Score a model on a labelled corpus with every metric that fits its task."""
+    with _exit_on_error():
+        from cachebrew.runner.score import format_report, score_model
+
+        fields = {"text_field": text_field, "text_pair_field": text_pair_field}
+        fields |= {"label_field": label_field, "id_field": id_field, "split": split}
+        names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+        report = score_model(
+            model, data, metrics=names, fields=fields, max_length=max_length,
+            batch_size=batch_size, outside_label=outside_label, device=device,
+        )  # fmt: skip
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 data_app = typer.Typer(

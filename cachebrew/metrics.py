@@ -123,6 +123,45 @@ METRICS: dict[str, Callable[..., float]] = {
     "macro_f1": macro_f1,
     "token_f1": token_f1,
 }
+# task -> the metrics that fit it, the first being the task's default (the one a run's
+# ``metric``/``value`` report and ``keep_checkpoints`` ranks by). A metric over something other
+# than argmax predictions (perplexity over the logits) adds its task here and its scorer in
+# :mod:`cachebrew.runner.score`.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "sequence_classification": ("accuracy", "macro_f1"),
+    "token_classification": ("token_f1", "accuracy", "macro_f1"),
+}
+# metrics where a smaller value is better (every metric above: larger is better)
+LOWER_IS_BETTER: set[str] = set()
+
+
+def metrics_for_task(task: str) -> tuple[str, ...]:
+    """The metric names that fit ``task`` (its default first); empty for an unknown task."""
+    return TASK_METRICS.get(task, ())
+
+
+def is_better(name: str, value: float, than: float | None) -> bool:
+    """Whether ``value`` of metric ``name`` beats ``than`` (None: nothing to beat)."""
+    if than is None:
+        return True
+    return value < than if name in LOWER_IS_BETTER else value > than
+
+
+def score_predictions(
+    names: Iterable[str], predictions: Any, labels: Any, *, outside_label: int | None = None
+) -> dict[str, float]:
+    """``{name: value}`` of each metric in ``names`` over the same predictions.
+
+    Args:
+        names: keys of :data:`METRICS`.
+        predictions, labels: class ids of the same shape.
+        outside_label: the ``O`` tag id, passed to ``token_f1`` only.
+    """
+    scores = {}
+    for name in names:
+        kwargs = {"outside_label": outside_label} if name == "token_f1" else {}
+        scores[name] = METRICS[name](predictions, labels, **kwargs)
+    return scores
 
 
 def predict(

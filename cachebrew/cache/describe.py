@@ -1,4 +1,5 @@
-"""``describe_cache``: the plain-JSON summary behind ``cachebrew inspect --json``."""
+"""``describe_cache``: the plain-JSON summary behind ``cachebrew inspect --json``, and
+:func:`describe_text`, the text ``cachebrew inspect`` prints from it."""
 
 from __future__ import annotations
 

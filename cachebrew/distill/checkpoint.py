@@ -15,6 +15,8 @@ Layout under ``output_dir``::
 A checkpoint is written into a hidden temporary directory and renamed into place when every
 file is written, then ``latest`` is replaced (write + rename): a run killed while saving
 leaves at most a ``.tmp-*`` directory, never a ``checkpoint-gs{N}`` that looks complete.
+:func:`prune_checkpoints` keeps a chosen few (the runner's ``keep_checkpoints``); the loop
+itself never deletes one, as TextBrewer kept every ``gs{N}.pkl``.
 TextBrewer saved ``gs{N}.pkl`` (student weights only, pickled): no resume, and the trained
 projections were lost (its issue #116).
 """
@@ -25,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -99,6 +102,52 @@ def _publish(tmp: Path, final: Path) -> None:
         os.replace(tmp, final)
 
 
+def list_checkpoints(output_dir: str | os.PathLike[str]) -> dict[int, Path]:
+    """``{global step: directory}`` of the complete checkpoints under ``output_dir``."""
+    found = {}
+    pattern = re.compile(rf"^{PREFIX}(\d+)$")
+    root = Path(output_dir)
+    for path in root.iterdir() if root.is_dir() else ():
+        match = pattern.match(path.name)
+        if match and (path / STATE_FILE).is_file() and (path / STUDENT_FILE).is_file():
+            found[int(match.group(1))] = path
+    return found
+
+
+def prune_checkpoints(
+    output_dir: str | os.PathLike[str], keep: int, best_step: int | None = None
+) -> list[Path]:
+    """Delete all but ``keep`` checkpoints: the one ``latest`` names, then the one of
+    ``best_step`` (if given and present), then the newest others.
+
+    Only complete ``checkpoint-gs{N}`` directories are candidates (what :func:`save_checkpoint`
+    wrote); anything else under ``output_dir`` is left alone.
+
+    Args:
+        output_dir: the checkpoints' directory.
+        keep: how many to keep (>= 1).
+        best_step: the global step of the best checkpoint by an eval metric, or None.
+
+    Returns:
+        The deleted directories.
+
+    Raises:
+        CheckpointError: ``keep`` < 1.
+    """
+    if keep < 1:
+        raise CheckpointError(f"keep={keep}: at least the latest checkpoint must be kept")
+    found = list_checkpoints(output_dir)
+    pointer = Path(output_dir) / LATEST
+    latest = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    ranked = sorted(found, reverse=True)
+    ranked.sort(key=lambda step: (found[step].name != latest, step != best_step))
+    removed = [found[step] for step in ranked[keep:]]
+    for path in removed:
+        shutil.rmtree(path)
+        logger.info("removed checkpoint %s (keep_checkpoints=%d)", path, keep)
+    return removed
+
+
 def resolve_checkpoint(resume_from: str | os.PathLike[str], output_dir: str) -> Path | None:
     """Find the checkpoint ``resume_from`` names.
 
@@ -171,6 +220,16 @@ def load_checkpoint(
     with _readable(path / TENSORS_FILE):
         tensors = torch.load(path / TENSORS_FILE, map_location="cpu", weights_only=True)
     return state, tensors
+
+
+def load_model_weights(module: nn.Module, file: Path) -> None:
+    """Load a checkpoint's ``student.safetensors`` (or projections) into ``module``, strictly.
+
+    Raises:
+        CheckpointError: the file cannot be read or does not fit ``module``.
+    """
+    with _readable(file):
+        load_model(module, str(file), strict=True)
 
 
 @contextlib.contextmanager

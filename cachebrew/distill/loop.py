@@ -290,7 +290,7 @@ class TrainingRun:
         }
         if self.scheduler is not None:
             tensors["scheduler"] = self.scheduler.state_dict()
-        ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.config.output_dir,
             self.state.global_step,
             self.job.student,
@@ -298,6 +298,7 @@ class TrainingRun:
             state,
             tensors,
         )
+        self.observer.on_save(self.state.global_step, path)
 
     def cleanup(self) -> None:
         """Flush and close the metrics writer."""

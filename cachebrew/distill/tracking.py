@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,7 +84,8 @@ class TrainObserver:
     Every method is a no-op here. The loop calls them on every rank (check the rank yourself
     before drawing anything), in this order: :meth:`on_train_begin`, then per optimizer step
     :meth:`on_epoch` (epoch mode, when an epoch starts), one :meth:`on_micro_batch` per
-    micro-batch and :meth:`on_step`; :meth:`on_train_end` always follows a begin, also when
+    micro-batch and :meth:`on_step`, then :meth:`on_save` when a checkpoint was written;
+    :meth:`on_train_end` always follows a begin, also when
     training raises.
     """
 
@@ -106,6 +108,9 @@ class TrainObserver:
 
     def on_step(self, step: int, lr: float) -> None:
         """Optimizer step ``step`` (1-based global step) ran with learning rate ``lr``."""
+
+    def on_save(self, step: int, path: Path) -> None:
+        """A full checkpoint of global step ``step`` was written to ``path`` (rank 0 only)."""
 
     def on_train_end(self) -> None:
         """Training ended (finished or raised)."""

@@ -17,7 +17,9 @@ priority)::
     num_epochs: 3                     # or num_steps (exactly one; default 3 epochs)
     batch_size: 32
     max_grad_norm: 1.0
-    eval: {fraction: 0.1}             # or {data: dev.jsonl, label_field: label, metric: ...}
+    eval: {fraction: 0.1}             # or {data: dev.jsonl, label_field: label, metrics: [...]}
+                                      #   every_steps: N also evaluates during training
+    keep_checkpoints: 2               # the latest + the best by the eval metric (else N latest)
     data: corpus.jsonl                # only for a student with another tokenizer
     tokenizer: null                   # the student's tokenizer (default: see the runner)
 
@@ -39,7 +41,7 @@ from typing import Any, ClassVar
 
 from cachebrew.config import DistillationConfig, TrainingConfig
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import METRICS
+from cachebrew.metrics import METRICS, metrics_for_task
 from cachebrew.validation import (
     ConfigBase,
     CorpusFields,
@@ -161,13 +163,19 @@ class EvalConfig(CorpusFields, ConfigBase):
     ``data`` (read with the corpus fields; ``label_field`` defaults to ``label``) tokenized
     with the student's tokenizer.
 
-    ``metric`` defaults to ``accuracy`` for sequence classification and ``token_f1`` for
-    tagging; ``outside_label`` is the ``O`` tag id for ``token_f1``.
+    ``metrics`` lists the metrics to report (default: every metric that fits the task,
+    :data:`~cachebrew.metrics.TASK_METRICS`); ``metric`` (one name, kept for older configs)
+    is the first of them when ``metrics`` is not given. The first is the run's ``metric`` /
+    ``value`` and what ``keep_checkpoints`` ranks by. ``every_steps: N`` also evaluates every
+    N optimizer steps and at every checkpoint (TensorBoard ``eval/<metric>``, ``metrics.json``
+    ``eval_curve``). ``outside_label`` is the ``O`` tag id for ``token_f1``.
     """
 
     data: str | None = None
     fraction: float | None = None
     metric: str | None = None
+    metrics: tuple[str, ...] | None = None
+    every_steps: int | None = None
     batch_size: int = 64
     seed: int = 0
     outside_label: int | None = None
@@ -184,12 +192,36 @@ class EvalConfig(CorpusFields, ConfigBase):
             problems.append(f"fraction: expected a number in (0, 1), got {self.fraction!r}")
         if self.metric is not None:
             check_choice(problems, "metric", self.metric, METRICS, "metric")
+        self._check_metrics(problems)
+        if self.every_steps is not None:
+            set_field(self, "every_steps", check_int(problems, "every_steps", self.every_steps, 1))
         set_field(self, "batch_size", check_int(problems, "batch_size", self.batch_size, 1))
         set_field(self, "seed", check_int(problems, "seed", self.seed, 0))
         if self.outside_label is not None:
             check_int(problems, "outside_label", self.outside_label, 0)
         self.check_corpus_fields(problems)
         raise_if_any(problems)
+
+    def _check_metrics(self, problems: list[str]) -> None:
+        if self.metrics is None:
+            return
+        if isinstance(self.metrics, str):
+            set_field(self, "metrics", tuple(m.strip() for m in self.metrics.split(",")))
+        if not isinstance(self.metrics, list | tuple) or not self.metrics:
+            problems.append(f"metrics: expected a non-empty list of names, got {self.metrics!r}")
+            return
+        for i, name in enumerate(self.metrics):
+            check_choice(problems, f"metrics[{i}]", name, METRICS, "metric")
+        set_field(self, "metrics", tuple(self.metrics))
+
+    def metric_names(self, task: str) -> tuple[str, ...]:
+        """What to report for a ``task`` student: ``metrics``, else ``(metric,)``, else every
+        metric that fits the task (:func:`~cachebrew.metrics.metrics_for_task`)."""
+        if self.metrics is not None:
+            return self.metrics
+        if self.metric is not None:
+            return (self.metric,)
+        return metrics_for_task(task) or ("accuracy",)
 
 
 # field -> config class of the nested mappings; None keeps the default for the first three
@@ -262,6 +294,7 @@ class DistillRunConfig(ConfigBase):
     batch_size: int = 32
     max_grad_norm: float = 1.0
     shuffle_buffer: int = 1024
+    keep_checkpoints: int = 2
     eval: EvalConfig | None = None
     data: DataConfig | None = None
 
@@ -291,7 +324,7 @@ class DistillRunConfig(ConfigBase):
                 set_field(self, name, check_int(problems, name, getattr(self, name), 1))
         if self.num_epochs is None and self.num_steps is None:
             set_field(self, "num_epochs", DEFAULT_EPOCHS)
-        for name in ("batch_size", "shuffle_buffer"):
+        for name in ("batch_size", "shuffle_buffer", "keep_checkpoints"):
             set_field(self, name, check_int(problems, name, getattr(self, name), 1))
         set_field(self, "max_grad_norm", check_real(problems, "max_grad_norm", self.max_grad_norm))
 

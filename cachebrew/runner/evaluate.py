@@ -1,9 +1,9 @@
 """Evaluate a trained student on held-out cache examples or a labelled corpus (``eval:``).
 
 Predictions are the argmax of the student adaptor's ``logits`` (:func:`cachebrew.metrics.predict`);
-labels of -100 (special tokens, later sub-tokens) are skipped. The metric defaults to
-``accuracy`` for sequence classification and ``token_f1`` for token classification (see
-:mod:`cachebrew.metrics`).
+labels of -100 (special tokens, later sub-tokens) are skipped. The metrics default to every
+metric that fits the task, the primary first (``accuracy`` for sequence classification,
+``token_f1`` for token classification; see :mod:`cachebrew.metrics`).
 
 **Eval split.** ``eval: {fraction: f}`` holds out the examples whose
 ``sha256(f"{seed}:{example_id}")`` falls in the lowest fraction ``f`` of the hash range: a
@@ -21,7 +21,7 @@ import torch
 from cachebrew.cache.reader import CacheReader
 from cachebrew.corpus import pad_batch
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import METRICS, predict
+from cachebrew.metrics import predict, score_predictions
 from cachebrew.models import LoadedModel
 from cachebrew.runner.config import DataConfig, DistillRunConfig, EvalConfig
 from cachebrew.runner.tokens import StudentTokens, max_length, student_items
@@ -32,6 +32,61 @@ def default_metric(kind: str) -> str:
     return "token_f1" if kind == "token_classification" else "accuracy"
 
 
+class StudentEvaluator:
+    """Scores the student on the run's eval examples, as often as asked (after training, and
+    during it with ``eval.every_steps``); the corpus is tokenized once.
+
+    Attributes:
+        names: the metrics reported (:meth:`EvalConfig.metric_names`), the primary first.
+        num_examples: examples scored per evaluation.
+    """
+
+    def __init__(
+        self,
+        cfg: DistillRunConfig,
+        reader: CacheReader,
+        student: LoadedModel,
+        tokens: StudentTokens,
+        eval_ids: Sequence[str] | None,
+        device: torch.device,
+    ):
+        if cfg.eval is None:
+            raise ConfigError("evaluation needs eval: in the run config")
+        self.eval_cfg, self.reader, self.student = cfg.eval, reader, student
+        self.tokens, self.eval_ids, self.device = tokens, list(eval_ids or []), device
+        self.names = cfg.eval.metric_names(student.kind)
+        self._batches: list[dict[str, Any]] | None = None
+        self.num_examples = len(self.eval_ids)
+        if cfg.eval.data is not None:
+            self._batches, self.num_examples = corpus_eval_batches(
+                cfg.eval, tokens, max_length(reader)
+            )
+
+    def _source(self) -> Iterable[dict[str, Any]]:
+        if self._batches is not None:
+            return self._batches
+        from cachebrew.cache.dataset import CacheDataset
+
+        dataset = CacheDataset(
+            self.reader,
+            batch_size=self.eval_cfg.batch_size,
+            shuffle=False,
+            example_ids=self.eval_ids,
+            teacher_cache=False,
+            **self.tokens.dataset_kwargs(),
+        )
+        return student_batches(dataset)
+
+    def __call__(self) -> dict[str, float]:
+        """``{metric: value}`` of the student as it is now (its train/eval mode is kept)."""
+        predictions, labels = predict(
+            self.student.model, self.student.adaptor, self._source(), self.device
+        )
+        return score_predictions(
+            self.names, predictions, labels, outside_label=self.eval_cfg.outside_label
+        )
+
+
 def evaluate_student(
     cfg: DistillRunConfig,
     reader: CacheReader,
@@ -39,29 +94,12 @@ def evaluate_student(
     tokens: StudentTokens,
     eval_ids: Sequence[str] | None,
     device: torch.device,
-) -> tuple[str | None, float | None, int]:
-    """``(metric name, value, number of examples)``; ``(None, None, 0)`` without ``eval:``."""
+) -> tuple[dict[str, float], int]:
+    """``({metric: value}, number of examples)``; ``({}, 0)`` without ``eval:``."""
     if cfg.eval is None:
-        return None, None, 0
-    from cachebrew.cache.dataset import CacheDataset
-
-    if cfg.eval.data is not None:
-        batches, count = corpus_eval_batches(cfg.eval, tokens, max_length(reader))
-        source: Iterable[dict[str, Any]] = batches
-    else:
-        dataset = CacheDataset(
-            reader,
-            batch_size=cfg.eval.batch_size,
-            shuffle=False,
-            example_ids=list(eval_ids or []),
-            teacher_cache=False,
-            **tokens.dataset_kwargs(),
-        )
-        source, count = student_batches(dataset), len(eval_ids or [])
-    predictions, labels = predict(student.model, student.adaptor, source, device)
-    name = cfg.eval.metric or default_metric(student.kind)
-    kwargs = {"outside_label": cfg.eval.outside_label} if name == "token_f1" else {}
-    return name, METRICS[name](predictions, labels, **kwargs), count
+        return {}, 0
+    evaluator = StudentEvaluator(cfg, reader, student, tokens, eval_ids, device)
+    return evaluator(), evaluator.num_examples
 
 
 def split_eval_ids(

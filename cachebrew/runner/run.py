@@ -6,9 +6,12 @@
 :class:`~cachebrew.distill.BasicTrainer` on the labels alone (no teacher feature is read).
 With ``teacher:`` (online mode) the live teacher runs on the inputs stored in the cache.
 
-RUN_DIR (``out``) receives ``checkpoints/`` (full checkpoints; ``resume=True`` continues from
-the latest), ``tb/`` (TensorBoard), ``config.yaml`` (the resolved config, reusable with
-``--config``) and ``metrics.json`` (:data:`METRICS_KEYS`, written last).
+RUN_DIR (``out``) receives ``checkpoints/`` (full checkpoints, ``keep_checkpoints`` of them:
+:mod:`cachebrew.runner.monitor`; ``resume=True`` continues from the latest), ``tb/``
+(TensorBoard), ``config.yaml`` (the resolved config, reusable with ``--config``), ``final/``
+(the student as a Hugging Face directory: :mod:`cachebrew.runner.export`) and
+``metrics.json`` (:data:`METRICS_KEYS`, written last: ``metric``/``value`` are the primary
+eval metric, ``eval_metrics`` every one, ``eval_curve`` the scores during training).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from cachebrew.distill.sources import SingleSource
 from cachebrew.distill.tracking import Throughput
 from cachebrew.files import write_json_atomic
 from cachebrew.runner.config import DistillRunConfig, OptimizerConfig
-from cachebrew.runner.evaluate import evaluate_student
+from cachebrew.runner.evaluate import StudentEvaluator
+from cachebrew.runner.export import save_final
+from cachebrew.runner.monitor import Observers, RunMonitor
 from cachebrew.runner.progress import ForwardCounter, RunProgress
 from cachebrew.runner.setup import RunSetup, _check_run_dir, setup_run
 from cachebrew.schedules import lr_factor
@@ -48,7 +53,7 @@ METRICS_KEYS = (
     "run", "status", "student", "kd", "mode", "cache", "cache_manifest_sha256", "examples",
     "steps", "steps_this_run", "resumed_from_step", "final_loss", "loss_curve", "loss_terms",
     "examples_trained", "examples_per_s", "data_wait_share", "teacher_forwards", "params",
-    "seconds", "train_seconds", "metric", "value", "eval_examples",
+    "seconds", "train_seconds", "metric", "value", "eval_examples", "eval_metrics", "eval_curve",
 )  # fmt: skip
 
 
@@ -68,13 +73,19 @@ def run_distill(
     log_plan(setup)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_portable_dict(), sort_keys=False))
-    trained = train_student(setup, progress)
-    metric, value, eval_examples = evaluate_student(
-        cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,
-        setup.train_config.resolved_device(),
-    )  # fmt: skip
+    evaluator = _evaluator(setup)
+    monitor = _monitor(setup, evaluator)
+    trained = train_student(setup, progress, monitor)
+    scores = evaluator() if evaluator is not None else {}
+    if scores:
+        monitor.log_final(setup.plan.total_steps, scores)
+    if global_rank(setup.train_config) == 0:
+        save_final(cfg.run_dir, setup.student, setup.tokens.tokenizer, setup.reader)
     metrics = _metrics(setup, trained)
-    metrics.update(metric=metric, value=value, eval_examples=eval_examples)
+    metric = evaluator.names[0] if evaluator is not None else None
+    metrics.update(metric=metric, value=scores.get(metric) if metric else None)
+    metrics.update(eval_examples=evaluator.num_examples if evaluator is not None else 0)
+    metrics.update(eval_metrics=scores or None, eval_curve=monitor.curve or None)
     metrics["seconds"] = time.perf_counter() - started
     write_json_atomic(cfg.run_dir / METRICS_FILE, metrics)
     logger.info("%s: %s", cfg.out, _summary(metrics))
@@ -123,13 +134,38 @@ def _distiller(setup: RunSetup) -> Trainer:
     )
 
 
-def train_student(setup: RunSetup, progress: bool) -> Trained:
-    """Train with the run's plan, LR schedule and progress bar (rank 0, on a terminal)."""
+def _evaluator(setup: RunSetup) -> StudentEvaluator | None:
+    if setup.cfg.eval is None:
+        return None
+    return StudentEvaluator(
+        setup.cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,
+        setup.train_config.resolved_device(),
+    )  # fmt: skip
+
+
+def _monitor(setup: RunSetup, evaluator: StudentEvaluator | None) -> RunMonitor:
+    """Evaluation during training (rank 0) and ``keep_checkpoints``."""
+    cfg, train_config = setup.cfg, setup.train_config
+    rank0 = global_rank(train_config) == 0
+    return RunMonitor(
+        evaluator if rank0 else None,
+        evaluator.names[0] if evaluator is not None else None,
+        cfg.eval.every_steps if cfg.eval is not None else None,
+        train_config.output_dir,
+        cfg.keep_checkpoints,
+        log_dir=train_config.log_dir if rank0 else None,
+    )
+
+
+def train_student(setup: RunSetup, progress: bool, monitor: RunMonitor | None = None) -> Trained:
+    """Train with the run's plan, LR schedule and progress bar (rank 0, on a terminal);
+    ``monitor`` evaluates during training and prunes checkpoints."""
     cfg = setup.cfg
     distiller = _distiller(setup)
     # A bar is for a person watching: not on other ranks, not into a log file (sweep).
     show = progress and global_rank(setup.train_config) == 0 and sys.stderr.isatty()
-    observer = RunProgress(show)
+    bar = RunProgress(show)
+    observer = Observers([bar, monitor]) if monitor is not None else bar
     counter = ForwardCounter(setup.teacher.model) if setup.teacher is not None else None
     postprocess = (lambda batch: batch["student"]) if cfg.distill_config is None else None
     job = distiller.make_job(

@@ -22,7 +22,8 @@ them). A failed run is recorded with its error and the others continue. A run wh
 ``metrics.json`` exists, made with the same resolved config and the same cache manifest, is
 skipped (so ``make`` can re-run a sweep cheaply); a stale or unfinished run directory is
 cleared and the run redone. ``DIR/results.csv`` and ``DIR/results.md`` get one row per run
-(:data:`COLUMNS`).
+(:data:`COLUMNS`, with one column per eval metric any run reported inserted after ``value``:
+``metric``/``value`` are each run's primary metric, the others every metric of its eval).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +262,7 @@ def run_sweep(
             logger.info("run %d/%d: %s", i, len(pending), cfg.run_dir.name)
             results[cfg.run_dir.name] = _run_in_process(cfg, progress)
     rows = [result_row(run.name, results[run.name]) for run in runs]
-    write_results(rows, sweep_dir)
+    write_results(rows, sweep_dir, result_columns(results.values()))
     return rows
 
 
@@ -344,12 +345,24 @@ def _failed(cfg: DistillRunConfig, error: str) -> dict[str, Any]:
     }
 
 
+def result_columns(runs_metrics: Iterable[Mapping[str, Any]]) -> list[str]:
+    """:data:`COLUMNS` with every eval metric of any run (first seen first) after ``value``."""
+    names: dict[str, None] = {}
+    for metrics in runs_metrics:
+        names.update(dict.fromkeys(metrics.get("eval_metrics") or {}))
+    cut = COLUMNS.index("value") + 1
+    return [*COLUMNS[:cut], *names, *COLUMNS[cut:]]
+
+
 def result_row(name: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One results row (:data:`COLUMNS`) from a run's metrics (or failure record)."""
+    """One results row (:data:`COLUMNS` and the run's eval metrics) from a run's metrics (or
+    failure record)."""
     row = {column: metrics.get(column) for column in COLUMNS}
     row["run"] = name
     row["student"] = _shown_path(row["student"])
     row["status"] = metrics.get("status", "ok")
+    for metric, value in (metrics.get("eval_metrics") or {}).items():
+        row.setdefault(metric, value)
     return row
 
 
@@ -371,16 +384,18 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def write_results(rows: Sequence[Mapping[str, Any]], sweep_dir: Path) -> None:
-    """``results.csv`` (full values) and ``results.md`` (a table, rounded)."""
+def write_results(
+    rows: Sequence[Mapping[str, Any]], sweep_dir: Path, columns: Sequence[str] = COLUMNS
+) -> None:
+    """``results.csv`` (full values) and ``results.md`` (a table, rounded) of ``columns``."""
     with open(sweep_dir / "results.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _cell(v) if isinstance(v, bool) else v for k, v in row.items()})
     lines = [
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
-        *("| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows),
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+        *("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows),
     ]
     (sweep_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -104,7 +104,9 @@ def test_three_students_over_one_cache_never_touch_a_teacher(
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["run"] for r in rows] == ["bert-1l-kd", "bert-2l-kd", "bert-2l-labels"]
-    assert list(rows[0]) == list(COLUMNS)
+    # every eval metric that fits the task gets a column after value (the primary's)
+    assert list(rows[0]) == [*COLUMNS[:5], "accuracy", "macro_f1", *COLUMNS[5:]]
+    assert all(r["accuracy"] == r["value"] and 0 <= float(r["macro_f1"]) <= 1 for r in rows)
     assert [r["kd"] for r in rows] == ["true", "true", "false"]
     assert all(r["status"] == "ok" and r["teacher_forwards"] == "0" for r in rows)
     assert all(r["metric"] == "accuracy" and float(r["steps"]) > 0 for r in rows)

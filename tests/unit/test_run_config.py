@@ -113,3 +113,20 @@ def test_nested_sections_data_eval_init_and_set_errors() -> None:
     assert "task: unknown task 'ner'" in text
     with pytest.raises(ConfigError, match="expected key=value"):
         load_distill_config(None, BASE, ["batch_size"])
+
+
+def test_eval_metrics_list_every_steps_and_keep_checkpoints() -> None:
+    from cachebrew.runner.config import EvalConfig
+
+    cfg = EvalConfig(data="dev.jsonl", metrics=["macro_f1", "accuracy"], every_steps=50)
+    assert cfg.metric_names("sequence_classification") == ("macro_f1", "accuracy")
+    assert EvalConfig(fraction=0.1, metric="macro_f1").metric_names("x") == ("macro_f1",)
+    assert EvalConfig(fraction=0.1).metric_names("token_classification")[0] == "token_f1"
+    with pytest.raises(ConfigError) as error:
+        EvalConfig(fraction=0.1, metrics=["acc"], every_steps=0)
+    text = str(error.value)
+    assert "metrics[0]: unknown metric 'acc'" in text and "every_steps" in text
+    base = {"cache": "c", "student": "s", "out": "o"}
+    assert load_distill_config(None, base).keep_checkpoints == 2
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        load_distill_config(None, {**base, "keep_checkpoints": 0})
