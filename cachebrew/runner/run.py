@@ -35,6 +35,7 @@ from cachebrew.distill.sources import SingleSource
 from cachebrew.distill.tracking import Throughput
 from cachebrew.files import write_json_atomic
 from cachebrew.runner.config import DistillRunConfig, OptimizerConfig
+from cachebrew.runner.distributed import join_world, leave_world, reduce_trained
 from cachebrew.runner.evaluate import evaluate_student
 from cachebrew.runner.progress import ForwardCounter, RunProgress
 from cachebrew.runner.setup import RunSetup, _check_run_dir, setup_run
@@ -63,12 +64,16 @@ def run_distill(
         CacheError: the cache is missing, incomplete or corrupt.
     """
     started = time.perf_counter()
+    world = join_world(cfg.training.device)  # torchrun: DDP; otherwise one process
     _check_run_dir(cfg, resume)
     setup = setup_run(cfg, resume)
     log_plan(setup)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if world.is_main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     trained = train_student(setup, progress)
+    if not world.is_main:  # rank 0 evaluates and writes the metrics
+        return _metrics(setup, trained)
     metric, value, eval_examples = evaluate_student(
         cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,
         setup.train_config.resolved_device(),
@@ -147,7 +152,10 @@ def train_student(setup: RunSetup, progress: bool) -> Trained:
         if counter is not None:
             counter.remove()
     forwards = counter.count if counter is not None else 0
-    return Trained(run.metrics.history, run.throughput, forwards)
+    # the last collectives of a DDP run: loss means and example sums over the ranks
+    history = reduce_trained(run.metrics.history, run.throughput, setup.world)
+    leave_world(setup.world)
+    return Trained(history, run.throughput, forwards)
 
 
 # ------------------------------------------------------------------------------ plan, results
