@@ -315,6 +315,7 @@ def sweep(
     sweep_file: str = typer.Argument(..., help="sweep.yaml: base plus grid and/or runs."),
     out: str = typer.Option(..., "--out", help="Sweep directory: one RUN_DIR per run, results."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="Runs at once (subprocesses)."),
+    devices: str | None = typer.Option(None, "--devices", help="cuda:0,cuda:1: a run per device."),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a key of base: --set cache=caches/sst (repeatable)."
     ),
@@ -324,13 +325,14 @@ def sweep(
     """Train many students over one cache; write results.csv and results.md."""
     with _exit_on_error(), _quiet_logs(quiet):
         from cachebrew.runner.dry_run import describe_dry_run
+        from cachebrew.runner.placement import device_slots
         from cachebrew.runner.sweep import load_sweep, run_sweep
 
-        runs = load_sweep(sweep_file, set_)
+        slots, runs = device_slots(devices, parallel), load_sweep(sweep_file, set_)
         if dry_run:
             typer.echo(describe_dry_run([run.config(out) for run in runs]))
             return
-        results = run_sweep(runs, out, parallel=parallel, progress=not quiet)
+        results = run_sweep(runs, out, parallel=parallel, progress=not quiet, devices=slots)
     typer.echo((Path(out) / "results.md").read_text(encoding="utf-8"))
     if any(row["status"] != "ok" for row in results):
         raise typer.Exit(code=1)

@@ -18,6 +18,7 @@ config is built, so names added with :func:`~cachebrew.presets.register_new` are
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -325,6 +326,18 @@ class DistillationConfig(ConfigBase):
 
 def _weight_scheduler_fn(name: str) -> Callable[[float], float] | None:
     return None if name == NONE else presets.WEIGHT_SCHEDULER[name]
+
+
+def launched_world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment; ``(0, 1, 0)`` without it.
+
+    The one reader of torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (precompute's ranks and
+    distill's DDP both start here).
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def resolve_device(name: str | torch.device = "auto", local_rank: int = -1) -> torch.device:

@@ -164,9 +164,9 @@ class TrainingRun:
         self.model = runtime.wrap_student(job.student, self.config, self.device)
         self.projections = runtime.wrap_projections(job.projections, self.config, self.device)
         self.parameters = [*job.student.parameters(), *job.projections.parameters()]
+        # Every rank keeps its loss history (the runner averages them); rank 0 alone writes.
         self.metrics = MetricsLogger(
-            self.config.log_dir,
-            enabled=self.rank == 0,
+            self.config.log_dir if self.rank == 0 else None,
             flush_every=job.log_flush_steps,
             throughput=self.throughput,
         )

@@ -38,6 +38,7 @@ from cachebrew.distill.sources import SingleSource
 from cachebrew.distill.tracking import Throughput
 from cachebrew.files import write_json_atomic
 from cachebrew.runner.config import DistillRunConfig, OptimizerConfig
+from cachebrew.runner.distributed import join_world, leave_world, reduce_trained
 from cachebrew.runner.evaluate import StudentEvaluator
 from cachebrew.runner.export import save_final
 from cachebrew.runner.monitor import Observers, RunMonitor
@@ -68,24 +69,29 @@ def run_distill(
         CacheError: the cache is missing, incomplete or corrupt.
     """
     started = time.perf_counter()
+    world = join_world(cfg.training.device)  # torchrun: DDP; otherwise one process
     _check_run_dir(cfg, resume)
     setup = setup_run(cfg, resume)
     log_plan(setup)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_portable_dict(), sort_keys=False))
-    evaluator = _evaluator(setup)
-    monitor = _monitor(setup, evaluator)
+    if world.is_main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        config_text = yaml.safe_dump(cfg.to_portable_dict(), sort_keys=False)
+        (cfg.run_dir / CONFIG_FILE).write_text(config_text)
+    # Only rank 0 evaluates and prunes checkpoints (they share RUN_DIR with the other ranks).
+    evaluator = _evaluator(setup) if world.is_main else None
+    monitor = _monitor(setup, evaluator) if world.is_main else None
     trained = train_student(setup, progress, monitor)
+    if not world.is_main:  # rank 0 evaluates and writes the metrics
+        return _metrics(setup, trained)
     scores = evaluator() if evaluator is not None else {}
-    if scores:
+    if scores and monitor is not None:
         monitor.log_final(setup.plan.total_steps, scores)
-    if global_rank(setup.train_config) == 0:
-        save_final(cfg.run_dir, setup.student, setup.tokens.tokenizer, setup.reader)
+    save_final(cfg.run_dir, setup.student, setup.tokens.tokenizer, setup.reader)
     metrics = _metrics(setup, trained)
     metric = evaluator.names[0] if evaluator is not None else None
     metrics.update(metric=metric, value=scores.get(metric) if metric else None)
     metrics.update(eval_examples=evaluator.num_examples if evaluator is not None else 0)
-    metrics.update(eval_metrics=scores or None, eval_curve=monitor.curve or None)
+    metrics.update(eval_metrics=scores or None, eval_curve=(monitor.curve if monitor else None) or None)
     metrics["seconds"] = time.perf_counter() - started
     write_json_atomic(cfg.run_dir / METRICS_FILE, metrics)
     logger.info("%s: %s", cfg.out, _summary(metrics))
@@ -183,7 +189,10 @@ def train_student(setup: RunSetup, progress: bool, monitor: RunMonitor | None = 
         if counter is not None:
             counter.remove()
     forwards = counter.count if counter is not None else 0
-    return Trained(run.metrics.history, run.throughput, forwards)
+    # the last collectives of a DDP run: loss means and example sums over the ranks
+    history = reduce_trained(run.metrics.history, run.throughput, setup.world)
+    leave_world(setup.world)
+    return Trained(history, run.throughput, forwards)
 
 
 # ------------------------------------------------------------------------------ plan, results

@@ -9,7 +9,7 @@ against them (:mod:`cachebrew.runner.checks`), splits off the eval examples and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachebrew import models
@@ -26,6 +26,7 @@ from cachebrew.runner.checks import (
     check_run,
 )
 from cachebrew.runner.config import DistillRunConfig
+from cachebrew.runner.distributed import World, current_world, rank_training_config
 from cachebrew.runner.evaluate import split_eval_ids
 from cachebrew.runner.tokens import StudentTokens, resolve_student_tokens
 
@@ -47,6 +48,7 @@ class RunSetup:
     train_config: TrainingConfig
     plan: TrainPlan
     start_step: int
+    world: World = field(default_factory=World)
 
     @property
     def mode(self) -> str:
@@ -67,10 +69,12 @@ def _check_run_dir(cfg: DistillRunConfig, resume: bool) -> None:
 
 def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     """Open the cache, load the models, check everything, build the dataset."""
-    from cachebrew.cache.dataset import CacheDataset
+    from cachebrew.cache.global_batches import GlobalBatchDataset, check_global_batch
 
+    world = current_world()
+    check_global_batch(cfg.batch_size, world.world_size)  # before any model is loaded
     reader = open_cache(cfg.cache)
-    train_config = cfg.train_config()
+    train_config = rank_training_config(cfg.train_config(), world)
     student = load_student(cfg, reader, train_config.seed or 0)
     tokens = resolve_student_tokens(cfg, reader)
     teacher = None
@@ -81,23 +85,27 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     teacher_config = getattr(teacher.model, "config", None) if teacher is not None else None
     check_run(cfg, reader, student, student_items=tokens.items, teacher_config=teacher_config)
     train_ids, eval_ids = _split(cfg, reader, tokens)
-    dataset = CacheDataset(
+    device = train_config.resolved_device()
+    dataset = GlobalBatchDataset(  # the one-process order, each rank its share of a batch
         reader,
         batch_size=cfg.batch_size,
+        rank=world.rank,
+        world_size=world.world_size,
         seed=train_config.seed or 0,
         shuffle=True,
         buffer_size=cfg.shuffle_buffer,
         example_ids=train_ids,
         teacher_cache=teacher is None and cfg.distill_config is not None,
         # Decoding ahead overlaps a GPU step; on CPU the thread takes the student's cores.
-        prefetch=1 if train_config.resolved_device().type == "cuda" else 0,
+        prefetch=1 if device.type == "cuda" else 0,
+        device=device,  # CUDA: features leave pinned memory without blocking, cast on the GPU
         **tokens.dataset_kwargs(),
     )
     plan = make_plan(train_config, dataset, cfg.num_epochs, cfg.num_steps)
     start_step = checkpoint_step(train_config) if resume else 0
     return RunSetup(
         cfg, reader, student, tokens, teacher, train_ids, eval_ids, dataset,
-        train_config, plan, start_step,
+        train_config, plan, start_step, world,
     )  # fmt: skip
 
 

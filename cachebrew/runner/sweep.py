@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from cachebrew.errors import CachebrewError, ConfigError
+from cachebrew.runner import placement
 from cachebrew.runner.config import DistillRunConfig
 from cachebrew.validation import (
     ConfigBase,
@@ -234,9 +235,18 @@ def derive_name(overrides: Mapping[str, Any]) -> str:
 
 
 def run_sweep(
-    runs: Sequence[SweepRun], out: str | Path, *, parallel: int = 1, progress: bool = True
+    runs: Sequence[SweepRun],
+    out: str | Path,
+    *,
+    parallel: int = 1,
+    progress: bool = True,
+    devices: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or skip) every run; write ``results.csv`` and ``results.md``; return the rows."""
+    """Run (or skip) every run; write ``results.csv`` and ``results.md``; return the rows.
+
+    ``devices`` (``--devices``, :mod:`~cachebrew.runner.placement`): one subprocess per device
+    slot at a time, each pinned to its device with a fair share of the CPU threads.
+    """
     sweep_dir = Path(out)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
@@ -250,7 +260,10 @@ def run_sweep(
         else:
             clear_run_dir(cfg.run_dir)
             pending.append(cfg)
-    if parallel > 1 and len(pending) > 1:
+    if devices:
+        for cfg, metrics in zip(pending, _run_on_devices(pending, devices), strict=True):
+            results[cfg.run_dir.name] = metrics
+    elif parallel > 1 and len(pending) > 1:
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             threads = _threads_per_run(parallel)
             for cfg, metrics in zip(
@@ -311,8 +324,30 @@ def _threads_per_run(parallel: int) -> int:
     return max(1, (os.cpu_count() or 1) // parallel)
 
 
-def _run_subprocess(cfg: DistillRunConfig, threads: int) -> dict[str, Any]:
-    """``python -m cachebrew distill`` on the run's config.yaml; output in log.txt."""
+def _run_on_devices(
+    pending: Sequence[DistillRunConfig], devices: Sequence[str]
+) -> list[dict[str, Any]]:
+    placement.check_runs_fit(pending, devices)
+    slots = placement.DeviceSlots(devices)
+    threads = placement.threads_per_slot(len(devices))
+
+    def run(cfg: DistillRunConfig) -> dict[str, Any]:
+        with slots.take() as device:
+            logger.info("run %s: on %s, %d threads", cfg.run_dir.name, device, threads)
+            return _run_subprocess(cfg, threads, placement.placement_env(device, threads))
+
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        return list(pool.map(run, pending))
+
+
+def _run_subprocess(
+    cfg: DistillRunConfig, threads: int, pinned: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``python -m cachebrew distill`` on the run's config.yaml; output in log.txt.
+
+    ``pinned``: environment variables that place the run (``--devices``); they win over the
+    sweep's own environment.
+    """
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     config_path = cfg.run_dir / "config.yaml"
     config_path.write_text(
@@ -320,6 +355,7 @@ def _run_subprocess(cfg: DistillRunConfig, threads: int) -> dict[str, Any]:
     )
     command = [sys.executable, "-m", "cachebrew", "distill", "--config", str(config_path)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    env.update(pinned or {})
     # Not --quiet: the log keeps the run's info lines; no bar is drawn into a file.
     with open(cfg.run_dir / "log.txt", "w", encoding="utf-8") as log:
         code = subprocess.run(

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from cachebrew.cache import merge_manifest, remove_cache
 from cachebrew.cache.storage import DONE, RUN_RECORD, CacheLocation, done_marker_name
+from cachebrew.config import launched_world
 from cachebrew.errors import CacheError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -81,14 +81,6 @@ def parse_part(text: str) -> tuple[int, int]:
             f"--part {text!r}: I must be in 0..N-1 and N >= 1, e.g. --part 0/{count or 4}"
         )
     return index, count
-
-
-def launched_world() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's environment; ``(0, 1, 0)`` without it."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def make_partition(
