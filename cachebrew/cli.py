@@ -77,8 +77,9 @@ def precompute(
         [], "--feature-dtype", help="Per-kind dtype: --feature-dtype hidden=int8 (repeatable)."
     ),
     codec: str | None = typer.Option(None, help="zstd (default), lz4, blosc-zstd or none."),
-    topk: int | None = typer.Option(
-        None, help="Store only the top-k logits per row (+ ids, log-sum-exp)."
+    topk: int | None = typer.Option(None, help="Alias of --logits topk:K."),
+    logits: str | None = typer.Option(
+        None, help="dense (default), topk:K or sample:N[@T] (bit-packed ids; see README)."
     ),
     text_field: str | None = typer.Option(None, help="Text column (default: text)."),
     text_pair_field: str | None = typer.Option(None, help="Second text column for pairs."),
@@ -182,6 +183,11 @@ def _describe_text(info: dict[str, Any]) -> str:
             f"{_size(f['bytes'])} ({_size(f['bytes_per_example'])} per example)"
             f"{_ratio_text(f.get('compression_ratio'))}"
         )
+        if f.get("bytes_per_row"):
+            parts = ", ".join(
+                f"{k.split('.')[-1]} {v:.1f} B" for k, v in f["bytes_per_row"].items()
+            )
+            lines.append(f"    {f['logits_mode']}, per row (token): {parts}")
     return "\n".join(lines)
 
 

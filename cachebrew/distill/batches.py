@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from cachebrew.cache.sparse_logits import SparseLogits
 from cachebrew.errors import ConfigError
 from cachebrew.presets import ADAPTOR_KEYS
 
@@ -38,7 +39,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
 
     Mappings become dicts and lists become tuples (as TextBrewer); other values pass through.
     """
-    if isinstance(batch, torch.Tensor):
+    if isinstance(batch, torch.Tensor | SparseLogits):
         return batch.to(device)
     if isinstance(batch, Mapping):
         return {key: move_to_device(value, device) for key, value in batch.items()}
