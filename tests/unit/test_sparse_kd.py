@@ -111,7 +111,8 @@ def test_sampling_estimator_is_unbiased_for_the_dense_kd_gradient() -> None:
     draws, n = 400, 12
     mean_grad = torch.zeros_like(dense_grad)
     for seed in range(draws):
-        _, grad = _grad(lambda x: sparse_kd_loss(x, _teacher_sample(logq, n, seed), 1.0), z)
+        drawn = _teacher_sample(logq, n, seed)
+        _, grad = _grad(lambda x, drawn=drawn: sparse_kd_loss(x, drawn, 1.0), z)
         mean_grad += grad / draws
     # d loss / d z = (s - counts/N) / ROWS; the mean's std per entry is at most
     # sqrt(q (1 - q) / (N * draws)) / ROWS <= 0.5 / sqrt(4800) / 6 = 1.2e-3: 5 sigma = 6e-3
