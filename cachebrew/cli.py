@@ -78,9 +78,7 @@ def precompute(
     ),
     codec: str | None = typer.Option(None, help="zstd (default), lz4, blosc-zstd or none."),
     topk: int | None = typer.Option(None, help="Alias of --logits topk:K."),
-    logits: str | None = typer.Option(
-        None, help="dense (default), topk:K or sample:N[@T] (bit-packed ids; see README)."
-    ),
+    logits: str | None = typer.Option(None, help="dense (default), topk:K or sample:N[@T]."),
     text_field: str | None = typer.Option(None, help="Text column (default: text)."),
     text_pair_field: str | None = typer.Option(None, help="Second text column for pairs."),
     label_field: str | None = typer.Option(None, help="Label column."),
@@ -166,6 +164,8 @@ def inspect(
 
 
 def _describe_text(info: dict[str, Any]) -> str:
+    from cachebrew.cache.describe import per_row_text
+
     teacher = info["teacher"]
     lines = [
         f"cache        {info['path']} (format v{info['format_version']})",
@@ -184,10 +184,7 @@ def _describe_text(info: dict[str, Any]) -> str:
             f"{_ratio_text(f.get('compression_ratio'))}"
         )
         if f.get("bytes_per_row"):
-            parts = ", ".join(
-                f"{k.split('.')[-1]} {v:.1f} B" for k, v in f["bytes_per_row"].items()
-            )
-            lines.append(f"    {f['logits_mode']}, per row (token): {parts}")
+            lines.append(f"    {f['logits_mode']}, per row (token): {per_row_text(f)}")
     return "\n".join(lines)
 
 

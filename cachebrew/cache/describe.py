@@ -79,6 +79,11 @@ def _feature_entry(manifest: dict[str, Any], feature: StoredFeature, n: int) -> 
     return entry
 
 
+def per_row_text(entry: dict[str, Any]) -> str:
+    """``topk_values 23.0 B, topk_ids 12.6 B, ..., total 39.3 B`` from a logits entry."""
+    return ", ".join(f"{k.split('.')[-1]} {v:.1f} B" for k, v in entry["bytes_per_row"].items())
+
+
 def _per_row(manifest: dict[str, Any], arrays: list[str]) -> dict[str, float]:
     infos = {a: manifest["arrays"][a] for a in arrays}
     per_row = {a: info["bytes"] / max(1, info["rows"]) for a, info in infos.items()}
