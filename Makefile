@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo bench bench-cache bench-distill bench-reader bench-codecs bench-data clean pipelines
+.PHONY: install test test-slow lint demo bench bench-cache bench-distill bench-reader bench-codecs bench-data bench-lm clean pipelines
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ bench: install bench-data
 
 bench-cache: install bench-data
 	$(PY) benchmarks/cache_format.py
+
+bench-lm: install
+	$(PY) benchmarks/lm_vocab.py 512
 
 bench-distill: install bench-data
 	$(PY) benchmarks/distill_speed.py

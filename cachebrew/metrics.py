@@ -15,6 +15,8 @@ Values are fractions in [0, 1]; an empty selection gives 0.0.
   predictions / non-O predictions, recall = correct non-O predictions / non-O gold tokens. Without
   it, every token is a positive and token F1 equals token accuracy (POS tagging). Token level,
   not entity (span) level as seqeval.
+- :func:`perplexity`: ``exp`` of the mean per-token NLL (from :func:`token_nll`, the causal
+  LM's shifted cross-entropy), for language models.
 
 :func:`predict` is the one argmax loop that turns a model and labelled batches into the
 ``(predictions, labels)`` these functions take (runner eval, finetune dev eval, pipeline reports).
@@ -118,10 +120,49 @@ def token_f1(
     return _f1(correct, float(np.sum(pred != outside_label)), float(np.sum(gold != outside_label)))
 
 
+def perplexity(nll: Any, labels: Any, *, ignore_index: int = IGNORE_INDEX) -> float:
+    """``exp(mean negative log-likelihood)`` over the non-ignored tokens (language models).
+
+    Args:
+        nll: per-token negative log-likelihoods in nats (float), e.g. from :func:`token_nll`;
+            predicted ids are refused (this metric needs the model's probabilities).
+        labels: the targets, same shape; ``ignore_index`` positions are skipped.
+
+    Raises:
+        ValueError: integer ``nll`` (argmax predictions) or shapes that differ.
+    """
+    values = np.asarray(_to_numpy(nll))
+    gold = np.asarray(_to_numpy(labels))
+    if values.dtype.kind != "f" and values.size:
+        raise ValueError("perplexity takes per-token NLLs (metrics.token_nll), not predicted ids")
+    if values.shape != gold.shape:
+        raise ValueError(f"nll {values.shape} and labels {gold.shape} differ in shape")
+    keep = gold.reshape(-1) != ignore_index
+    return float(np.exp(values.reshape(-1)[keep].astype(np.float64).mean())) if keep.any() else 0.0
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal-LM per-token NLL: position t predicts token t + 1 (HF's shift), flat.
+
+    Args:
+        logits: (B, L, V); labels: (B, L) token ids, -100 where nothing is predicted.
+
+    Returns:
+        ``(nll, targets)``: (B * (L - 1),) float NLLs (0 where ignored) and the shifted labels.
+    """
+    import torch.nn.functional as F  # noqa: N812
+
+    targets = labels[:, 1:].reshape(-1)
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    nll = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll, targets
+
+
 METRICS: dict[str, Callable[..., float]] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,
     "token_f1": token_f1,
+    "perplexity": perplexity,  # takes token_nll's NLLs, not predict()'s ids
 }
 # task -> the metrics that fit it, the first being the task's default (the one a run's
 # ``metric``/``value`` report and ``keep_checkpoints`` ranks by). A metric over something other

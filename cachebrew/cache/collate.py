@@ -32,6 +32,7 @@ import torch
 from cachebrew.cache.batch_copy import pad_batch
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import decode
+from cachebrew.cache.sparse_logits import SparseLogits, parse_logits_mode, read_sparse_logits
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
 
@@ -46,7 +47,10 @@ class FeatureLayout:
 
     Attributes:
         logits: ``None`` (no logits), ``"dense"`` (``logits``: raw or log-probs, passed as
-            stored) or ``"topk"`` (``logits.topk_*``, rebuilt into full log-probs).
+            stored), ``"topk"`` (``logits.topk_*``, rebuilt into full log-probs) or
+            ``"sparse"`` (a ``--logits topk:K|sample:N`` cache: a :class:`SparseLogits`, never
+            a dense (rows, V) tensor).
+        logits_mode: the cache's ``--logits`` mode (``"sparse"`` only).
         logits_reduction: ``"raw"`` or ``"logprobs"``.
         num_classes: V, the full width a top-k row is rebuilt to.
         hidden: teacher layer -> ``hidden.<l>`` (B, L, D) or ``hidden_cls.<l>`` (B, D).
@@ -56,6 +60,7 @@ class FeatureLayout:
 
     logits: str | None = None
     logits_reduction: str = "raw"
+    logits_mode: str | None = None
     num_classes: int | None = None
     hidden: dict[int, str] = field(default_factory=dict)
     attention: dict[int, str] = field(default_factory=dict)
@@ -69,6 +74,8 @@ class FeatureLayout:
             names.append("logits")
         elif self.logits == "topk":
             names += ["logits.topk_values", "logits.topk_ids", "logits.logsumexp"]
+        elif self.logits == "sparse":
+            names += parse_logits_mode(str(self.logits_mode)).arrays
         return (*names, *self.hidden.values(), *self.attention.values())
 
     @property
@@ -114,9 +121,11 @@ def feature_layout(spec: FeatureSpec, num_classes: int | None = None) -> Feature
             f"the cache stores top-{logits.topk} logits without their vocabulary size; pass "
             "num_classes= (the teacher's number of logits) to rebuild full rows"
         )
+    sparse = logits.logits_mode not in (None, "dense")
     return FeatureLayout(
-        logits="topk" if logits.topk else "dense",
+        logits="sparse" if sparse else "topk" if logits.topk else "dense",
         logits_reduction=str(logits.reduction),
+        logits_mode=logits.logits_mode if sparse else None,
         num_classes=classes,
         hidden=hidden,
         attention=attention,
@@ -273,11 +282,17 @@ def teacher_outputs(
     return out
 
 
-def _logits(features: Sequence[Mapping[str, np.ndarray]], layout: FeatureLayout) -> torch.Tensor:
+def _logits(
+    features: Sequence[Mapping[str, np.ndarray]], layout: FeatureLayout
+) -> torch.Tensor | SparseLogits:
     """(B, C) for a sequence head; (N_sel, C), every example's rows in batch order, else."""
     if layout.logits == "dense":
         return _decoded(features, "logits", layout)
     assert layout.num_classes is not None
+    if layout.logits == "sparse":
+        mode = parse_logits_mode(str(layout.logits_mode))
+        arrays = {name: _decoded(features, name, layout) for name in mode.arrays}
+        return read_sparse_logits(arrays, mode, layout.num_classes, layout.logits_reduction)
     return rebuild_topk(
         _decoded(features, "logits.topk_values", layout),
         _decoded(features, "logits.topk_ids", layout),

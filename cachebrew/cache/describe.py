@@ -19,7 +19,9 @@ def describe_cache(reader: CacheReader) -> dict[str, Any]:
         ``uncompressed_bytes``, ``teacher``, ``corpus_fingerprint``, ``tokenizer_hash``,
         ``label_type``, ``spec`` (CLI form) and ``features``: one object per stored kind with
         ``name``, ``dtype``, ``codec``, ``layers``, ``reduction``/``topk`` (logits), ``arrays``,
-        ``width``, ``bytes``, ``uncompressed_bytes``, ``compression_ratio`` (stored dtype bytes
+        ``width``, ``bytes``, ``uncompressed_bytes``, for logits ``logits_mode`` and
+        ``bytes_per_row`` (disk bytes per stored row, i.e. per token of a token-level head, per
+        array and ``total``), ``compression_ratio`` (stored dtype bytes
         / disk bytes), ``ratio_vs_fp32`` (unpadded fp32 bytes / disk bytes) and
         ``bytes_per_example``. Disk bytes include Zarr metadata (~1 KB per array and shard).
     """
@@ -70,9 +72,23 @@ def _feature_entry(manifest: dict[str, Any], feature: StoredFeature, n: int) -> 
     }
     if feature.kind == "logits":
         entry.update(reduction=feature.reduction, topk=feature.topk)
+        entry.update(
+            logits_mode=feature.logits_mode or "dense", bytes_per_row=_per_row(manifest, arrays)
+        )
     else:
         entry["layers"] = list(feature.layers)
     return entry
+
+
+def per_row_text(entry: dict[str, Any]) -> str:
+    """``topk_values 23.0 B, topk_ids 12.6 B, ..., total 39.3 B`` from a logits entry."""
+    return ", ".join(f"{k.split('.')[-1]} {v:.1f} B" for k, v in entry["bytes_per_row"].items())
+
+
+def _per_row(manifest: dict[str, Any], arrays: list[str]) -> dict[str, float]:
+    infos = {a: manifest["arrays"][a] for a in arrays}
+    per_row = {a: info["bytes"] / max(1, info["rows"]) for a, info in infos.items()}
+    return {**per_row, "total": sum(per_row.values())}
 
 
 def _ratio(uncompressed: int, on_disk: int) -> float | None:
@@ -98,6 +114,8 @@ def describe_text(info: dict[str, Any]) -> str:
             f"{size_text(f['bytes'])} ({size_text(f['bytes_per_example'])} per example)"
             f"{ratio_text(f.get('compression_ratio'))}"
         )
+        if f.get("bytes_per_row"):
+            lines.append(f"    {f['logits_mode']}, per row (token): {per_row_text(f)}")
     return "\n".join(lines)
 
 

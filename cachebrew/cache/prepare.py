@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cachebrew.cache.sparse_logits import parse_logits_mode, sparse_arrays
 from cachebrew.cache.spec import FeatureSpec, StoredFeature
 from cachebrew.errors import CacheError
 
@@ -91,6 +92,9 @@ def _prepare_logits(feature: StoredFeature, logits: np.ndarray) -> dict[str, np.
         raise ValueError("logits hold NaN or inf")
     lse = _logsumexp(logits)  # (rows, 1)
     values = logits - lse if feature.reduction == "logprobs" else logits
+    mode = parse_logits_mode(feature.logits_mode or "dense")
+    if mode.kind != "dense":
+        return sparse_arrays(mode, logits, lse, values)
     if not feature.topk:
         return {"logits": values}
     k = min(feature.topk, logits.shape[1])

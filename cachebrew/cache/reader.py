@@ -220,7 +220,8 @@ class CacheReader:
                 problems.append(
                     "raw logits are needed (kd mse / flsw) but the cache stores log-probs"
                 )
-            if stored.topk and (not needed.topk or needed.topk > stored.topk):
+            sparse = stored.logits_mode is not None  # the sparse KD losses read it as it is
+            if stored.topk and not sparse and (not needed.topk or needed.topk > stored.topk):
                 problems.append(
                     f"logits top-{needed.topk or 'all'} are needed but the cache stores top-{stored.topk}"
                 )

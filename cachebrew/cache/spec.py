@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachebrew.cache.codecs import DEFAULT_CODEC
+from cachebrew.cache.sparse_logits import packed_dtype, parse_logits_mode
 from cachebrew.errors import ConfigError
 
 KINDS: tuple[str, ...] = (
@@ -66,6 +67,9 @@ class StoredFeature:
         topk: ``logits`` only: keep the k largest entries per row (+ ids + logsumexp).
         vocab_size: ``logits`` only, optional: with top-k, ids are stored as uint16 when
             ``vocab_size <= 65536``, else int32.
+        logits_mode: ``logits`` only: ``dense``, ``topk:K`` or ``sample:N[@T]``
+            (:mod:`cachebrew.cache.sparse_logits`: ids bit-packed at ``ceil(log2 V)`` bits;
+            needs ``vocab_size``). None: the ``topk`` field decides (ids uint16/int32).
 
     Raises:
         ConfigError: every invalid field, each naming the value and the valid choices.
@@ -78,9 +82,14 @@ class StoredFeature:
     reduction: str | None = None
     topk: int | None = None
     vocab_size: int | None = None
+    logits_mode: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(sorted(set(self.layers))))
+        if self.logits_mode is not None and self.kind == "logits":
+            mode = parse_logits_mode(self.logits_mode)
+            object.__setattr__(self, "logits_mode", str(mode))
+            object.__setattr__(self, "topk", mode.size if mode.kind == "topk" else None)
         if self.kind == "logits" and self.reduction is None:
             object.__setattr__(self, "reduction", "raw")
         problems = _feature_problems(self)
@@ -102,6 +111,8 @@ class StoredFeature:
     @property
     def data_arrays(self) -> tuple[str, ...]:
         """Stored arrays holding data (each has offsets in the index), scale arrays excluded."""
+        if self.kind == "logits" and self.logits_mode is not None:
+            return parse_logits_mode(self.logits_mode).arrays
         if self.kind == "logits" and self.topk:
             return tuple(f"logits.{s}" for s in TOPK_SUFFIXES)
         return self.input_names
@@ -114,6 +125,11 @@ class StoredFeature:
 
     def array_dtype(self, array: str) -> str:
         """Storage dtype name of one of this feature's arrays (``'fp32'`` ... or an int dtype)."""
+        if self.logits_mode is not None and array.endswith(("_ids", ".sample_counts")):
+            mode = parse_logits_mode(self.logits_mode)
+            if array.endswith("_ids"):
+                return packed_dtype(int(self.vocab_size or 2))
+            return "uint8" if (mode.size or 0) < 256 else "uint16"
         if array.endswith(".topk_ids"):
             return self.topk_ids_dtype
         if array.endswith(".logsumexp"):
@@ -130,6 +146,7 @@ class StoredFeature:
             "reduction": self.reduction,
             "topk": self.topk,
             "vocab_size": self.vocab_size,
+            **({"logits_mode": self.logits_mode} if self.logits_mode is not None else {}),
         }
 
     @classmethod
@@ -182,6 +199,12 @@ def _logits_problems(feature: StoredFeature) -> list[str]:
     ):
         problems.append(
             f"logits: vocab_size must be a positive integer, got {feature.vocab_size!r}"
+        )
+    sparse = feature.logits_mode not in (None, "dense")
+    if sparse and feature.vocab_size is None:
+        problems.append(
+            f"logits: --logits {feature.logits_mode} needs the vocabulary size (vocab_size) to "
+            "choose the id width"
         )
     return problems
 

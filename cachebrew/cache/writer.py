@@ -326,15 +326,16 @@ class CacheWriter:
     def _encode(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {}
         for name, array in arrays.items():
-            width = self._widths.setdefault(name, array.shape[1])
-            if array.shape[1] != width:
-                raise CacheError(f"{name!r} has width {array.shape[1]}, earlier examples {width}")
             dtype = self.spec.feature_of(name).array_dtype(name)
             if dtype == "uint16" and array.size and array.max() > np.iinfo(np.uint16).max:
                 raise CacheError(
                     f"{name!r}: an id exceeds uint16; the vocab_size given is too small"
                 )
             out[name], scale = encode(array, dtype)
+            # the stored width (packed ids: bytes), as the shard metadata records it on resume
+            width = self._widths.setdefault(name, out[name].shape[1])
+            if out[name].shape[1] != width:
+                raise CacheError(f"{name!r} has width {array.shape[1]}, earlier examples {width}")
             if scale is not None:
                 out[f"{name}.scale"] = scale
         return out

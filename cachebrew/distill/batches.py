@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from cachebrew.cache.sparse_logits import SparseLogits
 from cachebrew.errors import ConfigError
 from cachebrew.presets import ADAPTOR_KEYS
 
@@ -44,6 +45,8 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         if device.type == "cuda" and batch.device.type == "cpu":
             return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
+    if isinstance(batch, SparseLogits):
         return batch.to(device)
     if isinstance(batch, Mapping):
         return {key: move_to_device(value, device) for key, value in batch.items()}

@@ -30,7 +30,9 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
+from cachebrew.cache.sparse_logits import SparseLogits
 from cachebrew.config import DistillationConfig, IntermediateMatch
+from cachebrew.distill.sparse_kd import sparse_kd_loss
 from cachebrew.errors import ConfigError
 from cachebrew.losses import probability_shift
 
@@ -165,10 +167,16 @@ class DistillationLoss:
         use_matches: compute ``intermediate_matches`` (False for BasicDistiller, as TextBrewer).
         require_logits: raise if either side lacks ``logits`` (BasicDistiller and
             MultiTeacherDistiller); otherwise KD is skipped then (GeneralDistiller).
+        topk_target: ``tail`` or ``renorm``: the KD target of a ``--logits topk:K`` cache
+            (:mod:`cachebrew.distill.sparse_kd`; not a config field, which stays TextBrewer's).
     """
 
     def __init__(
-        self, config: DistillationConfig, use_matches: bool = True, require_logits: bool = False
+        self,
+        config: DistillationConfig,
+        use_matches: bool = True,
+        require_logits: bool = False,
+        topk_target: str = "tail",
     ):
         self.config = config
         self.kd_loss = config.kd_loss_fn()
@@ -176,6 +184,7 @@ class DistillationLoss:
         self.matches = config.intermediate_matches if use_matches else ()
         self.match_losses = [match.loss_fn() for match in self.matches]
         self.require_logits = require_logits
+        self.topk_target = topk_target
 
     def __call__(
         self,
@@ -229,15 +238,37 @@ class DistillationLoss:
         total: Any = 0
         temperatures: list[float | Tensor] = []
         for head, (l_S, l_T) in enumerate(zip(logits_S, logits_T, strict=True)):
-            if labels is not None:
-                l_T = probability_shift(l_T, labels[head])
-            temperature = self._temperature(l_S, l_T)
-            loss = self.kd_loss(l_S, l_T, temperature)
+            if isinstance(l_T, SparseLogits):
+                loss, temperature = self._sparse_kd(l_S, l_T, labels)
+            else:
+                if labels is not None:
+                    l_T = probability_shift(l_T, labels[head])
+                temperature = self._temperature(l_S, l_T)
+                loss = self.kd_loss(l_S, l_T, temperature)
             if self.config.kd_t2_scale:
                 loss = loss * _t2_factor(temperature)
             total = total + loss
             temperatures.append(temperature)
         return total, _mean_temperature(temperatures)
+
+    def _sparse_kd(
+        self, logits_S: Tensor, logits_T: SparseLogits, labels: list[Tensor] | None
+    ) -> tuple[Tensor, float | Tensor]:
+        """KD against a sparse (top-k / sampled) teacher without a dense (rows, V) tensor."""
+        if labels is not None or self.temperature_scheduler is not None:
+            raise ConfigError(
+                "probability_shift and temperature schedulers need dense teacher logits; this "
+                f"cache stores {logits_T.kind} logits (precompute with --logits dense)"
+            )
+        temperature = self.config.temperature
+        loss = sparse_kd_loss(
+            logits_S,
+            logits_T,
+            temperature,
+            loss_type=self.config.kd_loss_type,
+            topk_target=self.topk_target,
+        )
+        return loss, temperature
 
     def _temperature(self, logits_S: Tensor, logits_T: Tensor) -> float | Tensor:
         if self.temperature_scheduler is None:

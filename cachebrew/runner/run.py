@@ -91,7 +91,9 @@ def run_distill(
     metric = evaluator.names[0] if evaluator is not None else None
     metrics.update(metric=metric, value=scores.get(metric) if metric else None)
     metrics.update(eval_examples=evaluator.num_examples if evaluator is not None else 0)
-    metrics.update(eval_metrics=scores or None, eval_curve=(monitor.curve if monitor else None) or None)
+    metrics.update(
+        eval_metrics=scores or None, eval_curve=(monitor.curve if monitor else None) or None
+    )
     metrics["seconds"] = time.perf_counter() - started
     write_json_atomic(cfg.run_dir / METRICS_FILE, metrics)
     logger.info("%s: %s", cfg.out, _summary(metrics))

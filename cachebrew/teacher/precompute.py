@@ -84,7 +84,8 @@ class PrecomputeConfig(CorpusFields, ConfigBase):
     dtype: str = "fp16"
     feature_dtypes: dict[str, str] | None = None
     codec: str = DEFAULT_CODEC
-    topk: int | None = None
+    topk: int | None = None  # alias of logits: topk:K
+    logits: str | None = None  # dense | topk:K | sample:N[@T] (cache/sparse_logits.py)
     task: str | None = None
     num_labels: int | None = None
     max_length: int | None = None  # None: 128, clipped to the teacher's positions
@@ -120,6 +121,8 @@ class PrecomputeConfig(CorpusFields, ConfigBase):
         for name in ("topk", "num_labels"):
             if getattr(self, name) is not None:
                 set_field(self, name, check_int(problems, name, getattr(self, name), 1))
+        if self.logits is not None and self.topk is not None:
+            problems.append("topk and logits both given: --topk K is --logits topk:K")
         check_bool(problems, "overwrite", self.overwrite)
         check_bool(problems, "wait", self.wait)
         raise_if_any(problems)
@@ -137,12 +140,14 @@ def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> Featu
     """What to store: the union of ``features``, what ``distill_config`` and the runs of
     ``from_runs`` read; only ``logits`` when none is given.
 
-    Each kind gets ``cfg.feature_dtypes[kind]`` if given, else ``cfg.dtype``.
+    Each kind gets ``cfg.feature_dtypes[kind]`` if given, else ``cfg.dtype``; ``logits``
+    gets ``cfg.logits`` (``--topk K`` is ``topk:K``) and ``vocab_size`` for its id width.
     """
     from cachebrew.runner.reads import features_read_by, merge_specs, run_features
 
+    mode = cfg.logits or (f"topk:{cfg.topk}" if cfg.topk else None)
     # Parsed with a dtype every kind takes; the real dtypes are set per kind below.
-    kwargs: dict[str, Any] = {"dtype": "fp32", "codec": cfg.codec, "topk": cfg.topk}
+    kwargs: dict[str, Any] = {"dtype": "fp32", "codec": cfg.codec}
     specs: list[FeatureSpec | None] = []
     if cfg.distill_config is not None:
         distill = DistillationConfig.from_yaml(cfg.distill_config)
@@ -154,6 +159,10 @@ def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> Featu
     if cfg.features is not None or not given:
         given.append(parse_feature_spec(cfg.features or DEFAULT_FEATURES, **kwargs))
     spec = merge_specs(given)
+    logits = spec.get("logits")
+    if mode is not None and logits is not None:
+        logits = replace(logits, logits_mode=mode, vocab_size=vocab_size)
+        spec = FeatureSpec((logits, *(f for f in spec if f.kind != "logits")))
     return with_feature_dtypes(spec, cfg.dtype, cfg.feature_dtypes or {})
 
 
@@ -300,6 +309,7 @@ def _run_window(
     max_length = cfg.max_length or DEFAULT_MAX_LENGTH  # resolved by run_precompute
     items = tokenize_records(window, teacher.tokenizer, max_length, is_split_into_words=words)
     results: dict[int, dict[str, Any]] = {}
+    causal = teacher.kind == "causal_lm" and cfg.label_field is None
     lengths = [len(item["input_ids"]) for item in items]
     for batch_indices in length_bucketed_batches(lengths, cfg.batch_size):
         batch_items = [items[i] for i in batch_indices]
@@ -309,7 +319,8 @@ def _run_window(
                 "example_id": window[i].example_id,
                 "features": example_features,
                 "input_ids": items[i]["input_ids"],
-                "label": items[i].get("labels"),
+                # a causal LM learns its own tokens (the model shifts them by one)
+                "label": items[i]["input_ids"] if causal else items[i].get("labels"),
             }
     for i in range(len(window)):
         yield results.pop(i)

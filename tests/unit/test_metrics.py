@@ -56,7 +56,7 @@ def test_token_f1_with_outside_label_ignores_correct_outside_tokens() -> None:
 def test_shapes_must_agree_and_metrics_are_registered_by_name() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         accuracy([0, 1], [0, 1, 2])
-    assert set(METRICS) == {"accuracy", "macro_f1", "token_f1"}
+    assert set(METRICS) == {"accuracy", "macro_f1", "token_f1", "perplexity"}
 
 
 class _TinyClassifier(torch.nn.Module):

@@ -1,0 +1,248 @@
+"""Sparse logit storage for large vocabularies: ``--logits topk:K`` and ``--logits sample:N``.
+
+A language model's teacher row is a distribution over V = 32k-256k ids; storing it densely costs
+V x 2 bytes per token. The sparse modes keep what a KD loss needs (DESIGN §4):
+
+``topk:K``
+    ``logits.topk_values`` (rows, K) in the feature's dtype (fp16 by default), **sorted
+    descending**, raw logits or log-probs per the feature's reduction; ``logits.topk_ids``
+    (rows, K) bit-packed at ``b = max(8, ceil(log2 V))`` bits per id (dtype ``ids<b>``, stored
+    as uint8 bytes, ``ceil(K * b / 8)`` per row); ``logits.logsumexp`` (rows, 1) fp32 over the
+    full vocabulary at T = 1, so the tail mass ``1 - sum(top-k probabilities)`` is exact at T=1.
+``sample:N[@T]``
+    Random-sampling KD (Anshumann et al., ACL 2025, "Sparse Logit Sampling"): N ids drawn with
+    replacement from ``softmax(logits / T)`` (T = 1 unless given), stored as the distinct ids
+    ``logits.sample_ids`` (packed as above) and their counts ``logits.sample_counts`` (uint8,
+    uint16 for N > 255), sorted by count, then id; unused slots have count 0. ``counts / N`` is
+    an unbiased estimate of the teacher's distribution at temperature T. The draw is seeded by
+    a hash of the row, so a cache's content does not depend on batch size, order or ranks.
+
+An id that does not fit ``b`` bits (a teacher with more logits than its ``vocab_size``) is
+refused with a :class:`~cachebrew.errors.CacheError` naming the id, the width and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cachebrew.errors import CacheError, ConfigError
+
+MODES: tuple[str, ...] = ("dense", "topk", "sample")
+TOPK_ARRAYS: tuple[str, ...] = ("logits.topk_values", "logits.topk_ids", "logits.logsumexp")
+SAMPLE_ARRAYS: tuple[str, ...] = ("logits.sample_ids", "logits.sample_counts")
+PACKED_PREFIX = "ids"
+
+
+@dataclass(frozen=True)
+class LogitsMode:
+    """A parsed ``--logits MODE``: ``dense``, ``topk:K`` or ``sample:N[@T]``.
+
+    Attributes:
+        kind: ``"dense"``, ``"topk"`` or ``"sample"``.
+        size: K or N (None for dense).
+        temperature: the sampling temperature of ``sample`` (1.0 otherwise).
+    """
+
+    kind: str
+    size: int | None = None
+    temperature: float = 1.0
+
+    def __str__(self) -> str:
+        if self.kind == "dense":
+            return "dense"
+        suffix = f"@{self.temperature:g}" if self.kind == "sample" and self.temperature != 1 else ""
+        return f"{self.kind}:{self.size}{suffix}"
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The stored data arrays of this mode (``("logits",)`` for dense)."""
+        return {"topk": TOPK_ARRAYS, "sample": SAMPLE_ARRAYS}.get(self.kind, ("logits",))
+
+
+def parse_logits_mode(text: str) -> LogitsMode:
+    """Parse ``dense``, ``topk:K`` or ``sample:N`` / ``sample:N@T``.
+
+    Raises:
+        ConfigError: an unknown mode, a size that is not a positive integer or a temperature
+            that is not a positive number, naming the valid forms.
+    """
+    forms = "dense, topk:K (e.g. topk:128), sample:N (e.g. sample:12) or sample:N@T"
+    kind, _, rest = str(text).strip().partition(":")
+    if kind == "dense" and not rest:
+        return LogitsMode("dense")
+    size_text, _, temp_text = rest.partition("@")
+    if kind not in ("topk", "sample") or not size_text.isdigit() or int(size_text) < 1:
+        raise ConfigError(f"logits mode {text!r}: choose one of {forms}")
+    if temp_text and kind == "topk":
+        raise ConfigError(f"logits mode {text!r}: only sample:N takes a temperature (@T)")
+    try:
+        temperature = float(temp_text) if temp_text else 1.0
+    except ValueError:
+        temperature = -1.0
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"logits mode {text!r}: the temperature after @ must be > 0")
+    return LogitsMode(kind, int(size_text), temperature)
+
+
+# ------------------------------------------------------------------------------ id packing
+
+
+def id_bits(vocab_size: int) -> int:
+    """Bits per packed id: ``ceil(log2 V)``, at least 8 (so a row's id count is recoverable)."""
+    return max(8, math.ceil(math.log2(max(vocab_size, 2))))
+
+
+def packed_dtype(vocab_size: int) -> str:
+    """The storage dtype name of packed ids for a vocabulary, e.g. ``'ids18'`` for 151,936."""
+    return f"{PACKED_PREFIX}{id_bits(vocab_size)}"
+
+
+def is_packed(dtype: str) -> bool:
+    """Whether a storage dtype name is a packed-id one (``ids<bits>``)."""
+    return dtype.startswith(PACKED_PREFIX) and dtype[len(PACKED_PREFIX) :].isdigit()
+
+
+def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
+    """(rows, k) non-negative ints -> (rows, ceil(k * bits / 8)) uint8, big-endian bit order.
+
+    Raises:
+        CacheError: an id below 0 or at/above ``2**bits`` (names it and the width).
+    """
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() >= 1 << bits):
+        bad = int(ids.max()) if ids.max() >= 1 << bits else int(ids.min())
+        raise CacheError(
+            f"logit id {bad} does not fit the {bits}-bit ids of this cache (ids 0..{(1 << bits) - 1}"
+            f", from its vocab_size); the teacher gives more logits than its vocabulary: pass "
+            "the full logits width as vocab_size"
+        )
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
+    bit_matrix = ((ids.astype(np.uint32)[..., None] >> shifts) & 1).astype(np.uint8)
+    return np.packbits(bit_matrix.reshape(ids.shape[0], -1), axis=1)
+
+
+def unpack_ids(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_ids`: (rows, nbytes) uint8 -> (rows, k) int64."""
+    rows, nbytes = packed.shape
+    k = nbytes * 8 // bits
+    flat = np.unpackbits(np.ascontiguousarray(packed, dtype=np.uint8), axis=1, count=k * bits)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
+    return flat.reshape(rows, k, bits).astype(np.int64) @ weights
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def sparse_arrays(
+    mode: LogitsMode, logits: np.ndarray, logsumexp: np.ndarray, values: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The stored arrays of one example's logits (before dtype encoding / id packing).
+
+    Args:
+        mode: ``topk`` or ``sample``.
+        logits: (rows, V) raw float32 logits; logsumexp: (rows, 1) at T = 1.
+        values: (rows, V) what ``topk_values`` keeps (raw or log-probs, the reduction).
+
+    Raises:
+        ValueError: K or N larger than the vocabulary (topk).
+    """
+    assert mode.size is not None
+    if mode.kind == "topk":
+        k = mode.size
+        if k > logits.shape[1]:
+            raise ValueError(f"topk:{k} is larger than the {logits.shape[1]} logits")
+        ids = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(logits, ids, axis=1), axis=1, kind="stable")
+        ids = np.take_along_axis(ids, order, axis=1)  # (rows, k), largest first
+        return {
+            "logits.topk_values": np.take_along_axis(values, ids, axis=1),
+            "logits.topk_ids": ids.astype(np.int64),
+            "logits.logsumexp": logsumexp,
+        }
+    return dict(zip(SAMPLE_ARRAYS, sample_rows(logits, mode.size, mode.temperature), strict=True))
+
+
+def sample_rows(logits: np.ndarray, n: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """N draws per row from ``softmax(logits / T)``: distinct ids and counts, (rows, N) each."""
+    rows = logits.shape[0]
+    ids = np.zeros((rows, n), dtype=np.int64)
+    counts = np.zeros((rows, n), dtype=np.int64)
+    for r in range(rows):
+        row = logits[r].astype(np.float64) / temperature
+        cdf = np.cumsum(np.exp(row - row.max()))
+        rng = np.random.default_rng(zlib.crc32(logits[r].tobytes()))
+        draws = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+        drawn, drawn_counts = np.unique(np.minimum(draws, len(cdf) - 1), return_counts=True)
+        order = np.lexsort((drawn, -drawn_counts))
+        ids[r, : len(drawn)], counts[r, : len(drawn)] = drawn[order], drawn_counts[order]
+    return ids, counts
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class SparseLogits:
+    """A batch of sparse teacher rows: what the sparse KD losses read instead of (rows, V).
+
+    Attributes:
+        kind: ``"topk"`` or ``"sample"``.
+        ids: (rows, k) int64 vocabulary ids.
+        logprobs: ``topk``: (rows, k) teacher log-probabilities at T = 1 (exact), sorted
+            descending. ``sample``: log of the sampled share ``counts / N`` (-inf on empty slots).
+        num_classes: V.
+        temperature: ``sample``: the temperature the ids were drawn at (1.0 for topk).
+    """
+
+    kind: str
+    ids: Any
+    logprobs: Any
+    num_classes: int
+    temperature: float = 1.0
+
+    def to(self, device: Any) -> SparseLogits:
+        """The same rows on ``device`` (the loop's ``move_to_device`` calls this)."""
+        return SparseLogits(
+            self.kind, self.ids.to(device), self.logprobs.to(device), self.num_classes,
+            self.temperature,
+        )  # fmt: skip
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, V)``: the shape of the dense rows this stands for."""
+        return (int(self.ids.shape[0]), self.num_classes)
+
+    def dense_logprobs(self) -> Any:
+        """Dense (rows, V) log-probs, the tail spread evenly (tests and ``compare`` only)."""
+        import torch
+
+        rest = (1 - self.logprobs.double().exp().sum(1, keepdim=True)).clamp_min(1e-30)
+        fill = (rest / max(self.num_classes - self.ids.shape[1], 1)).log().float()
+        out = fill.expand(-1, self.num_classes).clone()
+        kept = self.logprobs.float().clamp_min(torch.finfo(torch.float32).min)
+        return out.scatter_(1, self.ids, kept)
+
+
+def read_sparse_logits(
+    arrays: dict[str, Any], mode: LogitsMode, num_classes: int, reduction: str
+) -> SparseLogits:
+    """A :class:`SparseLogits` from a batch's decoded arrays (torch tensors, rows concatenated).
+
+    ``topk`` values become log-probs (``v - logsumexp`` for raw values); ``sample`` counts
+    become ``log(counts / N)``.
+    """
+    if mode.kind == "topk":
+        values = arrays["logits.topk_values"]
+        if reduction == "raw":
+            values = values - arrays["logits.logsumexp"]
+        return SparseLogits("topk", arrays["logits.topk_ids"].long(), values, num_classes)
+    counts = arrays["logits.sample_counts"].float()
+    share = (counts / counts.sum(1, keepdim=True)).log()  # empty slots: -inf
+    return SparseLogits(
+        "sample", arrays["logits.sample_ids"].long(), share, num_classes, mode.temperature
+    )
