@@ -12,8 +12,6 @@ windows whose shards are already published.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -36,6 +34,7 @@ from cachebrew.corpus import (
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model
 from cachebrew.runner.config import DistillRunConfig
+from cachebrew.teacher.background_writer import BackgroundWriter
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
 from cachebrew.validation import (
@@ -237,7 +236,7 @@ def run_precompute(
         world_size=part.world_size,
     )
     pass_start = time.perf_counter()
-    with writer, _BackgroundWriter(writer) as sink:
+    with writer, BackgroundWriter(writer) as sink:
         skipped = set(writer.completed_shards())
         todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if part.owns(k)]
         todo = [k for k in todo if k not in skipped]
@@ -400,53 +399,6 @@ def _extract_logits(
     if isinstance(mask, list | tuple):
         mask = mask[0]
     return [logits[b][mask[b].bool()].cpu() for b in range(logits.size(0))]
-
-
-class _BackgroundWriter:
-    """Feeds examples to a :class:`CacheWriter` from a thread (bounded queue, errors re-raised)."""
-
-    def __init__(self, writer: CacheWriter, max_pending: int = 512):
-        self._writer = writer
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="cachebrew-writer", daemon=True)
-        self.examples_written = 0
-
-    def __enter__(self) -> _BackgroundWriter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if exc_type is None and self._error is not None:
-            raise self._error
-
-    def put(self, example: dict[str, Any]) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(example)
-
-    def progress_text(self) -> str:
-        written = getattr(self._writer, "bytes_written", 0)
-        raw = getattr(self._writer, "uncompressed_bytes_written", 0)
-        ratio = f", ratio {raw / written:.2f}x" if written else ""
-        return f"{written / 1e6:.1f} MB written{ratio}"
-
-    def _run(self) -> None:
-        while (example := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # drain so the producer never blocks on a dead writer
-            try:
-                self._writer.add(
-                    example["example_id"],
-                    {k: v.numpy() for k, v in example["features"].items()},
-                    input_ids=example["input_ids"],
-                    label=example["label"],
-                )
-                self.examples_written += 1
-            except BaseException as error:  # re-raised in the main thread
-                self._error = error
 
 
 def describe_summary(summary: PrecomputeSummary) -> str:
