@@ -42,10 +42,14 @@ def _third_party_logs(verbose: bool) -> None:
     """transformers' loading chatter (LOAD REPORT tables, notices) only with ``--verbose``."""
     level = "info" if verbose else "error"
     os.environ["TRANSFORMERS_VERBOSITY"] = level  # read when transformers is first imported
+    if not verbose:  # "Loading weights" / "Writing model shards" bars: read on import too
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
+        if not verbose:
+            hf_logging.disable_progress_bar()
 
 
 @app.callback()
