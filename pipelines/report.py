@@ -65,6 +65,16 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def teacher_train_seconds(model: str) -> float | None:
+    """The fine-tuning time `cachebrew finetune` recorded beside the teacher, if any."""
+    record = Path(model) / "finetune_metrics.json"
+    return json.loads(record.read_text())["train_seconds"] if record.is_file() else None
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def cache_bytes(cache: Path) -> int:
     """Bytes on disk of every file under the cache directory."""
     return sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
@@ -76,7 +86,8 @@ def table(teacher: dict[str, Any], rows: list[dict[str, Any]], teacher_name: str
         "| model | KD | test accuracy | test macro-F1 | params | inference ex/s | train s |",
         "|---|---|---|---|---|---|---|",
         f"| {teacher_name} | - | {teacher['accuracy']:.4f} | "
-        f"{teacher['macro_f1']:.4f} | {teacher['params']:,} | {teacher['examples_per_s']:.0f} | - |",
+        f"{teacher['macro_f1']:.4f} | {teacher['params']:,} | {teacher['examples_per_s']:.0f} | "
+        f"{_seconds(teacher.get('train_seconds'))} |",
     ]
     for row in rows:
         lines.append(
@@ -101,6 +112,7 @@ def main() -> None:
     rows = [run_row(args.sweep / name) for name in names]
     teacher_report = json.loads(args.teacher_eval.read_text())
     teacher = {"student": "teacher", **scores(teacher_report)}
+    teacher["train_seconds"] = teacher_train_seconds(teacher_report["model"])
     summary = {
         "teacher": teacher,
         "test": teacher_report["data"],
