@@ -113,24 +113,3 @@ def test_weight_schedulers_match_textbrewer(x):
     decay = schedules.linear_decay_weight_scheduler(x)
     assert growth == tb_presets.WEIGHT_SCHEDULER["linear_growth"](x) == pytest.approx(x)
     assert decay == tb_presets.WEIGHT_SCHEDULER["linear_decay"](x) == pytest.approx(1 - x)
-
-
-@pytest.mark.parametrize("name", ["linear", "cosine", "constant"])
-@pytest.mark.parametrize(("warmup", "total"), [(0, 10), (3, 10), (10, 10), (1, 1), (4, 37)])
-def test_lr_factor_equals_transformers_schedules(name: str, warmup: int, total: int) -> None:
-    transformers = pytest.importorskip("transformers")
-    builders = {
-        "linear": transformers.get_linear_schedule_with_warmup,
-        "cosine": transformers.get_cosine_schedule_with_warmup,
-        "constant": transformers.get_constant_schedule_with_warmup,
-    }
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    args = (optimizer, warmup) if name == "constant" else (optimizer, warmup, total)
-    reference = builders[name](*args)
-    for step in range(total + 2):
-        expected = reference.get_last_lr()[0]
-        assert schedules.lr_factor(step, warmup=warmup, total=total, name=name) == pytest.approx(
-            expected
-        )
-        optimizer.step()
-        reference.step()
