@@ -45,9 +45,13 @@ class BackgroundWriter:
             if self._error is not None:
                 continue  # drain so the producer never blocks on a dead writer
             try:
+                features = dict(example["features"])
+                ready = features.pop("_ready", None)  # precompute.READY: CUDA copies in flight
+                if ready is not None:
+                    ready.synchronize()
                 self._writer.add(
                     example["example_id"],
-                    {k: v.numpy() for k, v in example["features"].items()},
+                    {k: v.numpy() for k, v in features.items()},
                     input_ids=example["input_ids"],
                     label=example["label"],
                 )

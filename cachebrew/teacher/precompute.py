@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_FEATURES = "logits"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: On CUDA each example's features carry a ``torch.cuda.Event`` under this key: the features are
+#: pinned host tensors still being copied, which the writer thread waits for before reading.
+READY = "_ready"
 
 
 @dataclass(frozen=True)
@@ -328,8 +331,12 @@ def _run_window(
 @torch.inference_mode()
 def teacher_features(
     teacher: LoadedModel, spec: FeatureSpec, items: list[dict[str, Any]], device: torch.device
-) -> list[dict[str, torch.Tensor]]:
-    """Run one padded batch; return per-example feature tensors (float32, CPU, unpadded)."""
+) -> list[dict[str, Any]]:
+    """Run one padded batch; return per-example feature tensors (float32, CPU, unpadded).
+
+    On CUDA the tensors are pinned host memory still being filled: wait for ``example[READY]``
+    (a ``torch.cuda.Event``) before reading them.
+    """
     pad_id = teacher.tokenizer.pad_token_id or 0
     padded = pad_batch(
         [{k: v for k, v in it.items() if k in _MODEL_INPUTS} for it in items], pad_id
@@ -341,7 +348,24 @@ def teacher_features(
     adapted = teacher.adaptor(batch, outputs)
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     per_kind = {name: _extract(adapted, name, batch, lengths) for name in spec.input_names}
-    return [{name: per_kind[name][b] for name in per_kind} for b in range(len(items))]
+    examples: list[dict[str, Any]] = [
+        {name: per_kind[name][b] for name in per_kind} for b in range(len(items))
+    ]
+    if device.type == "cuda":  # the writer thread waits for the copies, the teacher does not
+        ready = torch.cuda.Event()
+        ready.record()
+        for example in examples:
+            example[READY] = ready
+    return examples
+
+
+def _to_host(values: torch.Tensor) -> torch.Tensor:
+    """A CUDA tensor copied into pinned host memory without blocking (see :data:`READY`);
+    a CPU tensor as it is."""
+    if not values.is_cuda:
+        return values
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    return host.copy_(values, non_blocking=True)
 
 
 def spec_dtype_is_half(spec: FeatureSpec) -> bool:
@@ -365,17 +389,18 @@ def _extract(
             f"feature {name!r}: the teacher gives {available} {source} layers "
             f"(indices 0..{available - 1}); choose layers in that range"
         )
-    values = layers[layer].float()
-    reduce = {"attention_sum": lambda t: t.sum(0), "attention_mean": lambda t: t.mean(0)}
+    values = layers[layer].float()  # (B, L, D) or (B, H, L, L)
+    if kind in ("attention_sum", "attention_mean"):  # reduce heads on the device, then copy
+        values = values.sum(1) if kind == "attention_sum" else values.mean(1)  # (B, L, L)
+    values = _to_host(values)
     out = []
     for b, n in enumerate(lengths):
         if kind == "hidden_cls":
-            out.append(values[b, 0].cpu())
-        elif source == "hidden":
-            out.append(values[b, :n].cpu())
+            out.append(values[b, 0])
+        elif source == "hidden" or kind != "attention":
+            out.append(values[b, :n] if source == "hidden" else values[b, :n, :n])
         else:
-            block = values[b, :, :n, :n]
-            out.append(reduce.get(kind, lambda t: t)(block).cpu())
+            out.append(values[b, :, :n, :n])
     return out
 
 

@@ -20,7 +20,7 @@ from cachebrew.cache.reader import CacheReader
 from cachebrew.config import resolve_device
 from cachebrew.errors import CacheMismatchError
 from cachebrew.models import LoadedModel, load_model
-from cachebrew.teacher.precompute import teacher_features
+from cachebrew.teacher.precompute import READY, teacher_features
 
 # stored dtype -> max relative error a correct cache stays within (rounding of the dtype plus
 # CPU/GPU kernel differences; fp16 measured 2e-4 on hidden states, int8 is absmax/127 per row)
@@ -106,6 +106,9 @@ def _compare_values(
         cached = reader.get(example_id)
         item = _model_inputs(cached["input_ids"], loaded.tokenizer)
         fresh_inputs = teacher_features(loaded, reader.spec, [item], device)[0]
+        ready = fresh_inputs.pop(READY, None)  # CUDA: wait for the host copies
+        if ready is not None:
+            ready.synchronize()
         fresh = prepare_example(reader.spec, fresh_inputs, len(item["input_ids"]))
         for name, fresh_array in fresh.items():
             stats = errors.setdefault(name, {"abs": [], "rel": [], "kl": []})
