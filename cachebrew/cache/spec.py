@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachebrew.cache.codecs import DEFAULT_CODEC
-from cachebrew.cache.sparse_logits import packed_dtype, parse_logits_mode
+from cachebrew.cache.sparse_logits import (
+    DELTA_IDS,
+    TOPK_LAYOUT,
+    TOPK_LAYOUTS,
+    packed_dtype,
+    parse_logits_mode,
+)
 from cachebrew.errors import ConfigError
 
 KINDS: tuple[str, ...] = (
@@ -70,6 +76,8 @@ class StoredFeature:
         logits_mode: ``logits`` only: ``dense``, ``topk:K`` or ``sample:N[@T]``
             (:mod:`cachebrew.cache.sparse_logits`: ids bit-packed at ``ceil(log2 V)`` bits;
             needs ``vocab_size``). None: the ``topk`` field decides (ids uint16/int32).
+        topk_layout: ``topk:K`` only: 1 (by value, fixed-width ids) or 2 (by id, delta ids;
+            the default for new caches). A manifest without it is layout 1.
 
     Raises:
         ConfigError: every invalid field, each naming the value and the valid choices.
@@ -83,6 +91,7 @@ class StoredFeature:
     topk: int | None = None
     vocab_size: int | None = None
     logits_mode: str | None = None
+    topk_layout: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(sorted(set(self.layers))))
@@ -90,6 +99,11 @@ class StoredFeature:
             mode = parse_logits_mode(self.logits_mode)
             object.__setattr__(self, "logits_mode", str(mode))
             object.__setattr__(self, "topk", mode.size if mode.kind == "topk" else None)
+        is_topk_mode = self.kind == "logits" and str(self.logits_mode).startswith("topk:")
+        if not is_topk_mode:
+            object.__setattr__(self, "topk_layout", None)
+        elif self.topk_layout is None:
+            object.__setattr__(self, "topk_layout", TOPK_LAYOUT)
         if self.kind == "logits" and self.reduction is None:
             object.__setattr__(self, "reduction", "raw")
         problems = _feature_problems(self)
@@ -127,6 +141,8 @@ class StoredFeature:
         """Storage dtype name of one of this feature's arrays (``'fp32'`` ... or an int dtype)."""
         if self.logits_mode is not None and array.endswith(("_ids", ".sample_counts")):
             mode = parse_logits_mode(self.logits_mode)
+            if array.endswith(".topk_ids") and self.topk_layout == 2:
+                return DELTA_IDS
             if array.endswith("_ids"):
                 return packed_dtype(int(self.vocab_size or 2))
             return "uint8" if (mode.size or 0) < 256 else "uint16"
@@ -147,15 +163,17 @@ class StoredFeature:
             "topk": self.topk,
             "vocab_size": self.vocab_size,
             **({"logits_mode": self.logits_mode} if self.logits_mode is not None else {}),
+            **({"topk_layout": self.topk_layout} if self.topk_layout is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoredFeature:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error; no ``topk_layout`` is 1."""
         unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
         if unknown:
             raise ConfigError(f"unknown stored-feature fields {unknown} in {dict(data)!r}")
-        return cls(**{**data, "layers": tuple(data.get("layers") or ())})
+        layout = data.get("topk_layout", 1)  # written before layouts were recorded
+        return cls(**{**data, "layers": tuple(data.get("layers") or ()), "topk_layout": layout})
 
 
 def _feature_problems(feature: StoredFeature) -> list[str]:
@@ -191,6 +209,11 @@ def _logits_problems(feature: StoredFeature) -> list[str]:
     if feature.reduction not in REDUCTIONS:
         problems.append(
             f"logits: unknown reduction {feature.reduction!r}; choose one of {list(REDUCTIONS)}"
+        )
+    if feature.topk_layout is not None and feature.topk_layout not in TOPK_LAYOUTS:
+        problems.append(
+            f"logits: unknown topk_layout {feature.topk_layout!r}; choose one of "
+            f"{list(TOPK_LAYOUTS)} (a newer cachebrew wrote this cache?)"
         )
     if feature.topk is not None and (not _is_int(feature.topk) or feature.topk < 1):
         problems.append(f"logits: topk must be a positive integer or None, got {feature.topk!r}")
