@@ -27,8 +27,9 @@ Top-k layouts (``topk_layout`` in the manifest's logits feature):
 2. (default) entries sorted by ascending **id**, values permuted alongside; ids stored as
    deltas from the previous id of the row (the first from 0) in uint32 byte planes (dtype
    ``ids_delta``: per row all low bytes, then the next ...), so the high planes are runs of
-   zeros for the codec. Lossless; 210 -> 83 B/token of ids at top-128, V = 151,936
-   (BENCHMARKS.md). :func:`read_sparse_logits` restores descending-value order, so the losses
+   zeros for the codec; fp16 values as two byte planes (dtype ``fp16_planes``: sign/exponent
+   bytes compress apart from the noisy mantissa bytes). Lossless (BENCHMARKS.md, "Large-
+   vocabulary logit storage"). :func:`read_sparse_logits` restores descending-value order, so the losses
    receive the same rows from both layouts.
 """
 
@@ -48,6 +49,7 @@ TOPK_ARRAYS: tuple[str, ...] = ("logits.topk_values", "logits.topk_ids", "logits
 SAMPLE_ARRAYS: tuple[str, ...] = ("logits.sample_ids", "logits.sample_counts")
 PACKED_PREFIX = "ids"
 DELTA_IDS = "ids_delta"
+FP16_PLANES = "fp16_planes"  # layout 2's fp16 values: the two byte planes of each row apart
 TOPK_LAYOUTS: tuple[int, ...] = (1, 2)
 TOPK_LAYOUT = 2  # what new caches are written with
 
@@ -154,6 +156,31 @@ def check_vocab_ids(ids: np.ndarray, vocab_size: int) -> None:
         )
 
 
+def unpack_ids(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_ids`: (rows, nbytes) uint8 -> (rows, k) int64."""
+    rows, nbytes = packed.shape
+    k = nbytes * 8 // bits
+    flat = np.unpackbits(np.ascontiguousarray(packed, dtype=np.uint8), axis=1, count=k * bits)
+    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
+    return flat.reshape(rows, k, bits).astype(np.int64) @ weights
+
+
+def to_byte_planes(array: np.ndarray) -> np.ndarray:
+    """(rows, k) fixed-width values -> (rows, itemsize * k) uint8, per row byte plane by plane
+    (all low bytes, then the next ...; little-endian), so a codec sees runs of similar bytes."""
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    planes = array.view(np.uint8).reshape(*array.shape, array.itemsize)  # (rows, k, itemsize)
+    return np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(array.shape[0], -1)
+
+
+def from_byte_planes(stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Inverse of :func:`to_byte_planes`: (rows, itemsize * k) uint8 -> (rows, k) ``dtype``."""
+    rows, size = stored.shape[0], np.dtype(dtype).itemsize
+    planes = np.ascontiguousarray(stored, dtype=np.uint8).reshape(rows, size, -1)
+    little = np.dtype(dtype).newbyteorder("<")
+    return np.ascontiguousarray(planes.transpose(0, 2, 1)).view(little)[..., 0].astype(dtype)
+
+
 def encode_delta_ids(ids: np.ndarray) -> np.ndarray:
     """(rows, k) ids ascending per row -> (rows, 4 * k) uint8: deltas in uint32 byte planes.
 
@@ -164,25 +191,12 @@ def encode_delta_ids(ids: np.ndarray) -> np.ndarray:
     deltas = np.diff(ids, axis=1, prepend=0)  # (rows, k)
     if deltas.size and (deltas.min() < 0 or ids.max() >= 1 << 32):
         raise CacheError("ids_delta: each row's ids must be ascending and in 0..2**32-1")
-    planes = deltas.astype("<u4").view(np.uint8).reshape(*ids.shape, 4)  # (rows, k, 4)
-    return np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(ids.shape[0], -1)
+    return to_byte_planes(deltas.astype(np.uint32))
 
 
 def decode_delta_ids(stored: np.ndarray) -> np.ndarray:
     """Inverse of :func:`encode_delta_ids`: (rows, 4 * k) uint8 -> (rows, k) int64."""
-    rows = stored.shape[0]
-    planes = np.ascontiguousarray(stored, dtype=np.uint8).reshape(rows, 4, -1)
-    deltas = np.ascontiguousarray(planes.transpose(0, 2, 1)).view("<u4")[..., 0]
-    return np.cumsum(deltas.astype(np.int64), axis=1)
-
-
-def unpack_ids(packed: np.ndarray, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_ids`: (rows, nbytes) uint8 -> (rows, k) int64."""
-    rows, nbytes = packed.shape
-    k = nbytes * 8 // bits
-    flat = np.unpackbits(np.ascontiguousarray(packed, dtype=np.uint8), axis=1, count=k * bits)
-    weights = (1 << np.arange(bits - 1, -1, -1)).astype(np.int64)
-    return flat.reshape(rows, k, bits).astype(np.int64) @ weights
+    return np.cumsum(from_byte_planes(stored, np.dtype(np.uint32)).astype(np.int64), axis=1)
 
 
 # ------------------------------------------------------------------------------ writing

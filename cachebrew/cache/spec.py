@@ -35,6 +35,7 @@ from typing import Any
 from cachebrew.cache.codecs import DEFAULT_CODEC
 from cachebrew.cache.sparse_logits import (
     DELTA_IDS,
+    FP16_PLANES,
     TOPK_LAYOUT,
     TOPK_LAYOUTS,
     packed_dtype,
@@ -150,6 +151,8 @@ class StoredFeature:
             return self.topk_ids_dtype
         if array.endswith(".logsumexp"):
             return "fp32"
+        if array.endswith(".topk_values") and self.topk_layout == 2 and self.dtype == "fp16":
+            return FP16_PLANES
         return self.dtype
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,10 +14,12 @@ from cachebrew.cache.sparse_logits import (
     SparseLogits,
     decode_delta_ids,
     encode_delta_ids,
+    from_byte_planes,
     id_bits,
     pack_ids,
     parse_logits_mode,
     sample_rows,
+    to_byte_planes,
     unpack_ids,
 )
 from cachebrew.distill.sparse_kd import sparse_kd_loss
@@ -100,6 +102,7 @@ def test_topk_round_trip_is_sparse_and_exact(tmp_path: pathlib.Path) -> None:
     assert feature.logits_mode == "topk:8" and feature.topk == 8
     assert feature.topk_layout == 2
     assert reader.manifest["arrays"]["logits.topk_ids"]["dtype"] == "ids_delta"
+    assert reader.manifest["arrays"]["logits.topk_values"]["dtype"] == "fp16_planes"
     teacher = _batch(tmp_path / "c")["teacher_cache"]["logits"]
     assert isinstance(teacher, SparseLogits) and teacher.shape == (
         sum(len(e["input_ids"]) for e in examples),
@@ -164,6 +167,8 @@ def test_delta_ids_round_trip_is_bit_exact() -> None:
     assert stored.dtype == np.uint8 and stored.shape == (5, 4 * 128)
     assert not stored[:, 3 * 128 :].any()  # the top byte plane is all zeros for the codec
     np.testing.assert_array_equal(decode_delta_ids(stored), ids)
+    values = rng.standard_normal((5, 128)).astype(np.float16)
+    np.testing.assert_array_equal(from_byte_planes(to_byte_planes(values), values.dtype), values)
     with pytest.raises(CacheError, match="must be ascending"):
         encode_delta_ids(np.array([[5, 3]]))
 
