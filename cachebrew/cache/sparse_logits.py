@@ -118,6 +118,34 @@ def packed_dtype(vocab_size: int) -> str:
     return f"{PACKED_PREFIX}{id_bits(vocab_size)}"
 
 
+def sparse_array_dtype(
+    array: str, mode: LogitsMode, vocab_size: int, topk_layout: int, dtype: str
+) -> str:
+    """Storage dtype of a sparse mode's ``_ids``, ``_counts`` or ``_values`` array.
+
+    Args:
+        array: e.g. ``logits.topk_ids``; mode: the parsed mode; vocab_size: V;
+        topk_layout: 1 or 2 (module docstring); dtype: the feature's value dtype.
+    """
+    if array.endswith(".topk_ids") and topk_layout == 2:
+        return DELTA_IDS
+    if array.endswith("_ids"):
+        return packed_dtype(vocab_size)
+    if array.endswith("_counts"):
+        return "uint8" if (mode.size or 0) < 256 else "uint16"
+    return FP16_PLANES if topk_layout == 2 and dtype == "fp16" else dtype
+
+
+def topk_layout_problems(topk_layout: int | None) -> list[str]:
+    """What is wrong with a feature's ``topk_layout`` (None: not a top-k mode), as messages."""
+    if topk_layout is None or topk_layout in TOPK_LAYOUTS:
+        return []
+    return [
+        f"logits: unknown topk_layout {topk_layout!r}; choose one of {list(TOPK_LAYOUTS)} "
+        "(a newer cachebrew wrote this cache?)"
+    ]
+
+
 def is_packed(dtype: str) -> bool:
     """Whether a storage dtype name is a packed-id one (``ids<bits>``)."""
     return dtype.startswith(PACKED_PREFIX) and dtype[len(PACKED_PREFIX) :].isdigit()

@@ -34,12 +34,10 @@ from typing import Any
 
 from cachebrew.cache.codecs import DEFAULT_CODEC
 from cachebrew.cache.sparse_logits import (
-    DELTA_IDS,
-    FP16_PLANES,
     TOPK_LAYOUT,
-    TOPK_LAYOUTS,
-    packed_dtype,
     parse_logits_mode,
+    sparse_array_dtype,
+    topk_layout_problems,
 )
 from cachebrew.errors import ConfigError
 
@@ -100,11 +98,9 @@ class StoredFeature:
             mode = parse_logits_mode(self.logits_mode)
             object.__setattr__(self, "logits_mode", str(mode))
             object.__setattr__(self, "topk", mode.size if mode.kind == "topk" else None)
-        is_topk_mode = self.kind == "logits" and str(self.logits_mode).startswith("topk:")
-        if not is_topk_mode:
-            object.__setattr__(self, "topk_layout", None)
-        elif self.topk_layout is None:
-            object.__setattr__(self, "topk_layout", TOPK_LAYOUT)
+        topk_mode = self.kind == "logits" and str(self.logits_mode).startswith("topk:")
+        layout = (self.topk_layout or TOPK_LAYOUT) if topk_mode else None
+        object.__setattr__(self, "topk_layout", layout)
         if self.kind == "logits" and self.reduction is None:
             object.__setattr__(self, "reduction", "raw")
         problems = _feature_problems(self)
@@ -140,19 +136,14 @@ class StoredFeature:
 
     def array_dtype(self, array: str) -> str:
         """Storage dtype name of one of this feature's arrays (``'fp32'`` ... or an int dtype)."""
-        if self.logits_mode is not None and array.endswith(("_ids", ".sample_counts")):
+        if self.logits_mode is not None and array.endswith(("_ids", "_counts", "_values")):
             mode = parse_logits_mode(self.logits_mode)
-            if array.endswith(".topk_ids") and self.topk_layout == 2:
-                return DELTA_IDS
-            if array.endswith("_ids"):
-                return packed_dtype(int(self.vocab_size or 2))
-            return "uint8" if (mode.size or 0) < 256 else "uint16"
+            layout = self.topk_layout or 1
+            return sparse_array_dtype(array, mode, self.vocab_size or 2, layout, self.dtype)
         if array.endswith(".topk_ids"):
             return self.topk_ids_dtype
         if array.endswith(".logsumexp"):
             return "fp32"
-        if array.endswith(".topk_values") and self.topk_layout == 2 and self.dtype == "fp16":
-            return FP16_PLANES
         return self.dtype
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,11 +204,7 @@ def _logits_problems(feature: StoredFeature) -> list[str]:
         problems.append(
             f"logits: unknown reduction {feature.reduction!r}; choose one of {list(REDUCTIONS)}"
         )
-    if feature.topk_layout is not None and feature.topk_layout not in TOPK_LAYOUTS:
-        problems.append(
-            f"logits: unknown topk_layout {feature.topk_layout!r}; choose one of "
-            f"{list(TOPK_LAYOUTS)} (a newer cachebrew wrote this cache?)"
-        )
+    problems += topk_layout_problems(feature.topk_layout)
     if feature.topk is not None and (not _is_int(feature.topk) or feature.topk < 1):
         problems.append(f"logits: topk must be a positive integer or None, got {feature.topk!r}")
     if feature.vocab_size is not None and (
