@@ -15,7 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from cachebrew.cache.sparse_logits import PACKED_PREFIX, is_packed, pack_ids, unpack_ids
+from cachebrew.cache.sparse_logits import (
+    DELTA_IDS,
+    FP16_PLANES,
+    PACKED_PREFIX,
+    decode_delta_ids,
+    encode_delta_ids,
+    from_byte_planes,
+    is_packed,
+    pack_ids,
+    to_byte_planes,
+    unpack_ids,
+)
 from cachebrew.errors import CacheError
 
 # Arrays at least this large are cast with torch when torch is loaded (below, call overhead wins).
@@ -72,7 +83,10 @@ def zarr_compressors(codec: str) -> tuple[Any, ...]:
 
 def stored_dtype(dtype: str) -> np.dtype:
     """Numpy dtype of the stored array for a storage dtype or plain numpy dtype name."""
-    if is_packed(dtype):  # bit-packed ids (cache/sparse_logits.py), stored as bytes
+    if is_packed(dtype) or dtype in (
+        DELTA_IDS,
+        FP16_PLANES,
+    ):  # ids as bytes (cache/sparse_logits.py)
         return np.dtype(np.uint8)
     return np.dtype(STORED_NUMPY_DTYPE.get(dtype, dtype))
 
@@ -84,7 +98,10 @@ def encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None
         array: (rows, width) float32 (other float dtypes are cast).
         dtype: ``'fp32'``, ``'fp16'``, ``'bf16'`` or ``'int8'``; integer numpy dtype names
             (``'int32'``, ``'uint16'``) pass ids through unchanged; ``'ids<b>'`` bit-packs
-            ids at b bits each (:func:`~cachebrew.cache.sparse_logits.pack_ids`).
+            ids at b bits each (:func:`~cachebrew.cache.sparse_logits.pack_ids`);
+            ``'ids_delta'`` stores ascending ids as delta byte planes
+            (:func:`~cachebrew.cache.sparse_logits.encode_delta_ids`); ``'fp16_planes'`` is
+            fp16 stored as byte planes (:func:`~cachebrew.cache.sparse_logits.to_byte_planes`).
 
     Returns:
         ``(stored, scale)``: ``stored`` (rows, width) in :func:`stored_dtype`, ``scale``
@@ -93,6 +110,10 @@ def encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None
     Raises:
         CacheError: non-finite values, or |x| above the fp16 range (use bf16 or int8).
     """
+    if dtype == DELTA_IDS:
+        return encode_delta_ids(array), None
+    if dtype == FP16_PLANES:
+        return to_byte_planes(encode(array, "fp16")[0]), None
     if is_packed(dtype):
         return pack_ids(array, int(dtype[len(PACKED_PREFIX) :])), None
     if dtype not in STORED_NUMPY_DTYPE:
@@ -142,6 +163,10 @@ def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarr
     imported (as in ``distill``) large casts run in torch, which is bit-identical and measured
     ~1.7x faster end to end than numpy's fp16 cast on this CPU; torch is never imported here.
     """
+    if dtype == DELTA_IDS:
+        return decode_delta_ids(stored)
+    if dtype == FP16_PLANES:
+        return decode(from_byte_planes(stored, np.dtype(np.float16)), None, "fp16")
     if is_packed(dtype):
         return unpack_ids(stored, int(dtype[len(PACKED_PREFIX) :]))
     torch = sys.modules.get("torch")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cachebrew.cache.sparse_logits import parse_logits_mode, sparse_arrays
+from cachebrew.cache.sparse_logits import check_vocab_ids, parse_logits_mode, sparse_arrays
 from cachebrew.cache.spec import FeatureSpec, StoredFeature
 from cachebrew.errors import CacheError
 
@@ -94,7 +94,10 @@ def _prepare_logits(feature: StoredFeature, logits: np.ndarray) -> dict[str, np.
     values = logits - lse if feature.reduction == "logprobs" else logits
     mode = parse_logits_mode(feature.logits_mode or "dense")
     if mode.kind != "dense":
-        return sparse_arrays(mode, logits, lse, values)
+        arrays = sparse_arrays(mode, logits, lse, values, feature.topk_layout or 1)
+        if feature.topk_layout == 2 and feature.vocab_size:
+            check_vocab_ids(arrays["logits.topk_ids"], feature.vocab_size)
+        return arrays
     if not feature.topk:
         return {"logits": values}
     k = min(feature.topk, logits.shape[1])

@@ -19,6 +19,18 @@ V x 2 bytes per token. The sparse modes keep what a KD loss needs (DESIGN §4):
 
 An id that does not fit ``b`` bits (a teacher with more logits than its ``vocab_size``) is
 refused with a :class:`~cachebrew.errors.CacheError` naming the id, the width and the fix.
+
+Top-k layouts (``topk_layout`` in the manifest's logits feature):
+
+1. the arrays above, entries sorted by descending value, ids at fixed width (caches written
+   before layout 2; still read).
+2. (default) entries sorted by ascending **id**, values permuted alongside; ids stored as
+   deltas from the previous id of the row (the first from 0) in uint32 byte planes (dtype
+   ``ids_delta``: per row all low bytes, then the next ...), so the high planes are runs of
+   zeros for the codec; fp16 values as two byte planes (dtype ``fp16_planes``: sign/exponent
+   bytes compress apart from the noisy mantissa bytes). Lossless (BENCHMARKS.md, "Large-
+   vocabulary logit storage"). :func:`read_sparse_logits` restores descending-value order, so the losses
+   receive the same rows from both layouts.
 """
 
 from __future__ import annotations
@@ -36,6 +48,10 @@ MODES: tuple[str, ...] = ("dense", "topk", "sample")
 TOPK_ARRAYS: tuple[str, ...] = ("logits.topk_values", "logits.topk_ids", "logits.logsumexp")
 SAMPLE_ARRAYS: tuple[str, ...] = ("logits.sample_ids", "logits.sample_counts")
 PACKED_PREFIX = "ids"
+DELTA_IDS = "ids_delta"
+FP16_PLANES = "fp16_planes"  # layout 2's fp16 values: the two byte planes of each row apart
+TOPK_LAYOUTS: tuple[int, ...] = (1, 2)
+TOPK_LAYOUT = 2  # what new caches are written with
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,34 @@ def packed_dtype(vocab_size: int) -> str:
     return f"{PACKED_PREFIX}{id_bits(vocab_size)}"
 
 
+def sparse_array_dtype(
+    array: str, mode: LogitsMode, vocab_size: int, topk_layout: int, dtype: str
+) -> str:
+    """Storage dtype of a sparse mode's ``_ids``, ``_counts`` or ``_values`` array.
+
+    Args:
+        array: e.g. ``logits.topk_ids``; mode: the parsed mode; vocab_size: V;
+        topk_layout: 1 or 2 (module docstring); dtype: the feature's value dtype.
+    """
+    if array.endswith(".topk_ids") and topk_layout == 2:
+        return DELTA_IDS
+    if array.endswith("_ids"):
+        return packed_dtype(vocab_size)
+    if array.endswith("_counts"):
+        return "uint8" if (mode.size or 0) < 256 else "uint16"
+    return FP16_PLANES if topk_layout == 2 and dtype == "fp16" else dtype
+
+
+def topk_layout_problems(topk_layout: int | None) -> list[str]:
+    """What is wrong with a feature's ``topk_layout`` (None: not a top-k mode), as messages."""
+    if topk_layout is None or topk_layout in TOPK_LAYOUTS:
+        return []
+    return [
+        f"logits: unknown topk_layout {topk_layout!r}; choose one of {list(TOPK_LAYOUTS)} "
+        "(a newer cachebrew wrote this cache?)"
+    ]
+
+
 def is_packed(dtype: str) -> bool:
     """Whether a storage dtype name is a packed-id one (``ids<bits>``)."""
     return dtype.startswith(PACKED_PREFIX) and dtype[len(PACKED_PREFIX) :].isdigit()
@@ -126,6 +170,20 @@ def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(bit_matrix.reshape(ids.shape[0], -1), axis=1)
 
 
+def check_vocab_ids(ids: np.ndarray, vocab_size: int) -> None:
+    """Refuse ids at or above ``vocab_size`` (delta ids have no fixed width to overflow).
+
+    Raises:
+        CacheError: names the id, the vocabulary size and the fix.
+    """
+    if ids.size and int(ids.max()) >= vocab_size:
+        raise CacheError(
+            f"logit id {int(ids.max())} does not fit the vocabulary of this cache (ids 0.."
+            f"{vocab_size - 1}, from its vocab_size); the teacher gives more logits than its "
+            "vocabulary: pass the full logits width as vocab_size"
+        )
+
+
 def unpack_ids(packed: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of :func:`pack_ids`: (rows, nbytes) uint8 -> (rows, k) int64."""
     rows, nbytes = packed.shape
@@ -135,11 +193,49 @@ def unpack_ids(packed: np.ndarray, bits: int) -> np.ndarray:
     return flat.reshape(rows, k, bits).astype(np.int64) @ weights
 
 
+def to_byte_planes(array: np.ndarray) -> np.ndarray:
+    """(rows, k) fixed-width values -> (rows, itemsize * k) uint8, per row byte plane by plane
+    (all low bytes, then the next ...; little-endian), so a codec sees runs of similar bytes."""
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    planes = array.view(np.uint8).reshape(*array.shape, array.itemsize)  # (rows, k, itemsize)
+    return np.ascontiguousarray(planes.transpose(0, 2, 1)).reshape(array.shape[0], -1)
+
+
+def from_byte_planes(stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Inverse of :func:`to_byte_planes`: (rows, itemsize * k) uint8 -> (rows, k) ``dtype``."""
+    rows, size = stored.shape[0], np.dtype(dtype).itemsize
+    planes = np.ascontiguousarray(stored, dtype=np.uint8).reshape(rows, size, -1)
+    little = np.dtype(dtype).newbyteorder("<")
+    return np.ascontiguousarray(planes.transpose(0, 2, 1)).view(little)[..., 0].astype(dtype)
+
+
+def encode_delta_ids(ids: np.ndarray) -> np.ndarray:
+    """(rows, k) ids ascending per row -> (rows, 4 * k) uint8: deltas in uint32 byte planes.
+
+    Raises:
+        CacheError: a row whose ids are not ascending or an id outside 0..2**32 - 1.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    deltas = np.diff(ids, axis=1, prepend=0)  # (rows, k)
+    if deltas.size and (deltas.min() < 0 or ids.max() >= 1 << 32):
+        raise CacheError("ids_delta: each row's ids must be ascending and in 0..2**32-1")
+    return to_byte_planes(deltas.astype(np.uint32))
+
+
+def decode_delta_ids(stored: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_delta_ids`: (rows, 4 * k) uint8 -> (rows, k) int64."""
+    return np.cumsum(from_byte_planes(stored, np.dtype(np.uint32)).astype(np.int64), axis=1)
+
+
 # ------------------------------------------------------------------------------ writing
 
 
 def sparse_arrays(
-    mode: LogitsMode, logits: np.ndarray, logsumexp: np.ndarray, values: np.ndarray
+    mode: LogitsMode,
+    logits: np.ndarray,
+    logsumexp: np.ndarray,
+    values: np.ndarray,
+    topk_layout: int = TOPK_LAYOUT,
 ) -> dict[str, np.ndarray]:
     """The stored arrays of one example's logits (before dtype encoding / id packing).
 
@@ -147,6 +243,7 @@ def sparse_arrays(
         mode: ``topk`` or ``sample``.
         logits: (rows, V) raw float32 logits; logsumexp: (rows, 1) at T = 1.
         values: (rows, V) what ``topk_values`` keeps (raw or log-probs, the reduction).
+        topk_layout: 1 keeps top-k entries by descending value, 2 by ascending id.
 
     Raises:
         ValueError: K or N larger than the vocabulary (topk).
@@ -159,6 +256,8 @@ def sparse_arrays(
         ids = np.argpartition(-logits, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(logits, ids, axis=1), axis=1, kind="stable")
         ids = np.take_along_axis(ids, order, axis=1)  # (rows, k), largest first
+        if topk_layout == 2:
+            ids = np.sort(ids, axis=1)  # (rows, k), ascending ids
         return {
             "logits.topk_values": np.take_along_axis(values, ids, axis=1),
             "logits.topk_ids": ids.astype(np.int64),
@@ -233,14 +332,17 @@ def read_sparse_logits(
 ) -> SparseLogits:
     """A :class:`SparseLogits` from a batch's decoded arrays (torch tensors, rows concatenated).
 
-    ``topk`` values become log-probs (``v - logsumexp`` for raw values); ``sample`` counts
-    become ``log(counts / N)``.
+    ``topk`` values become log-probs (``v - logsumexp`` for raw values), sorted descending
+    (a stable sort: layout 1 rows come out unchanged, layout 2 rows in the same order up to
+    ties); ``sample`` counts become ``log(counts / N)``.
     """
     if mode.kind == "topk":
         values = arrays["logits.topk_values"]
         if reduction == "raw":
             values = values - arrays["logits.logsumexp"]
-        return SparseLogits("topk", arrays["logits.topk_ids"].long(), values, num_classes)
+        values, order = values.sort(dim=1, descending=True, stable=True)
+        ids = arrays["logits.topk_ids"].long().gather(1, order)
+        return SparseLogits("topk", ids, values, num_classes)
     counts = arrays["logits.sample_counts"].float()
     share = (counts / counts.sum(1, keepdim=True)).log()  # empty slots: -inf
     return SparseLogits(

@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachebrew.cache.codecs import DEFAULT_CODEC
-from cachebrew.cache.sparse_logits import packed_dtype, parse_logits_mode
+from cachebrew.cache.sparse_logits import (
+    TOPK_LAYOUT,
+    parse_logits_mode,
+    sparse_array_dtype,
+    topk_layout_problems,
+)
 from cachebrew.errors import ConfigError
 
 KINDS: tuple[str, ...] = (
@@ -70,6 +75,8 @@ class StoredFeature:
         logits_mode: ``logits`` only: ``dense``, ``topk:K`` or ``sample:N[@T]``
             (:mod:`cachebrew.cache.sparse_logits`: ids bit-packed at ``ceil(log2 V)`` bits;
             needs ``vocab_size``). None: the ``topk`` field decides (ids uint16/int32).
+        topk_layout: ``topk:K`` only: 1 (by value, fixed-width ids) or 2 (by id, delta ids;
+            the default for new caches). A manifest without it is layout 1.
 
     Raises:
         ConfigError: every invalid field, each naming the value and the valid choices.
@@ -83,6 +90,7 @@ class StoredFeature:
     topk: int | None = None
     vocab_size: int | None = None
     logits_mode: str | None = None
+    topk_layout: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(sorted(set(self.layers))))
@@ -90,6 +98,9 @@ class StoredFeature:
             mode = parse_logits_mode(self.logits_mode)
             object.__setattr__(self, "logits_mode", str(mode))
             object.__setattr__(self, "topk", mode.size if mode.kind == "topk" else None)
+        topk_mode = self.kind == "logits" and str(self.logits_mode).startswith("topk:")
+        layout = (self.topk_layout or TOPK_LAYOUT) if topk_mode else None
+        object.__setattr__(self, "topk_layout", layout)
         if self.kind == "logits" and self.reduction is None:
             object.__setattr__(self, "reduction", "raw")
         problems = _feature_problems(self)
@@ -125,11 +136,10 @@ class StoredFeature:
 
     def array_dtype(self, array: str) -> str:
         """Storage dtype name of one of this feature's arrays (``'fp32'`` ... or an int dtype)."""
-        if self.logits_mode is not None and array.endswith(("_ids", ".sample_counts")):
+        if self.logits_mode is not None and array.endswith(("_ids", "_counts", "_values")):
             mode = parse_logits_mode(self.logits_mode)
-            if array.endswith("_ids"):
-                return packed_dtype(int(self.vocab_size or 2))
-            return "uint8" if (mode.size or 0) < 256 else "uint16"
+            layout = self.topk_layout or 1
+            return sparse_array_dtype(array, mode, self.vocab_size or 2, layout, self.dtype)
         if array.endswith(".topk_ids"):
             return self.topk_ids_dtype
         if array.endswith(".logsumexp"):
@@ -147,15 +157,17 @@ class StoredFeature:
             "topk": self.topk,
             "vocab_size": self.vocab_size,
             **({"logits_mode": self.logits_mode} if self.logits_mode is not None else {}),
+            **({"topk_layout": self.topk_layout} if self.topk_layout is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StoredFeature:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error; no ``topk_layout`` is 1."""
         unknown = sorted(set(data) - {f for f in cls.__dataclass_fields__})
         if unknown:
             raise ConfigError(f"unknown stored-feature fields {unknown} in {dict(data)!r}")
-        return cls(**{**data, "layers": tuple(data.get("layers") or ())})
+        layout = data.get("topk_layout", 1)  # written before layouts were recorded
+        return cls(**{**data, "layers": tuple(data.get("layers") or ()), "topk_layout": layout})
 
 
 def _feature_problems(feature: StoredFeature) -> list[str]:
@@ -192,6 +204,7 @@ def _logits_problems(feature: StoredFeature) -> list[str]:
         problems.append(
             f"logits: unknown reduction {feature.reduction!r}; choose one of {list(REDUCTIONS)}"
         )
+    problems += topk_layout_problems(feature.topk_layout)
     if feature.topk is not None and (not _is_int(feature.topk) or feature.topk < 1):
         problems.append(f"logits: topk must be a positive integer or None, got {feature.topk!r}")
     if feature.vocab_size is not None and (

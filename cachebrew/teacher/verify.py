@@ -24,7 +24,7 @@ from cachebrew.teacher.precompute import READY, teacher_features
 
 # stored dtype -> max relative error a correct cache stays within (rounding of the dtype plus
 # CPU/GPU kernel differences; fp16 measured 2e-4 on hidden states, int8 is absmax/127 per row)
-REL_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "bf16": 1.6e-2, "int8": 1.6e-2}
+REL_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "fp16_planes": 2e-3, "bf16": 1.6e-2, "int8": 1.6e-2}
 
 
 def verify_cache(
