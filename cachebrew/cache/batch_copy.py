@@ -72,7 +72,8 @@ def pad_batch(
             casts (the CUDA path copies this batch into pinned memory).
 
     Returns:
-        The same values, bit for bit, as :func:`cachebrew.cache.collate.pad_feature`.
+        The same values, bit for bit, as the previous per-example padding path (kept as the
+        reference in ``tests/unit/test_cache_batch_copy.py``).
     """
     shape = padded_shape(name, rows, lengths, width)
     kind = name.split(".", 1)[0]

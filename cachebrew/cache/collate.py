@@ -392,51 +392,6 @@ def _to_gpu(
         moved = moved.view(torch.bfloat16)
     out = moved.float()
     if scales is not None and rows[0].dtype == np.int8:
-        scale = pad_feature(name, scales, lengths, width).pin_memory()
+        scale = pad_batch(name, scales, lengths, width).pin_memory()
         out.mul_(scale.to(device, non_blocking=True))
     return out
-
-
-def pad_feature(
-    name: str,
-    rows: Sequence[np.ndarray],
-    lengths: Sequence[int],
-    width: int,
-    dtype: str = "fp32",
-    scales: Sequence[np.ndarray] | None = None,
-    *,
-    stored: bool = False,
-) -> torch.Tensor:
-    """Zero-padded batch of one array: hidden (B, L, D), hidden_cls (B, D), attention
-    (B, H, L, L), attention_sum/mean (B, L, L); L = ``width`` (the batch's longest).
-
-    Float32 by default: fp16 is cast, bf16 bits become the high half of each float32 and int8
-    is scaled, all inside the one padding copy (numpy, one thread: torch's two-thread copy_
-    was 4-20x slower on these small copies on the shared 2-core box). ``stored=True`` keeps
-    the stored dtype (bf16 as int16 bits) for a pinned copy cast on the GPU.
-    """
-    kind = name.split(".", 1)[0]
-    heads = rows[0].size // (lengths[0] * lengths[0]) if kind == "attention" else 0
-    if kind == "hidden_cls":
-        shape: tuple[int, ...] = (len(rows), rows[0].shape[1])
-    elif kind == "hidden":
-        shape = (len(rows), width, rows[0].shape[1])
-    else:
-        shape = (len(rows), heads, width, width) if heads else (len(rows), width, width)
-    bf16_bits = dtype == "bf16" and rows[0].dtype == np.uint16
-    out = np.zeros(shape, dtype=rows[0].dtype if stored else np.float32)
-    for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
-        if kind == "hidden_cls":
-            target = out[b : b + 1]
-        elif kind == "hidden":
-            target = out[b, :n]
-        else:
-            target = out[b, :, :n, :n] if heads else out[b, :n, :n]
-        value = value.reshape(target.shape)
-        if bf16_bits and not stored:  # little-endian: the high 16 bits are the odd halves
-            target.view(np.uint16)[..., 1::2] = value
-        elif scales is not None and not stored:
-            np.multiply(value, scales[b].reshape(-1, 1), out=target)
-        else:
-            target[...] = value
-    return torch.from_numpy(out.view(np.int16) if stored and bf16_bits else out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -13,9 +14,55 @@ from cachebrew.cache import CacheWriter, parse_feature_spec
 from cachebrew.cache.batch_copy import pad_batch
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import encode
-from cachebrew.cache.collate import pad_feature
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.synthetic import synthetic_examples, write_examples
+
+
+def pad_feature(
+    name: str,
+    rows: Sequence[np.ndarray],
+    lengths: Sequence[int],
+    width: int,
+    dtype: str = "fp32",
+    scales: Sequence[np.ndarray] | None = None,
+    *,
+    stored: bool = False,
+) -> torch.Tensor:
+    """The padding path before `cache/batch_copy.py` (a fresh array, per-example copies), kept
+    here as the reference the new path must equal bit for bit. Zero-padded batch of one array: hidden (B, L, D), hidden_cls (B, D), attention
+    (B, H, L, L), attention_sum/mean (B, L, L); L = ``width`` (the batch's longest).
+
+    Float32 by default: fp16 is cast, bf16 bits become the high half of each float32 and int8
+    is scaled, all inside the one padding copy (numpy, one thread: torch's two-thread copy_
+    was 4-20x slower on these small copies on the shared 2-core box). ``stored=True`` keeps
+    the stored dtype (bf16 as int16 bits) for a pinned copy cast on the GPU.
+    """
+    kind = name.split(".", 1)[0]
+    heads = rows[0].size // (lengths[0] * lengths[0]) if kind == "attention" else 0
+    if kind == "hidden_cls":
+        shape: tuple[int, ...] = (len(rows), rows[0].shape[1])
+    elif kind == "hidden":
+        shape = (len(rows), width, rows[0].shape[1])
+    else:
+        shape = (len(rows), heads, width, width) if heads else (len(rows), width, width)
+    bf16_bits = dtype == "bf16" and rows[0].dtype == np.uint16
+    out = np.zeros(shape, dtype=rows[0].dtype if stored else np.float32)
+    for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
+        if kind == "hidden_cls":
+            target = out[b : b + 1]
+        elif kind == "hidden":
+            target = out[b, :n]
+        else:
+            target = out[b, :, :n, :n] if heads else out[b, :n, :n]
+        value = value.reshape(target.shape)
+        if bf16_bits and not stored:  # little-endian: the high 16 bits are the odd halves
+            target.view(np.uint16)[..., 1::2] = value
+        elif scales is not None and not stored:
+            np.multiply(value, scales[b].reshape(-1, 1), out=target)
+        else:
+            target[...] = value
+    return torch.from_numpy(out.view(np.int16) if stored and bf16_bits else out)
+
 
 HEADS, HIDDEN = 3, 40  # 40 * 1000 rows > one inline torch copy: the split path runs too
 
