@@ -316,16 +316,6 @@ class SparseLogits:
         """``(rows, V)``: the shape of the dense rows this stands for."""
         return (int(self.ids.shape[0]), self.num_classes)
 
-    def dense_logprobs(self) -> Any:
-        """Dense (rows, V) log-probs, the tail spread evenly (tests and ``compare`` only)."""
-        import torch
-
-        rest = (1 - self.logprobs.double().exp().sum(1, keepdim=True)).clamp_min(1e-30)
-        fill = (rest / max(self.num_classes - self.ids.shape[1], 1)).log().float()
-        out = fill.expand(-1, self.num_classes).clone()
-        kept = self.logprobs.float().clamp_min(torch.finfo(torch.float32).min)
-        return out.scatter_(1, self.ids, kept)
-
 
 def read_sparse_logits(
     arrays: dict[str, Any], mode: LogitsMode, num_classes: int, reduction: str

@@ -27,11 +27,6 @@ from cachebrew.runner.config import DataConfig, DistillRunConfig, EvalConfig
 from cachebrew.runner.tokens import StudentTokens, max_length, student_items
 
 
-def default_metric(kind: str) -> str:
-    """``token_f1`` for tagging heads, else ``accuracy``."""
-    return "token_f1" if kind == "token_classification" else "accuracy"
-
-
 class StudentEvaluator:
     """Scores the student on the run's eval examples, as often as asked (after training, and
     during it with ``eval.every_steps``); the corpus is tokenized once.
@@ -85,21 +80,6 @@ class StudentEvaluator:
         return score_predictions(
             self.names, predictions, labels, outside_label=self.eval_cfg.outside_label
         )
-
-
-def evaluate_student(
-    cfg: DistillRunConfig,
-    reader: CacheReader,
-    student: LoadedModel,
-    tokens: StudentTokens,
-    eval_ids: Sequence[str] | None,
-    device: torch.device,
-) -> tuple[dict[str, float], int]:
-    """``({metric: value}, number of examples)``; ``({}, 0)`` without ``eval:``."""
-    if cfg.eval is None:
-        return {}, 0
-    evaluator = StudentEvaluator(cfg, reader, student, tokens, eval_ids, device)
-    return evaluator(), evaluator.num_examples
 
 
 def split_eval_ids(
