@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from cachebrew.cache import CacheWriter, FeatureSpec, parse_feature_spec
 from cachebrew.cache.codecs import DEFAULT_CODEC
+from cachebrew.cache.sparse_logits import parse_logits_mode
 from cachebrew.cache.spec import DTYPES
 from cachebrew.config import DistillationConfig, resolve_device
 from cachebrew.corpus import (
@@ -125,6 +126,11 @@ class PrecomputeConfig(CorpusFields, ConfigBase):
                 set_field(self, name, check_int(problems, name, getattr(self, name), 1))
         if self.logits is not None and self.topk is not None:
             problems.append("topk and logits both given: --topk K is --logits topk:K")
+        elif self.logits is not None:  # checked here, before a teacher is loaded
+            try:
+                parse_logits_mode(self.logits)
+            except ConfigError as error:
+                problems += [f"logits: {p}" for p in error.problems]
         check_bool(problems, "overwrite", self.overwrite)
         check_bool(problems, "wait", self.wait)
         raise_if_any(problems)

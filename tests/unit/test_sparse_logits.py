@@ -66,6 +66,14 @@ def test_parse_logits_mode() -> None:
             parse_logits_mode(bad)
 
 
+def test_a_bad_logits_mode_is_refused_when_the_precompute_config_loads() -> None:
+    from cachebrew.teacher.precompute import PrecomputeConfig
+
+    with pytest.raises(ConfigError, match=r"logits: logits mode 'topk:0'"):
+        PrecomputeConfig(teacher="t", data="d.jsonl", out="o", logits="topk:0")
+    assert PrecomputeConfig(teacher="t", data="d.jsonl", out="o", logits="sample:12@2").logits
+
+
 @pytest.mark.parametrize("vocab", [200, 151_936, 262_144])
 def test_pack_round_trip_at_the_vocabulary_width(vocab: int) -> None:
     bits = id_bits(vocab)
