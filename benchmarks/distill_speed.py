@@ -15,12 +15,12 @@ requests, so the checkpoint saved at the end is not counted):
 
 1. **oracle**: cachebrew, the teacher's outputs already collated in RAM (a list of batches):
    the student's own cost, no data wait.
-2. **cache**: cachebrew from the fp16 cache (``CacheDataset``); its data-wait share is the time
-   spent inside the dataset's ``next()`` over the step time. Oracle and the cache with
-   ``prefetch=1`` (the next batch decoded in a background thread) run twice each, alternating
-   (means reported); then the cache once more as ``distill`` reads it on CPU (``prefetch=0``),
-   and a cache written with ``codec: none`` (fresh-weight hidden states compress by only 9 %,
-   so skipping zstd halves the decoding work for ~15 % more disk here).
+2. **cache**: cachebrew from the fp16 cache written with the default codec (``lz4-bitshuffle``)
+   through ``CacheDataset``; its data-wait share is the time spent inside the dataset's
+   ``next()`` over the step time. Oracle and the cache as ``distill`` reads it on CPU
+   (``prefetch=0``) run twice each, alternating (means reported); then the cache once more with
+   ``prefetch=1`` (the next batch decoded in a background thread), and a cache written with
+   ``codec: none`` (fresh-weight hidden states barely compress).
 3. **cachebrew online**: the same loop with the live teacher (``model_T``), inputs from the cache.
 4. **textbrewer online**: ``textbrewer.GeneralDistiller`` with the same teacher, student, config
    and inputs (a ``DataLoader`` of ``(input_ids, attention_mask, token_type_ids)``).
@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 from common import ROOT, bert_base_teacher, long_corpus
+
+from cachebrew.cache.codecs import DEFAULT_CODEC
 
 OUT = ROOT / "runs" / "bench-distill"
 BATCH = 16
@@ -68,19 +70,19 @@ def main() -> None:
     teacher = bert_base_teacher(OUT)
     corpus = long_corpus(OUT, args.examples)
     cache = _precompute(teacher, corpus)
-    raw = _precompute(teacher, corpus, codec="none")  # hidden states barely compress
+    raw = _precompute(teacher, corpus, codec="none")
     cached, online = args.cached_steps, args.online_steps
     oracle, from_cache = [], []
     for mode in ("oracle", "cache", "cache", "oracle"):  # alternating, against drift
         if mode == "oracle":
             oracle.append(_cachebrew(None, _in_ram(cache), cached))
         else:
-            from_cache.append(_cachebrew(None, _dataset(cache, True, prefetch=1), cached))
+            from_cache.append(_cachebrew(None, _dataset(cache, True), cached))
     runs = {
         "oracle (teacher outputs in RAM)": _mean(oracle),
-        "cachebrew from the cache, prefetch 1": _mean(from_cache),
-        "cachebrew from the cache (default: prefetch 0)": _cachebrew(
-            None, _dataset(cache, True), cached
+        f"cachebrew from the {DEFAULT_CODEC} cache (default: prefetch 0)": _mean(from_cache),
+        "cachebrew from the same cache, prefetch 1": _cachebrew(
+            None, _dataset(cache, True, prefetch=1), cached
         ),
         "cachebrew from a codec-none cache": _cachebrew(None, _dataset(raw, True), cached),
         "cachebrew online (live teacher)": _cachebrew(teacher, _dataset(cache, False), online),
@@ -91,7 +93,7 @@ def main() -> None:
     print(render(results))
 
 
-def _precompute(teacher: Path, corpus: Path, codec: str = "zstd") -> Path:
+def _precompute(teacher: Path, corpus: Path, codec: str = DEFAULT_CODEC) -> Path:
     from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
     out = OUT / f"cache-{codec}"
