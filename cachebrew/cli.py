@@ -224,7 +224,7 @@ def verify(
 def compare(
     cache_a: str = typer.Argument(..., help="First cache directory or fsspec URL."),
     cache_b: str = typer.Argument(..., help="Second cache directory or fsspec URL."),
-    atol: float = typer.Option(0.0, "--atol", min=0.0, help="Max abs difference still equal."),
+    atol: float = typer.Option(0.0, "--atol", help="Max abs difference still equal (>= 0)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compare two caches example by example; exit 1 naming the first difference."""

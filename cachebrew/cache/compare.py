@@ -23,6 +23,7 @@ import numpy as np
 
 from cachebrew.cache.reader import CacheReader, open_cache
 from cachebrew.cache.spec import StoredFeature
+from cachebrew.errors import ConfigError
 
 LOGITS = "logits"
 _EXAMPLES_SHOWN = 5
@@ -98,8 +99,13 @@ def compare_caches(
         ``only_in_b`` (count and the first ids), ``features_only_in_a`` / ``_b``.
 
     Raises:
-        CacheError: either path is not a complete cache; CacheCorruptError: a checksum fails.
+        ConfigError: ``atol`` is negative or not a number. CacheError: either path is not a
+        complete cache; CacheCorruptError: a checksum fails.
     """
+    if not atol >= 0:  # also refuses NaN
+        raise ConfigError(
+            f"compare: --atol must be a number >= 0, got {atol}; 0 means bit-identical"
+        )
     a = open_cache(path_a, storage_options=storage_options)
     b = open_cache(path_b, storage_options=storage_options)
     ids_a, ids_b = a.example_ids(), b.example_ids()

@@ -17,7 +17,7 @@ from cachebrew.cache.collate import rebuild_topk
 from cachebrew.cache.compare import compare_caches, kl_rows, logprobs, max_abs_diff
 from cachebrew.cache.synthetic import synthetic_examples, write_examples
 from cachebrew.cli import app
-from cachebrew.errors import CacheError
+from cachebrew.errors import CacheError, ConfigError
 
 SPEC_TEXT = "logits,hidden:0,2,attention_sum:2"
 EXAMPLES = synthetic_examples(parse_feature_spec(SPEC_TEXT), 14, seed=3, num_classes=6)
@@ -169,3 +169,12 @@ def test_a_missing_cache_exits_1_with_one_line(tmp_path: pathlib.Path) -> None:
         compare_caches(a, tmp_path / "nope")
     result = runner.invoke(app, ["compare", str(a), str(tmp_path / "nope")])
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def test_a_negative_atol_exits_1_with_one_line(tmp_path: pathlib.Path) -> None:
+    a = _write(tmp_path / "a")
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="--atol must be a number >= 0"):
+            compare_caches(a, a, atol=bad)
+    result = runner.invoke(app, ["compare", str(a), str(a), "--atol", "-1"])
+    assert result.exit_code == 1 and "--atol must be a number >= 0, got -1.0" in result.output
