@@ -1,8 +1,8 @@
 """Decode a shard array's chunk files straight through numcodecs, bypassing zarr's async layer.
 
 A cachebrew array is always a regular ``(chunk_rows, width)`` grid with the default chunk key
-encoding, a little-endian ``bytes`` codec and at most one compressor (``zstd``, ``blosc``, or
-none): :func:`chunk_decoder` reads that from the array's ``zarr.json`` and returns None for
+encoding, a little-endian ``bytes`` codec (no endianness for int8) and at most one compressor
+(``zstd``, ``blosc``, or none): :func:`chunk_decoder` reads that from the array's ``zarr.json`` and returns None for
 anything else, so the caller falls back to zarr. Going through zarr cost ~0.15-0.2 of the
 codec's own speed (BENCHMARKS.md, "Reader against its codec"): an event-loop hop, a task and
 several buffer copies per chunk. Here a chunk costs one file read into a reused per-thread
@@ -12,6 +12,7 @@ straight into the output).
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,15 @@ import numpy as np
 from cachebrew.cache.storage import CacheLocation
 
 _SCRATCH = threading.local()  # per-thread reusable compressed-bytes buffer
+
+# The bytes codec as zarr writes it: one-byte dtypes (int8) carry no endianness.
+_LITTLE_ENDIAN_BYTES = (
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "bytes"},
+)
+
+# (device, inode, size, mtime in ns) of a chunk file: a rewritten file gets a new one.
+FileSignature = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ def chunk_decoder(loc: CacheLocation, folder: str, dtype: np.dtype) -> ChunkDeco
         grid.get("name") != "regular"
         or keys != {"name": "default", "configuration": {"separator": "/"}}
         or not codecs
-        or codecs[0] != {"name": "bytes", "configuration": {"endian": "little"}}
+        or codecs[0] not in _LITTLE_ENDIAN_BYTES
         or len(codecs) > 2
         or meta.get("fill_value") not in (0, 0.0)
     ):
@@ -75,34 +85,44 @@ def _numcodecs_codec(config: dict[str, Any]) -> Any:
     return None
 
 
-def decode_chunk(loc: CacheLocation, decoder: ChunkDecoder, chunk: int, out: np.ndarray) -> None:
+def decode_chunk(
+    loc: CacheLocation, decoder: ChunkDecoder, chunk: int, out: np.ndarray
+) -> FileSignature | None:
     """Decode chunk ``chunk`` into ``out`` (C-contiguous, ``decoder.chunk_nbytes`` bytes).
 
     A chunk file that does not exist holds only the fill value 0 (zarr skips writing those).
+
+    Returns:
+        The :data:`FileSignature` of a local chunk file as it was read (from ``fstat`` of the
+        open file, so it describes the bytes decoded); None for a missing or remote file.
 
     Raises:
         Exception: whatever the codec raises on bad bytes (the caller names the chunk).
     """
     target = out.reshape(-1).view(np.uint8)
     path = decoder.chunk_path(chunk)
+    signature: FileSignature | None = None
     try:
         if loc.is_local:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
+                stat = os.fstat(f.fileno())
+                signature = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 if decoder.codec is None:
                     _read_exact(f, target, path)
-                    return
-                payload: Any = _read_local(f)
+                    return signature
+                payload: Any = _read_local(f, stat.st_size)
         else:
             payload = loc.read_bytes(path)
     except FileNotFoundError:
         target[:] = 0
-        return
+        return None
     if decoder.codec is None:
         if len(payload) != len(target):
             raise ValueError(f"{path}: {len(payload)} bytes, expected {len(target)}")
         target[:] = np.frombuffer(payload, dtype=np.uint8)
-        return
+        return signature
     decoder.codec.decode(payload, out=target)
+    return signature
 
 
 def _read_exact(f: Any, target: np.ndarray, path: str) -> None:
@@ -111,10 +131,8 @@ def _read_exact(f: Any, target: np.ndarray, path: str) -> None:
         raise ValueError(f"{path}: not {len(target)} bytes of an uncompressed chunk")
 
 
-def _read_local(f: Any) -> memoryview:
-    """The whole file, read into this thread's reused scratch buffer."""
-    size = int(np.int64(f.seek(0, 2)))
-    f.seek(0)
+def _read_local(f: Any, size: int) -> memoryview:
+    """The whole file (``size`` bytes), read into this thread's reused scratch buffer."""
     scratch = getattr(_SCRATCH, "buffer", None)
     if scratch is None or len(scratch) < size:
         scratch = bytearray(max(size, 1 << 20))
