@@ -94,8 +94,9 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             hidden states and attention leave in their stored dtype from pinned memory
             (non-blocking) and are cast to float32 on the GPU; on the CPU the cast is fused
             into the padding copy. Either way the batch values are the same.
-        decode_threads: threads decoding the chunks of one read (the codecs release the GIL);
-            None = 2 on CUDA, 1 (the calling thread) on the CPU, where a second thread
+        decode_threads: threads decoding chunks (the next read group in the background)
+            and padding the arrays of a batch in parallel (the codecs and copies release the
+            GIL); None = 2 on CUDA, 1 (the calling thread) on the CPU, where a second thread
             competes with the student (BENCHMARKS.md, "Reader against its codec").
 
     Raises:
@@ -259,7 +260,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
                 pool = stack.enter_context(ThreadPoolExecutor(self.decode_threads))
             cache = ChunkCache(4 * self.window_bytes, pool, self._chunk_blocks)
             reader = EpochReader(self.reader, self.plan(), arrays, cache, cast=False)
-            options = dataclasses.replace(self.options, buffers=self._batch_buffers)
+            options = dataclasses.replace(self.options, buffers=self._batch_buffers, pool=pool)
             batches = (
                 collate_examples(examples, self.layout, options, self.student_items)
                 for examples in reader.batches(indices, self.batch_size)

@@ -77,13 +77,17 @@ def test_batches_equal_zarr_decode_bit_for_bit(
             np.testing.assert_array_equal(got["features"][key], value)
 
 
-@pytest.mark.parametrize(("window", "buffer"), [(5000, 1024), (600, 4)])
+@pytest.mark.parametrize(
+    ("name", "window", "buffer"),
+    [("fp16-zstd", 5000, 1024), ("fp16-zstd", 600, 4), ("int8-none", 600, 4), ("bf16-lz4", 600, 4)],
+)
 def test_two_decode_threads_give_the_same_batches(
-    tmp_path: pathlib.Path, window: int, buffer: int
+    tmp_path: pathlib.Path, name: str, window: int, buffer: int
 ) -> None:
     # buffer 4 and small runs: batches are emitted between runs, so the next run decodes in
-    # the background while a batch is padded; every epoch reuses the last one's chunk memory
-    path = write(tmp_path / "cache", "fp16-zstd")
+    # the background while a batch is padded (its arrays in parallel); every epoch reuses the
+    # last one's chunk memory
+    path = write(tmp_path / "cache", name)
     one = CacheDataset(path, batch_size=4, seed=1, window_bytes=window, buffer_size=buffer)
     two = CacheDataset(
         path, batch_size=4, seed=1, window_bytes=window, buffer_size=buffer, decode_threads=2
