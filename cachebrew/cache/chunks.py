@@ -5,23 +5,24 @@ encoding, a little-endian ``bytes`` codec (no endianness for int8) and at most o
 (``zstd``, ``blosc``, or none): :func:`chunk_decoder` reads that from the array's ``zarr.json`` and returns None for
 anything else, so the caller falls back to zarr. Going through zarr cost ~0.15-0.2 of the
 codec's own speed (BENCHMARKS.md, "Reader against its codec"): an event-loop hop, a task and
-several buffer copies per chunk. Here a chunk costs one file read into a reused per-thread
-buffer and one decode into the caller's preallocated output (for ``none`` the file is read
-straight into the output).
+several buffer copies per chunk. Here a local chunk costs one decode from the memory-mapped
+file (the page cache itself: reading it into a buffer first cost ~25 % of the decode,
+BENCHMARKS.md "third pass") into the caller's preallocated output; for ``none`` the file is
+read straight into the output. Published chunk files are never truncated in place (a shard is
+built in ``_staging`` and renamed in; a rewrite makes new files), which a mapped read relies
+on: a file truncated by another program while it is decoded would end the process (SIGBUS).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from cachebrew.cache.storage import CacheLocation
-
-_SCRATCH = threading.local()  # per-thread reusable compressed-bytes buffer
 
 # The bytes codec as zarr writes it: one-byte dtypes (int8) carry no endianness.
 _LITTLE_ENDIAN_BYTES = (
@@ -109,10 +110,13 @@ def decode_chunk(
                 signature = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 if decoder.codec is None:
                     _read_exact(f, target, path)
-                    return signature
-                payload: Any = _read_local(f, stat.st_size)
-        else:
-            payload = loc.read_bytes(path)
+                elif stat.st_size == 0:
+                    decoder.codec.decode(b"", out=target)
+                else:  # the codec reads the page cache in place: no copy of the file
+                    with mmap.mmap(f.fileno(), stat.st_size, access=mmap.ACCESS_READ) as mapped:
+                        decoder.codec.decode(mapped, out=target)
+                return signature
+        payload = loc.read_bytes(path)
     except FileNotFoundError:
         target[:] = 0
         return None
@@ -129,14 +133,3 @@ def _read_exact(f: Any, target: np.ndarray, path: str) -> None:
     n = f.readinto(target.data)
     if n != len(target) or f.read(1):
         raise ValueError(f"{path}: not {len(target)} bytes of an uncompressed chunk")
-
-
-def _read_local(f: Any, size: int) -> memoryview:
-    """The whole file (``size`` bytes), read into this thread's reused scratch buffer."""
-    scratch = getattr(_SCRATCH, "buffer", None)
-    if scratch is None or len(scratch) < size:
-        scratch = bytearray(max(size, 1 << 20))
-        _SCRATCH.buffer = scratch
-    view = memoryview(scratch)[:size]
-    f.readinto(view)
-    return view
