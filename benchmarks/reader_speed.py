@@ -13,8 +13,10 @@ per feature kind, so each row of the table reads exactly one kind:
   for that codec.
 - ``reader 1t`` / ``reader 2t``: one ``CacheDataset`` epoch in shuffled batches of 16 (every
   array decoded, crc32 checked, collated into padded float32 tensors), ``decode_threads`` 1 / 2.
+- ``floor 1t`` (CPU-time table): decode into kept buffers plus the fp16 -> float32 cast of
+  the same bytes, one thread: the memory traffic a float32 reader cannot avoid.
 - ``stored 2t``: the same epoch as the CUDA path builds it before its pinned copy (decode_threads
-  2, padded in the stored dtype, cast on the GPU): what a GPU student can be fed. ``GPU feed``
+  2, the arrays of a batch padded in parallel in the stored dtype, cast on the GPU): what a GPU student can be fed. ``GPU feed``
   projects it onto an all-layer BERT-base example (13 hidden + 12 attention layers, 128
   tokens, fp16: 7.27 MB) against the 533 examples/s a batch of 16 needs at a 30 ms step.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -37,10 +40,11 @@ from typing import Any
 
 import numcodecs
 import numpy as np
+import torch
 from common import ROOT
 
 from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec
-from cachebrew.cache.batch_copy import pad_batch
+from cachebrew.cache.batch_copy import _cast_copy, pad_batch
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
@@ -91,7 +95,19 @@ def _codec(name: str) -> Any:
     return None
 
 
-def codec_seconds(payloads: list[bytes], chunk_nbytes: int, codec: Any, threads: int) -> float:
+Timing = tuple[float, float]  # (wall seconds, CPU seconds of the process)
+
+
+def _clock() -> Timing:
+    return time.perf_counter(), time.process_time()
+
+
+def _since(start: Timing) -> Timing:
+    wall, cpu = _clock()
+    return wall - start[0], cpu - start[1]
+
+
+def codec_seconds(payloads: list[bytes], chunk_nbytes: int, codec: Any, threads: int) -> Timing:
     """Decode every payload into a preallocated buffer per thread."""
     buffers = [np.empty(chunk_nbytes, dtype=np.uint8) for _ in range(threads)]
 
@@ -103,45 +119,81 @@ def codec_seconds(payloads: list[bytes], chunk_nbytes: int, codec: Any, threads:
             else:
                 codec.decode(payload, out=out)
 
-    start = time.perf_counter()
+    start = _clock()
     if threads == 1:
         decode(0)
     else:
         with ThreadPoolExecutor(threads) as pool:
             list(pool.map(decode, range(threads)))
-    return time.perf_counter() - start
+    return _since(start)
 
 
-def reader_seconds(cache: Path, threads: int) -> float:
-    """One shuffled CacheDataset epoch, batches of 16, every array decoded and collated."""
+def floor_seconds(payloads: list[bytes], chunk_nbytes: int, codec: Any) -> Timing:
+    """The memory traffic a float32 reader cannot avoid, one thread: decode every payload into
+    its own kept buffer (the reader keeps chunks until their examples are emitted), then cast
+    it fp16 -> float32 into its own kept output (the batch), as the reader's copy does; both
+    touched beforehand, so no page faults. No crc32, no padding, no shuffle."""
+    kept = [np.ones(chunk_nbytes, dtype=np.uint8) for _ in payloads]
+    outs = [torch.ones(chunk_nbytes // 2, dtype=torch.float32) for _ in payloads]
+    start = _clock()
+    for payload, buffer, out in zip(payloads, kept, outs, strict=True):
+        if codec is None:
+            buffer[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+        else:
+            codec.decode(payload, out=buffer)
+        _cast_copy(out, torch.from_numpy(buffer.view(np.float16)))
+    return _since(start)
+
+
+def reader_seconds(cache: Path, threads: int) -> tuple[Timing, Timing]:
+    """Two shuffled CacheDataset epochs of one dataset (batches of 16, every array decoded and
+    collated): the first (a new reader: every chunk's crc32 checked) and the next."""
     kwargs: dict[str, Any] = {"decode_threads": threads} if _has_threads() else {}
     dataset = CacheDataset(open_cache(cache), batch_size=16, **kwargs)
-    start = time.perf_counter()
-    for _ in dataset:
-        pass
-    return time.perf_counter() - start
+    seconds = []
+    for epoch in range(2):
+        dataset.set_epoch(epoch)
+        start = _clock()
+        for _ in dataset:
+            pass
+        seconds.append(_since(start))
+    return seconds[0], seconds[1]
 
 
-def stored_seconds(cache: Path, threads: int) -> float:
-    """The CUDA path's CPU side of one epoch: decode, pad in the stored dtype (no cast)."""
+def stored_seconds(cache: Path, threads: int) -> tuple[Timing, Timing]:
+    """The CUDA path's CPU side of two epochs (first, next): decode, pad in the stored dtype
+    (no cast), with the memory reuse the dataset's own iteration has."""
     dataset = CacheDataset(open_cache(cache), batch_size=16)
     layout = dataset.layout
     assert layout is not None
     names = (*layout.hidden.values(), *layout.attention.values())
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        chunks = ChunkCache(4 * dataset.window_bytes, pool if threads > 1 else None)
-        reader = EpochReader(
-            dataset.reader, dataset.plan(), layout.stored_arrays, chunks, cast=False
-        )
-        buffers = BufferPool()
-        for examples in reader.batches(range(len(dataset)), 16):
-            lengths = [e["length"] for e in examples]
-            for name in names:
-                rows = [e["features"][name] for e in examples]
-                dtype = layout.dtypes[name]
-                pad_batch(name, rows, lengths, max(lengths), dtype, None, buffers, stored=True)
-    return time.perf_counter() - start
+    blocks = getattr(dataset, "_chunk_blocks", None)  # absent before the third pass
+    parallel_pad = blocks is not None  # the third pass pads a batch's arrays in parallel
+    buffers = BufferPool()
+    seconds = []
+    for epoch in range(2):
+        start = _clock()
+        with ThreadPoolExecutor(threads) as pool:
+            extra = () if blocks is None else (blocks,)
+            chunks = ChunkCache(4 * dataset.window_bytes, pool if threads > 1 else None, *extra)
+            plan = dataset.plan(epoch)
+            reader = EpochReader(dataset.reader, plan, layout.stored_arrays, chunks, cast=False)
+            for examples in reader.batches(range(len(dataset)), 16):
+                lengths = [e["length"] for e in examples]
+
+                def pad(name: str, examples: Any = examples, lengths: Any = lengths) -> Any:
+                    rows = [e["features"][name] for e in examples]
+                    dtype = layout.dtypes[name]
+                    return pad_batch(
+                        name, rows, lengths, max(lengths), dtype, None, buffers, stored=True
+                    )
+
+                if parallel_pad and threads > 1:  # as collate's _layer_list pads for CUDA
+                    list(pool.map(pad, names))
+                else:
+                    list(map(pad, names))
+        seconds.append(_since(start))
+    return seconds[0], seconds[1]
 
 
 # An all-layer BERT-base example at 128 tokens, fp16, and the rate a 30 ms step of 16 needs.
@@ -175,37 +227,64 @@ def main() -> None:
         reader_seconds(cache, 1)  # warm the page cache and imports
         row: dict[str, float] = {"decoded_mb": decoded / 1e6}
         for threads in (1, 2):
-            times: dict[str, list[float]] = {"codec": [], "reader": []}
-            for _ in range(args.repeats):  # interleaved: both see the same load
-                times["codec"].append(codec_seconds(payloads, chunk_nbytes, codec, threads))
-                times["reader"].append(reader_seconds(cache, threads))
+            times: dict[str, list[float]] = {}
+            for _ in range(args.repeats):  # interleaved: all see the same load
+                runs = {"codec": (codec_seconds(payloads, chunk_nbytes, codec, threads),)}
+                if threads == 1:
+                    runs["floor"] = (floor_seconds(payloads, chunk_nbytes, codec),)
+                runs["reader"] = reader_seconds(cache, threads)
                 if threads == 2:
-                    times.setdefault("stored", []).append(stored_seconds(cache, 2))
-            row[f"codec_{threads}t_s"] = statistics.median(times["codec"])
-            row[f"reader_{threads}t_s"] = statistics.median(times["reader"])
-        row["stored_2t_s"] = statistics.median(times["stored"])
+                    runs["stored"] = stored_seconds(cache, 2)
+                for what, (first, *later) in runs.items():
+                    for clock, suffix in ((0, "s"), (1, "cpu_s")):
+                        key = f"{what}_{threads}t"
+                        times.setdefault(f"{key}_first_{suffix}", []).append(first[clock])
+                        last = later[0] if later else first
+                        times.setdefault(f"{key}_{suffix}", []).append(last[clock])
+            row.update({key: statistics.median(values) for key, values in times.items()})
         results["kinds"][kind] = row
+        results["load_average"] = os.getloadavg()
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(render(results))
 
 
 def render(results: dict[str, Any]) -> str:
+    load = ", ".join(f"{x:.2f}" for x in results.get("load_average", ()))
     lines = [
         f"codec {results['codec']}, {results['examples']} examples, medians (MB/s of stored "
-        "bytes decoded; ratio = codec 1t seconds / reader seconds)",
+        "bytes decoded; ratio = codec 1t seconds / reader seconds; 'first' = the first epoch "
+        f"of a new reader, crc32 checked; load average at the end {load})",
         "",
-        "| kind | stored MB | codec 1t | codec 2t | reader 1t | reader 2t | stored 2t "
-        "| reader 1t / codec 1t | reader 2t / codec 1t | stored 2t / codec 1t | GPU feed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kind | stored MB | codec 1t | codec 2t | reader 1t first | reader 1t | reader 2t "
+        "| stored 2t | reader 1t first / codec | reader 1t / codec | reader 2t / codec "
+        "| stored 2t first / codec | stored 2t / codec | GPU feed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, row in results["kinds"].items():
         mb = row["decoded_mb"]
-        keys = ("codec_1t_s", "codec_2t_s", "reader_1t_s", "reader_2t_s", "stored_2t_s")
+        keys = ("codec_1t_s", "codec_2t_s", "reader_1t_first_s", "reader_1t_s", "reader_2t_s")
+        keys += ("stored_2t_s",)
         speeds = [mb / row[k] for k in keys]
-        ratios = [row["codec_1t_s"] / row[k] for k in keys[2:]]
+        ratio_keys = ("reader_1t_first_s", "reader_1t_s", "reader_2t_s", "stored_2t_first_s")
+        ratios = [row["codec_1t_s"] / row[k] for k in (*ratio_keys, "stored_2t_s")]
         feed = speeds[-1] / BERT_BASE_EXAMPLE_MB
         cells = [f"{mb:.0f}", *(f"{s:,.0f}" for s in speeds), *(f"{r:.2f}" for r in ratios)]
         cells.append(f"{feed:,.0f} / {NEEDED_EXAMPLES_S:.0f} ex/s")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "One thread by CPU time (process_time: what the load of other jobs changes least)",
+        "",
+        "| kind | codec 1t CPU s | floor 1t CPU s | reader 1t first CPU s | reader 1t CPU s "
+        "| reader 1t first / codec | reader 1t / codec | floor / codec | reader 1t / floor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, row in results["kinds"].items():
+        keys = ("codec_1t_cpu_s", "floor_1t_cpu_s", "reader_1t_first_cpu_s", "reader_1t_cpu_s")
+        codec_s, floor_s, first_s, reader_s = (row[k] for k in keys)
+        cells = [f"{row[k]:.4f}" for k in keys]
+        ratios = (codec_s / first_s, codec_s / reader_s, codec_s / floor_s, floor_s / reader_s)
+        cells += [f"{r:.2f}" for r in ratios]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,18 +1,22 @@
 """Decode a shard array's chunk files straight through numcodecs, bypassing zarr's async layer.
 
 A cachebrew array is always a regular ``(chunk_rows, width)`` grid with the default chunk key
-encoding, a little-endian ``bytes`` codec and at most one compressor (``zstd``, ``blosc``, or
-none): :func:`chunk_decoder` reads that from the array's ``zarr.json`` and returns None for
+encoding, a little-endian ``bytes`` codec (no endianness for int8) and at most one compressor
+(``zstd``, ``blosc``, or none): :func:`chunk_decoder` reads that from the array's ``zarr.json`` and returns None for
 anything else, so the caller falls back to zarr. Going through zarr cost ~0.15-0.2 of the
 codec's own speed (BENCHMARKS.md, "Reader against its codec"): an event-loop hop, a task and
-several buffer copies per chunk. Here a chunk costs one file read into a reused per-thread
-buffer and one decode into the caller's preallocated output (for ``none`` the file is read
-straight into the output).
+several buffer copies per chunk. Here a local chunk costs one decode from the memory-mapped
+file (the page cache itself: reading it into a buffer first cost ~25 % of the decode,
+BENCHMARKS.md "third pass") into the caller's preallocated output; for ``none`` the file is
+read straight into the output. Published chunk files are never truncated in place (a shard is
+built in ``_staging`` and renamed in; a rewrite makes new files), which a mapped read relies
+on: a file truncated by another program while it is decoded would end the process (SIGBUS).
 """
 
 from __future__ import annotations
 
-import threading
+import mmap
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,14 @@ import numpy as np
 
 from cachebrew.cache.storage import CacheLocation
 
-_SCRATCH = threading.local()  # per-thread reusable compressed-bytes buffer
+# The bytes codec as zarr writes it: one-byte dtypes (int8) carry no endianness.
+_LITTLE_ENDIAN_BYTES = (
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "bytes"},
+)
+
+# (device, inode, size, mtime in ns) of a chunk file: a rewritten file gets a new one.
+FileSignature = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,7 @@ def chunk_decoder(loc: CacheLocation, folder: str, dtype: np.dtype) -> ChunkDeco
         grid.get("name") != "regular"
         or keys != {"name": "default", "configuration": {"separator": "/"}}
         or not codecs
-        or codecs[0] != {"name": "bytes", "configuration": {"endian": "little"}}
+        or codecs[0] not in _LITTLE_ENDIAN_BYTES
         or len(codecs) > 2
         or meta.get("fill_value") not in (0, 0.0)
     ):
@@ -75,50 +86,50 @@ def _numcodecs_codec(config: dict[str, Any]) -> Any:
     return None
 
 
-def decode_chunk(loc: CacheLocation, decoder: ChunkDecoder, chunk: int, out: np.ndarray) -> None:
+def decode_chunk(
+    loc: CacheLocation, decoder: ChunkDecoder, chunk: int, out: np.ndarray
+) -> FileSignature | None:
     """Decode chunk ``chunk`` into ``out`` (C-contiguous, ``decoder.chunk_nbytes`` bytes).
 
     A chunk file that does not exist holds only the fill value 0 (zarr skips writing those).
+
+    Returns:
+        The :data:`FileSignature` of a local chunk file as it was read (from ``fstat`` of the
+        open file, so it describes the bytes decoded); None for a missing or remote file.
 
     Raises:
         Exception: whatever the codec raises on bad bytes (the caller names the chunk).
     """
     target = out.reshape(-1).view(np.uint8)
     path = decoder.chunk_path(chunk)
+    signature: FileSignature | None = None
     try:
         if loc.is_local:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
+                stat = os.fstat(f.fileno())
+                signature = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 if decoder.codec is None:
                     _read_exact(f, target, path)
-                    return
-                payload: Any = _read_local(f)
-        else:
-            payload = loc.read_bytes(path)
+                elif stat.st_size == 0:
+                    decoder.codec.decode(b"", out=target)
+                else:  # the codec reads the page cache in place: no copy of the file
+                    with mmap.mmap(f.fileno(), stat.st_size, access=mmap.ACCESS_READ) as mapped:
+                        decoder.codec.decode(mapped, out=target)
+                return signature
+        payload = loc.read_bytes(path)
     except FileNotFoundError:
         target[:] = 0
-        return
+        return None
     if decoder.codec is None:
         if len(payload) != len(target):
             raise ValueError(f"{path}: {len(payload)} bytes, expected {len(target)}")
         target[:] = np.frombuffer(payload, dtype=np.uint8)
-        return
+        return signature
     decoder.codec.decode(payload, out=target)
+    return signature
 
 
 def _read_exact(f: Any, target: np.ndarray, path: str) -> None:
     n = f.readinto(target.data)
     if n != len(target) or f.read(1):
         raise ValueError(f"{path}: not {len(target)} bytes of an uncompressed chunk")
-
-
-def _read_local(f: Any) -> memoryview:
-    """The whole file, read into this thread's reused scratch buffer."""
-    size = int(np.int64(f.seek(0, 2)))
-    f.seek(0)
-    scratch = getattr(_SCRATCH, "buffer", None)
-    if scratch is None or len(scratch) < size:
-        scratch = bytearray(max(size, 1 << 20))
-        _SCRATCH.buffer = scratch
-    view = memoryview(scratch)[:size]
-    f.readinto(view)
-    return view

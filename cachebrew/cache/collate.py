@@ -143,6 +143,8 @@ class CollateOptions:
     device: str | None = None
     # Reused padded output memory of one pass (CPU only); None allocates per batch.
     buffers: BufferPool | None = field(default=None, compare=False)
+    # An executor padding the arrays of a batch in parallel (the copies release the GIL).
+    pool: Any = field(default=None, compare=False)
 
 
 def collate_examples(
@@ -171,8 +173,9 @@ def collate_examples(
     batch: dict[str, Any] = {"student": student, "teacher": teacher}
     if layout is not None:
         batch["teacher_cache"] = teacher_outputs(
-            examples, layout, teacher["attention_mask"], options.device, options.buffers
-        )
+            examples, layout, teacher["attention_mask"], options.device, options.buffers,
+            options.pool,
+        )  # fmt: skip
     batch["example_ids"] = ids
     return batch
 
@@ -257,12 +260,14 @@ def teacher_outputs(
     inputs_mask: torch.Tensor,
     device: str | None = None,
     buffers: BufferPool | None = None,
+    pool: Any = None,
 ) -> dict[str, Any]:
     """The ``teacher_cache`` entry: adaptor keys only (the identity adaptor validates them).
 
     ``device`` ``"cuda[:i]"`` moves hidden states and attention in their stored dtype from
     pinned memory (non-blocking) and casts them to float32 on the GPU; else they are cast on
     the CPU inside the padding copy (:mod:`cachebrew.cache.batch_copy`), into ``buffers``.
+    ``pool`` (an executor) pads the arrays in parallel; the values do not change.
     """
     lengths = [int(e["length"]) for e in examples]
     width = int(inputs_mask.shape[1])
@@ -272,11 +277,11 @@ def teacher_outputs(
         out["logits"] = _logits(features, layout)
     if layout.hidden:
         out["hidden"] = _layer_list(
-            layout.hidden, features, lengths, width, layout, device, buffers
+            layout.hidden, features, lengths, width, layout, device, buffers, pool
         )
     if layout.attention:
         out["attention"] = _layer_list(
-            layout.attention, features, lengths, width, layout, device, buffers
+            layout.attention, features, lengths, width, layout, device, buffers, pool
         )
     out["inputs_mask"] = inputs_mask
     return out
@@ -353,45 +358,62 @@ def _layer_list(
     layout: FeatureLayout,
     device: str | None = None,
     buffers: BufferPool | None = None,
+    pool: Any = None,
 ) -> list[torch.Tensor | None]:
     """Padded per-layer float32 tensors, indexed by teacher layer (None where nothing is stored).
 
     Rows may be float32 or stored (fp16, bf16 as uint16, int8 with a ``.scale`` companion):
     on the CPU the cast to float32 happens inside the one padding copy, with no decoded
-    intermediate; on CUDA the stored dtype crosses the bus and is cast there.
+    intermediate; on CUDA the stored dtype crosses the bus and is cast there. With ``pool``
+    the padding copies of the arrays run in parallel; the moves to the GPU stay in order.
     """
-    layers: list[torch.Tensor | None] = [None] * (max(arrays) + 1)
-    for layer, name in arrays.items():
+    on_gpu = device is not None and device.startswith("cuda")
+
+    def pad(name: str) -> torch.Tensor:
         rows = [f[name] for f in features]
-        scales = [f[f"{name}.scale"] for f in features] if f"{name}.scale" in features[0] else None
         dtype = layout.dtypes.get(name, "fp32")
-        if device is not None and device.startswith("cuda"):
-            layers[layer] = _to_gpu(name, rows, lengths, width, dtype, scales, device, buffers)
-        else:
-            layers[layer] = pad_batch(name, rows, lengths, width, dtype, scales, buffers)
+        scales = _scales(features, name)
+        return pad_batch(name, rows, lengths, width, dtype, scales, buffers, stored=on_gpu)
+
+    names = list(arrays.values())
+    padded = list(pool.map(pad, names)) if pool is not None and len(names) > 1 else [
+        pad(name) for name in names
+    ]  # fmt: skip
+    layers: list[torch.Tensor | None] = [None] * (max(arrays) + 1)
+    for (layer, name), tensor in zip(arrays.items(), padded, strict=True):
+        if on_gpu and device is not None:
+            dtype = layout.dtypes.get(name, "fp32")
+            scales = _scales(features, name)
+            tensor = _to_gpu(tensor, name, lengths, width, dtype, scales, device)
+        layers[layer] = tensor
     return layers
 
 
+def _scales(features: Sequence[Mapping[str, np.ndarray]], name: str) -> list[np.ndarray] | None:
+    """Per example the ``.scale`` rows of an int8 array, or None."""
+    key = f"{name}.scale"
+    return [f[key] for f in features] if key in features[0] else None
+
+
 def _to_gpu(
+    padded: torch.Tensor,
     name: str,
-    rows: Sequence[np.ndarray],
     lengths: Sequence[int],
     width: int,
     dtype: str,
     scales: Sequence[np.ndarray] | None,
     device: str,
-    buffers: BufferPool | None = None,
 ) -> torch.Tensor:
-    """Pad in the stored dtype, copy into pinned memory, move without blocking, cast on the GPU.
+    """A batch padded in the stored dtype: copy into pinned memory, move without blocking,
+    cast on the GPU (int8 scaled there).
 
-    ``pin_memory()`` copies synchronously, so the reused ``buffers`` are free again after it.
+    ``pin_memory()`` copies synchronously, so the reused padding buffers are free again after it.
     """
-    padded = pad_batch(name, rows, lengths, width, dtype, scales, buffers, stored=True)
     moved = padded.pin_memory().to(device, non_blocking=True)
     if dtype == "bf16" and moved.dtype == torch.int16:
         moved = moved.view(torch.bfloat16)
     out = moved.float()
-    if scales is not None and rows[0].dtype == np.int8:
+    if scales is not None and padded.dtype == torch.int8:
         scale = pad_batch(name, scales, lengths, width).pin_memory()
         out.mul_(scale.to(device, non_blocking=True))
     return out

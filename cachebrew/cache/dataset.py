@@ -94,8 +94,9 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             hidden states and attention leave in their stored dtype from pinned memory
             (non-blocking) and are cast to float32 on the GPU; on the CPU the cast is fused
             into the padding copy. Either way the batch values are the same.
-        decode_threads: threads decoding the chunks of one read (the codecs release the GIL);
-            None = 2 on CUDA, 1 (the calling thread) on the CPU, where a second thread
+        decode_threads: threads decoding chunks (the next read group in the background)
+            and padding the arrays of a batch in parallel (the codecs and copies release the
+            GIL); None = 2 on CUDA, 1 (the calling thread) on the CPU, where a second thread
             competes with the student (BENCHMARKS.md, "Reader against its codec").
 
     Raises:
@@ -156,6 +157,12 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             _check_student_items(self.reader, self._selections, student_items)
         self.epoch = 0
         self._resume_position = 0
+        # Memory reused from one epoch to the next (never while a batch or view still uses
+        # it): decoded chunks, up to twice the chunk cache's budget (at least 32 MiB), and
+        # padded batches.
+        kept = max(8 * window_bytes, 32 * 2**20)
+        self._chunk_blocks = BufferPool(per_key=1024, max_bytes=kept)
+        self._batch_buffers = BufferPool()
         logger.info(
             "CacheDataset %s: rank %d/%d, %d examples, %d batches of %d per epoch",
             self.reader.path,
@@ -251,10 +258,9 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             pool = None
             if self.decode_threads > 1:
                 pool = stack.enter_context(ThreadPoolExecutor(self.decode_threads))
-            cache = ChunkCache(4 * self.window_bytes, pool)
+            cache = ChunkCache(4 * self.window_bytes, pool, self._chunk_blocks)
             reader = EpochReader(self.reader, self.plan(), arrays, cache, cast=False)
-            # padded output memory reused within this pass (never while a batch still uses it)
-            options = dataclasses.replace(self.options, buffers=BufferPool())
+            options = dataclasses.replace(self.options, buffers=self._batch_buffers, pool=pool)
             batches = (
                 collate_examples(examples, self.layout, options, self.student_items)
                 for examples in reader.batches(indices, self.batch_size)

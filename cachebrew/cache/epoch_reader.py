@@ -1,14 +1,17 @@
 """Decode the examples of chosen batches of an :class:`~cachebrew.cache.order.EpochPlan`.
 
-:class:`EpochReader` decodes runs chunk-aligned, in stream order, one read per consecutive
-chunk range, through a :class:`ChunkCache` (decoded chunks shared by neighbouring runs, least
-recently used evicted past a budget).
+:class:`EpochReader` decodes runs chunk-aligned, in stream order, one decode per chunk into a
+reused buffer, through a :class:`ChunkCache` (decoded chunks shared by neighbouring runs, least
+recently used evicted past a budget; with a decode pool, the next run decodes in the
+background).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,8 +24,7 @@ from cachebrew.cache.shard import ShardReader
 if TYPE_CHECKING:  # reader.py streams through this module
     from cachebrew.cache.reader import CacheReader
 
-# Decoded blocks kept for reuse (per stored dtype): enough for the chunk cache's budget of
-# 4 windows plus the blocks pending examples still view.
+# Decoded chunk buffers kept for reuse per chunk shape, if no pool is given.
 _REUSED_BLOCKS = 16
 
 
@@ -31,45 +33,59 @@ class ChunkCache:
 
     Args:
         budget_bytes: decoded bytes kept between read groups (a group may exceed it).
-        pool: a ThreadPoolExecutor decoding the chunks of one read, or None.
+        pool: a ThreadPoolExecutor decoding chunks in the background, or None (decode in the
+            calling thread when a chunk is loaded).
+        blocks: where decoded chunks live; pass the same pool to every epoch of a dataset so
+            the next epoch decodes into the memory the last one freed (None: a pool of this
+            cache's own).
 
-    Decoded blocks come from a :class:`BufferPool`: a block is decoded into again only after
-    it was evicted and no example or batch still holds a view of it.
+    Each chunk is decoded into its own buffer from ``blocks``: a buffer is decoded into again
+    only after its chunk was evicted and no example or batch still holds a view of it. With a
+    ``pool``, :meth:`load` only submits the decodes and :meth:`rows` waits for the chunk it
+    needs, so chunks of the next read group decode while the caller copies this one's.
     """
 
-    def __init__(self, budget_bytes: int, pool: Any = None):
+    def __init__(self, budget_bytes: int, pool: Any = None, blocks: BufferPool | None = None):
         self.budget_bytes = budget_bytes
         self.pool = pool
-        self.blocks = BufferPool(per_key=_REUSED_BLOCKS)
+        self.blocks = BufferPool(per_key=_REUSED_BLOCKS) if blocks is None else blocks
         self.decoded_chunks = 0
-        self._chunks: OrderedDict[tuple[int, str, int], np.ndarray] = OrderedDict()
+        self._chunks: OrderedDict[tuple[int, str, int], np.ndarray | Future[np.ndarray]] = (
+            OrderedDict()
+        )
         self._bytes = 0
 
     def load(self, shard: ShardReader, name: str, starts: np.ndarray, stops: np.ndarray) -> None:
-        """Decode the chunks that rows ``[starts[i], stops[i])`` overlap and are not cached
-        (kept in the stored dtype: the cast happens where the batch is built)."""
+        """Decode (or with a pool, start decoding) the chunks that rows ``[starts[i],
+        stops[i])`` overlap and are not cached (kept in the stored dtype: the cast happens
+        where the batch is built)."""
         info = shard.meta["arrays"][name]
         chunk_rows, total_rows = info["chunk_rows"], info["rows"]
+        itemsize = stored_dtype(info["stored_dtype"]).itemsize
         wanted: set[int] = set()
         for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
             if stop > start:
                 wanted.update(range(start // chunk_rows, (stop - 1) // chunk_rows + 1))
-        missing = sorted(c for c in wanted if (shard.index, name, c) not in self._chunks)
-        for first, last in _consecutive_ranges(missing):
-            lo, hi = first * chunk_rows, min((last + 1) * chunk_rows, total_rows)
-            block = shard.read_rows(name, lo, hi, pool=self.pool, blocks=self.blocks)
-            for chunk in range(first, last + 1):
-                part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
-                self._chunks[(shard.index, name, chunk)] = part
-                self._bytes += part.nbytes
-            self.decoded_chunks += last - first + 1
+        for chunk in sorted(c for c in wanted if (shard.index, name, c) not in self._chunks):
+            lo, hi = chunk * chunk_rows, min((chunk + 1) * chunk_rows, total_rows)
+            if self.pool is None:
+                part: Any = shard.read_rows(name, lo, hi, blocks=self.blocks)
+            else:
+                part = self.pool.submit(shard.read_rows, name, lo, hi, blocks=self.blocks)
+            self._chunks[(shard.index, name, chunk)] = part
+            self._bytes += (hi - lo) * info["width"] * itemsize
+            self.decoded_chunks += 1
 
     def rows(
         self, shard: ShardReader, name: str, start: int, stop: int, *, copy: bool = True
     ) -> np.ndarray:
         """Rows ``[start, stop)`` of a loaded array: a new array, or with ``copy=False`` a
         view into the decoded chunk when the rows lie in one chunk (the view keeps its chunk
-        alive after eviction; a decoded chunk is never written again, so views stay valid)."""
+        alive after eviction; a decoded chunk is never written again, so views stay valid).
+
+        Raises:
+            CacheCorruptError: a chunk decoded in the background failed its check.
+        """
         info = shard.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
         if stop <= start:
@@ -78,8 +94,11 @@ class ChunkCache:
         for chunk in range(start // chunk_rows, (stop - 1) // chunk_rows + 1):
             key = (shard.index, name, chunk)
             self._chunks.move_to_end(key)
+            part = self._chunks[key]
+            if isinstance(part, Future):
+                part = self._chunks[key] = part.result()
             base = chunk * chunk_rows
-            parts.append(self._chunks[key][max(start - base, 0) : stop - base])
+            parts.append(part[max(start - base, 0) : stop - base])
         if len(parts) > 1:
             return np.concatenate(parts)
         return parts[0].copy() if copy else parts[0]
@@ -88,20 +107,9 @@ class ChunkCache:
         """Evict least recently used chunks down to the budget."""
         while self._bytes > self.budget_bytes and self._chunks:
             _, part = self._chunks.popitem(last=False)
+            if isinstance(part, Future):
+                part = part.result()  # surface its error; its memory returns to the pool
             self._bytes -= part.nbytes
-
-
-def _consecutive_ranges(values: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """``[1, 2, 3, 7, 8] -> (1, 3), (7, 8)``."""
-    start = previous = None
-    for value in values:
-        if previous is None or value != previous + 1:
-            if start is not None:
-                yield start, previous  # type: ignore[misc]
-            start = value
-        previous = value
-    if start is not None:
-        yield start, previous  # type: ignore[misc]
 
 
 class EpochReader:
@@ -127,27 +135,38 @@ class EpochReader:
         self.cast = cast
 
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-        """The examples of each batch index, in order; only their chunks are decoded."""
+        """The examples of each batch index, in order; only their chunks are decoded.
+
+        With a decode pool the chunks of the next read group are submitted as soon as this
+        one's examples are taken, so they decode while the caller pads this group's batches.
+        Which examples form which batch, and their values, do not depend on it.
+        """
         plan = self.plan
         needed = np.zeros(len(plan.stream), dtype=bool)
         for j in indices:
             needed[plan.order[j * batch_size : (j + 1) * batch_size]] = True
         pending: dict[int, dict[str, Any]] = {}
+        loaded: dict[int, list[_ShardPart]] = {}
+        num_groups = len(plan.group_starts) - 1
         next_group = 0
         for j in indices:
             positions = plan.order[j * batch_size : (j + 1) * batch_size].tolist()
             last_group = int(np.searchsorted(plan.group_starts, max(positions), side="right")) - 1
             for group in range(next_group, last_group + 1):
-                self._decode_group(group, needed, pending)
+                parts = loaded.pop(group, None)
+                self._take(self._load(group, needed) if parts is None else parts, pending)
+                self.cache.trim()  # before the next load: its chunks must stay until taken
+                if self.cache.pool is not None and group + 1 < num_groups:
+                    loaded[group + 1] = self._load(group + 1, needed)
             next_group = max(next_group, last_group + 1)
             yield [pending.pop(p) for p in positions]
 
-    def _decode_group(
-        self, group: int, needed: np.ndarray, pending: dict[int, dict[str, Any]]
-    ) -> None:
+    def _load(self, group: int, needed: np.ndarray) -> list[_ShardPart]:
+        """Load the chunks of a group's needed examples, per shard; what :meth:`_take` needs."""
         start, stop = self.plan.group_starts[group], self.plan.group_starts[group + 1]
         positions = np.arange(start, stop)[needed[start:stop]]
         items = self.plan.stream[positions]  # (n, 2) (shard, row)
+        parts = []
         for shard_index in np.unique(items[:, 0]).tolist():
             mine = items[:, 0] == shard_index
             shard = self.reader.shard(shard_index)
@@ -155,17 +174,37 @@ class EpochReader:
             spans = {}
             for name in self.arrays:
                 offsets, lengths = shard.rows[name.removesuffix(".scale")]
-                spans[name] = (offsets[rows], offsets[rows] + lengths[rows])
+                lo = offsets[rows]
+                spans[name] = (lo, lo + lengths[rows])
                 self.cache.load(shard, name, *spans[name])
-            for i, (position, row) in enumerate(zip(positions[mine], rows, strict=True)):
+            parts.append(_ShardPart(shard, positions[mine].tolist(), rows.tolist(), spans))
+        return parts
+
+    def _take(self, parts: list[_ShardPart], pending: dict[int, dict[str, Any]]) -> None:
+        """The example dicts of loaded parts, into ``pending`` by stream position."""
+        rows_of = self.cache.rows
+        for part in parts:
+            shard = part.shard
+            spans = [(name, lo.tolist(), hi.tolist()) for name, (lo, hi) in part.spans.items()]
+            for i, (position, row) in enumerate(zip(part.positions, part.rows, strict=True)):
                 features = {  # views into the chunks unless cast (no per-example copy)
-                    name: self.cache.rows(shard, name, int(lo[i]), int(hi[i]), copy=self.cast)
-                    for name, (lo, hi) in spans.items()
+                    name: rows_of(shard, name, lo[i], hi[i], copy=self.cast)
+                    for name, lo, hi in spans
                 }
                 if self.cast:
                     features = _cast(shard, features)
-                pending[int(position)] = shard.record(int(row), features)
-        self.cache.trim()
+                pending[position] = shard.record(row, features)
+
+
+@dataclass(frozen=True)
+class _ShardPart:
+    """The examples of one shard in one read group: stream positions, index rows, and per
+    array the row spans ``(starts, stops)``."""
+
+    shard: ShardReader
+    positions: list[int]
+    rows: list[int]
+    spans: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _cast(shard: ShardReader, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from cachebrew.cache.buffers import BufferPool
-from cachebrew.cache.chunks import ChunkDecoder, chunk_decoder, decode_chunk
+from cachebrew.cache.chunks import ChunkDecoder, FileSignature, chunk_decoder, decode_chunk
 from cachebrew.cache.codecs import bytes_checksum, chunk_checksum, decode, stored_dtype
 from cachebrew.cache.index import label_from_arrow, overlapping_ids, parse_index
 from cachebrew.cache.spec import FeatureSpec
@@ -35,7 +35,8 @@ class ShardReader:
         loc: the cache location.
         entry: the shard's manifest entry (``index``, ``path``, ``index_sha256`` ...).
         spec: the cache's feature spec.
-        verify: check each chunk's crc32 the first time it is read.
+        verify: check each chunk's crc32 the first time it is read, and again whenever its
+            file has changed since (see :meth:`read_rows`).
 
     Raises:
         CacheError: the shard is missing.
@@ -70,6 +71,7 @@ class ShardReader:
             name: np.zeros(len(info["checksums"]), dtype=bool)
             for name, info in self.meta["arrays"].items()
         }
+        self._signatures: dict[tuple[str, int], FileSignature | None] = {}
         self._arrays: dict[str, Any] | None = None
         self._decoders: dict[str, ChunkDecoder | None] = {}
 
@@ -127,6 +129,17 @@ class ShardReader:
         ``pool`` (an executor) decodes the chunks of one read in parallel: the codecs release
         the GIL. None decodes them in the calling thread. ``blocks`` supplies reused memory
         for the decoded chunks (None: fresh memory).
+
+        **Checksums once per reader.** A chunk's crc32 is checked the first time this reader
+        decodes it; later reads (the next epochs) skip the check while the chunk file is the
+        same file, unchanged: its (device, inode, size, mtime) from ``fstat`` of the file
+        just read equals the one recorded when it was checked. A rewritten or replaced
+        chunk (a shard repaired or recomputed under a running reader) is checked again. Not
+        caught after the first check: a change that keeps size and mtime (in-place media
+        corruption the page cache may hide anyway, or a writer that restores the mtime), and
+        any change on a remote store (no signature: checked once per reader); run ``cachebrew
+        verify`` for a full re-check. On this box the check cost as much as the lz4 decode
+        it guards (BENCHMARKS.md, "third pass").
         """
         info = self.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
@@ -173,17 +186,22 @@ class ShardReader:
         chunk_rows = info["chunk_rows"]
         dtype = stored_dtype(info["stored_dtype"])
         shape = ((last - first + 1) * chunk_rows, info["width"])
-        block = np.empty(shape, dtype) if blocks is None else blocks.take("chunks", shape, dtype)
+        key = ("chunks", chunk_rows, info["width"])  # one chunk's buffers serve its size again
+        block = np.empty(shape, dtype) if blocks is None else blocks.take(key, shape, dtype)
 
         def one(chunk: int) -> None:
             part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
             try:
-                decode_chunk(self._loc, decoder, chunk, part)
+                signature = decode_chunk(self._loc, decoder, chunk, part)
             except Exception as e:  # codecs raise many types on bad bytes
                 raise self._corrupt(name, chunk, f"cannot be decoded ({e})") from e
-            if self.verify and not self._verified[name][chunk]:
+            if self.verify and not (
+                self._verified[name][chunk] and self._signatures.get((name, chunk)) == signature
+            ):
                 real = min(chunk_rows, info["rows"] - chunk * chunk_rows)  # zarr pads the edge
+                self._verified[name][chunk] = False
                 self._check_chunk(name, chunk, part[:real])
+                self._signatures[(name, chunk)] = signature
 
         chunks = range(first, last + 1)
         if pool is None or len(chunks) == 1:

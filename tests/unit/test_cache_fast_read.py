@@ -77,11 +77,26 @@ def test_batches_equal_zarr_decode_bit_for_bit(
             np.testing.assert_array_equal(got["features"][key], value)
 
 
-def test_two_decode_threads_give_the_same_batches(tmp_path: pathlib.Path) -> None:
-    path = write(tmp_path / "cache", "fp16-zstd")
-    one = list(CacheDataset(path, batch_size=4, seed=1, window_bytes=5000))
-    two = list(CacheDataset(path, batch_size=4, seed=1, window_bytes=5000, decode_threads=2))
-    assert all(same(a, b) for a, b in zip(one, two, strict=True)) and len(one) == len(two)
+@pytest.mark.parametrize(
+    ("name", "window", "buffer"),
+    [("fp16-zstd", 5000, 1024), ("fp16-zstd", 600, 4), ("int8-none", 600, 4), ("bf16-lz4", 600, 4)],
+)
+def test_two_decode_threads_give_the_same_batches(
+    tmp_path: pathlib.Path, name: str, window: int, buffer: int
+) -> None:
+    # buffer 4 and small runs: batches are emitted between runs, so the next run decodes in
+    # the background while a batch is padded (its arrays in parallel); every epoch reuses the
+    # last one's chunk memory
+    path = write(tmp_path / "cache", name)
+    one = CacheDataset(path, batch_size=4, seed=1, window_bytes=window, buffer_size=buffer)
+    two = CacheDataset(
+        path, batch_size=4, seed=1, window_bytes=window, buffer_size=buffer, decode_threads=2
+    )
+    for epoch in range(3):
+        one.set_epoch(epoch)
+        two.set_epoch(epoch)
+        a, b = list(one), list(two)
+        assert len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(ConfigError, match="decode_threads=0"):
         CacheDataset(path, batch_size=4, decode_threads=0)
 
@@ -111,6 +126,34 @@ def test_a_corrupt_chunk_of_the_default_codec_is_caught_while_shuffling(
     assert "shard 2, array 'attention.1', chunk 0 " in message
     assert "crc32" in message or "cannot be decoded" in message
     assert "examples affected: ['ex00018'" in message
+
+
+def test_checksums_are_checked_once_per_reader_until_a_chunk_file_changes(
+    tmp_path: pathlib.Path,
+    flip_chunk_byte: Callable[[pathlib.Path, int, str], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write(tmp_path / "cache", "int8-none")  # no codec: only the crc32 sees a flip
+    checked: list[int] = []
+    original = shard_module.chunk_checksum
+    monkeypatch.setattr(
+        shard_module, "chunk_checksum", lambda data: (checked.append(1), original(data))[1]
+    )
+    dataset = CacheDataset(path, batch_size=4, seed=2, window_bytes=600)
+    first = list(dataset)
+    assert checked  # the first epoch checks every chunk it decodes
+    allocations = dataset._chunk_blocks.allocations
+    checked.clear()
+    again = list(dataset)  # the same epoch again: the same peak of live chunks
+    assert checked == []  # unchanged files: not checked again by this reader
+    assert dataset._chunk_blocks.allocations == allocations  # decoded into freed memory
+    assert all(same(a, b) for a, b in zip(first, again, strict=True))
+    dataset.set_epoch(1)
+    list(dataset)
+    assert checked == []
+    flip_chunk_byte(path, 1, "hidden.1")  # rewritten under the running reader
+    with pytest.raises(CacheCorruptError, match=r"shard 1, array 'hidden.1', chunk 0 .*crc32"):
+        list(dataset)
 
 
 def test_a_missing_uncompressed_chunk_of_the_wrong_size_is_named(tmp_path: pathlib.Path) -> None:
