@@ -20,7 +20,9 @@ Each mode is stored exactly as the cache stores it (cachebrew.cache.prepare + co
 zstd-1 over the whole block of rows) and read back as distill reads it (codecs.decode +
 read_sparse_logits -> SparseLogits). **encode tok/s**: full (tokens, V) fp32 logits ->
 compressed arrays (top-k selection or sampling included); **decode tok/s**: compressed arrays
--> SparseLogits; one thread, best of ``--repeats``. **KL** (topk): KL(teacher || reconstructed)
+-> SparseLogits; one thread (OMP and torch), **CPU time** of the process (``time.process_time``:
+the box is shared, and CPU seconds of one thread do not stretch when other jobs take the cores
+the way wall seconds do), best of ``--repeats``. **KL** (topk): KL(teacher || reconstructed)
 in nats over the k stored ids plus the tail bucket, against the fp64 teacher (what the sparse
 KD losses see; 0 for an exact copy): mean and p95 over tokens.
 """
@@ -164,12 +166,12 @@ def measure(logits: np.ndarray, lse: np.ndarray, mode: str, repeats: int) -> dic
     feature = StoredFeature("logits", logits_mode=mode, vocab_size=vocab)
     encode_s, decode_s = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         blobs = _encode(feature, logits)
-        middle = time.perf_counter()
+        middle = time.process_time()
         teacher = _decode(blobs, feature)
         encode_s.append(middle - start)
-        decode_s.append(time.perf_counter() - middle)
+        decode_s.append(time.process_time() - middle)
     out = {name.split(".")[-1]: len(blob) / tokens for name, (blob, _, _) in blobs.items()}
     out["total"] = sum(out.values())
     out["encode"], out["decode"] = tokens / min(encode_s), tokens / min(decode_s)
@@ -196,7 +198,7 @@ def main() -> None:
     source = f"lm:{args.rows_from} ({profiles.shape[1]:,}-id LM)" if profiles is not None else (
         "synthetic"
     )  # fmt: skip
-    print(f"source {source}; {args.tokens} tokens; fp16 values; zstd-1; one thread; "
+    print(f"source {source}; {args.tokens} tokens; fp16 values; zstd-1; one thread, CPU time; "
           f"load average {os.getloadavg()[0]:.2f} at start\n")  # fmt: skip
     print("| V | mode | values B | ids B | lse / counts B | total B/token | KL mean | KL p95 "
           "| encode tok/s | decode tok/s |")  # fmt: skip
