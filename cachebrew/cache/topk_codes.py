@@ -130,13 +130,16 @@ def decode_varint_ids(stored: np.ndarray) -> np.ndarray:
     stored = np.ascontiguousarray(stored, dtype=np.uint8)
     rows, width = stored.shape
     k = width // VARINT_MAX_BYTES
-    last = stored < 0x80  # (rows, width): a varint's last byte (padding bytes are too)
-    index: np.ndarray = np.cumsum(last, axis=1) - last  # varint number of each byte in its row
-    start = np.concatenate([np.ones((rows, 1), bool), last[:, :-1]], axis=1)
-    column = np.arange(width)[None, :]
-    shift = 7 * (column - np.maximum.accumulate(np.where(start, column, 0), axis=1))
-    part = (stored.astype(np.int64) & 0x7F) << shift
-    keep = index < k  # padding comes after the k varints
-    slot = (np.arange(rows)[:, None] * k + index)[keep]  # exact: deltas < 2**21 in float64
-    deltas = np.bincount(slot, weights=part[keep], minlength=rows * k).astype(np.int64)
-    return np.cumsum(deltas.reshape(rows, k), axis=1)
+    low = (stored & 0x7F).astype(np.int32)  # (rows, width)
+    more = stored >= 0x80  # another byte of the same varint follows
+    after = np.zeros_like(low)
+    after[:, :-1] = low[:, 1:] << 7
+    more_after = np.zeros_like(more)
+    more_after[:, :-1] = more[:, 1:]
+    third = np.zeros_like(low)
+    third[:, :-2] = low[:, 2:] << 14
+    value = low + np.where(more, after + np.where(more_after, third, 0), 0)  # if it starts here
+    start = np.ones_like(more)
+    start[:, 1:] = ~more[:, :-1]  # padding bytes start (zero) varints too, after the k real ones
+    first = start & (np.cumsum(start, axis=1, dtype=np.int32) <= k)
+    return np.cumsum(value[first].reshape(rows, k), axis=1, dtype=np.int64)
