@@ -160,3 +160,23 @@ def test_coded_cache_round_trip_feeds_the_sparse_losses(
     loss = sparse_kd_loss(student, teacher, temperature=2.0)
     loss.backward()
     assert torch.isfinite(loss) and student.grad is not None
+
+
+def test_compare_reads_a_coded_cache_as_log_probs(tmp_path: pathlib.Path) -> None:
+    from cachebrew.cache.compare import logprobs
+
+    logits = _lm_rows(4, seed=5)
+    with CacheWriter(
+        tmp_path / "c", _spec("topk:16:q8"), teacher_info={"class": "T"}, corpus_fingerprint="c"
+    ) as w:
+        w.add("ex0", {"logits": logits}, input_ids=np.arange(4))
+    reader = open_cache(tmp_path / "c")
+    features = reader.get("ex0")["features"]
+    rebuilt = logprobs(features, reader.spec.get("logits"), VOCAB)  # (rows, V)
+    ids, logp = _topk_logprobs(logits, 16)
+    np.testing.assert_allclose(np.take_along_axis(rebuilt, ids, axis=1), logp, atol=0.1)
+    # the rest of the row holds the teacher's tail mass, spread evenly
+    tail = -np.expm1(np.logaddexp.reduce(logp, axis=1))
+    np.testing.assert_allclose(np.exp(rebuilt).sum(axis=1), 1.0, rtol=1e-6)
+    rest = np.exp(rebuilt).sum(axis=1) - np.exp(np.take_along_axis(rebuilt, ids, 1)).sum(1)
+    np.testing.assert_allclose(rest, tail, rtol=1e-3)
