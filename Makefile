@@ -40,8 +40,15 @@ bench: install bench-data
 bench-cache: install bench-data
 	$(PY) benchmarks/cache_format.py
 
+# Large-vocabulary logit storage (bytes, KL, one-thread encode/decode), the value codes tried, and
+# the sparse KD step against a hard-label step. LM_ROWS=<dense LM cache> takes the rows' sorted
+# log-prob profiles from a trained LM (e.g. the `make -C pipelines lm` teacher's) instead of the
+# synthetic generator.
+LM_ROWS ?=
 bench-lm: install
-	$(PY) benchmarks/lm_vocab.py 512
+	$(PY) benchmarks/lm_vocab.py 256 $(if $(LM_ROWS),--rows-from $(LM_ROWS))
+	$(PY) benchmarks/topk_code_variants.py 256 $(if $(LM_ROWS),--rows-from $(LM_ROWS))
+	$(PY) benchmarks/sparse_kd_step.py
 
 bench-distill: install bench-data
 	$(PY) benchmarks/distill_speed.py

@@ -27,6 +27,7 @@ from cachebrew.cache.sparse_logits import (
     to_byte_planes,
     unpack_ids,
 )
+from cachebrew.cache.topk_codes import VARINT_IDS, decode_varint_ids, encode_varint_ids, is_coded
 from cachebrew.errors import CacheError
 
 # Arrays at least this large are cast with torch when torch is loaded (below, call overhead wins).
@@ -83,10 +84,8 @@ def zarr_compressors(codec: str) -> tuple[Any, ...]:
 
 def stored_dtype(dtype: str) -> np.dtype:
     """Numpy dtype of the stored array for a storage dtype or plain numpy dtype name."""
-    if is_packed(dtype) or dtype in (
-        DELTA_IDS,
-        FP16_PLANES,
-    ):  # ids as bytes (cache/sparse_logits.py)
+    if is_packed(dtype) or is_coded(dtype) or dtype in (DELTA_IDS, FP16_PLANES):
+        # ids and value codes as bytes (cache/sparse_logits.py, cache/topk_codes.py)
         return np.dtype(np.uint8)
     return np.dtype(STORED_NUMPY_DTYPE.get(dtype, dtype))
 
@@ -101,7 +100,9 @@ def encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None
             ids at b bits each (:func:`~cachebrew.cache.sparse_logits.pack_ids`);
             ``'ids_delta'`` stores ascending ids as delta byte planes
             (:func:`~cachebrew.cache.sparse_logits.encode_delta_ids`); ``'fp16_planes'`` is
-            fp16 stored as byte planes (:func:`~cachebrew.cache.sparse_logits.to_byte_planes`).
+            fp16 stored as byte planes (:func:`~cachebrew.cache.sparse_logits.to_byte_planes`);
+            ``'ids_varint'`` stores ascending ids as varint deltas and ``'topk_q<B>'`` passes
+            coded top-k values through (:mod:`cachebrew.cache.topk_codes`).
 
     Returns:
         ``(stored, scale)``: ``stored`` (rows, width) in :func:`stored_dtype`, ``scale``
@@ -112,6 +113,10 @@ def encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None
     """
     if dtype == DELTA_IDS:
         return encode_delta_ids(array), None
+    if dtype == VARINT_IDS:
+        return encode_varint_ids(array), None
+    if is_coded(dtype):  # coded when the example was prepared (they need the logsumexp)
+        return np.ascontiguousarray(array, dtype=np.uint8), None
     if dtype == FP16_PLANES:
         return to_byte_planes(encode(array, "fp16")[0]), None
     if is_packed(dtype):
@@ -165,6 +170,10 @@ def decode(stored: np.ndarray, scale: np.ndarray | None, dtype: str) -> np.ndarr
     """
     if dtype == DELTA_IDS:
         return decode_delta_ids(stored)
+    if dtype == VARINT_IDS:
+        return decode_varint_ids(stored)
+    if is_coded(dtype):  # decoded with the batch (read_sparse_logits)
+        return np.ascontiguousarray(stored, dtype=np.uint8)
     if dtype == FP16_PLANES:
         return decode(from_byte_planes(stored, np.dtype(np.float16)), None, "fp16")
     if is_packed(dtype):

@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from cachebrew.cache.reader import CacheReader, open_cache
+from cachebrew.cache.sparse_logits import parse_logits_mode
 from cachebrew.cache.spec import StoredFeature
+from cachebrew.cache.topk_codes import decode_coded
 from cachebrew.errors import ConfigError
 
 LOGITS = "logits"
@@ -275,7 +277,10 @@ def logprobs(features: dict[str, np.ndarray], feature: StoredFeature, vocab: int
         return values if feature.reduction == "logprobs" else _log_softmax(values)
     values = features[f"{LOGITS}.topk_values"].astype(np.float64)  # (rows, k)
     ids = features[f"{LOGITS}.topk_ids"].astype(np.int64)
-    if feature.reduction == "raw":
+    code = parse_logits_mode(feature.logits_mode or "dense").code
+    if code:  # a lossy value code (cache/topk_codes.py): decodes to log-probs
+        values = decode_coded(features[f"{LOGITS}.topk_values"], code)
+    elif feature.reduction == "raw":
         values = values - features[f"{LOGITS}.logsumexp"].astype(np.float64)
     rest = np.clip(1.0 - np.exp(values).sum(axis=1, keepdims=True), 1e-30, None)
     out = np.repeat(np.log(rest / max(vocab - values.shape[1], 1)), vocab, axis=1)

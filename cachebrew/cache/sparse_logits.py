@@ -31,6 +31,10 @@ Top-k layouts (``topk_layout`` in the manifest's logits feature):
    bytes compress apart from the noisy mantissa bytes). Lossless (BENCHMARKS.md, "Large-
    vocabulary logit storage"). :func:`read_sparse_logits` restores descending-value order, so the losses
    receive the same rows from both layouts.
+
+Lossy value codes, opt-in: ``topk:K:q4``, ``topk:K:q5``, ``topk:K:q8`` store layout 2 with the
+values as 4/5/8-bit codes of the log-probabilities that keep each row's top-k mass (so the
+tail bucket stays the teacher's) and ids as varint deltas: :mod:`cachebrew.cache.topk_codes`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from cachebrew.cache.topk_codes import (
+    VARINT_IDS,
+    code_dtype,
+    code_problems,
+    decode_values,
+    encode_values,
+)
 from cachebrew.errors import CacheError, ConfigError
 
 MODES: tuple[str, ...] = ("dense", "topk", "sample")
@@ -56,23 +67,26 @@ TOPK_LAYOUT = 2  # what new caches are written with
 
 @dataclass(frozen=True)
 class LogitsMode:
-    """A parsed ``--logits MODE``: ``dense``, ``topk:K`` or ``sample:N[@T]``.
+    """A parsed ``--logits MODE``: ``dense``, ``topk:K[:CODE]`` or ``sample:N[@T]``.
 
     Attributes:
         kind: ``"dense"``, ``"topk"`` or ``"sample"``.
         size: K or N (None for dense).
         temperature: the sampling temperature of ``sample`` (1.0 otherwise).
+        code: ``topk`` only: a lossy value code (``q4``, ``q5``, ``q8``) or None (lossless).
     """
 
     kind: str
     size: int | None = None
     temperature: float = 1.0
+    code: str | None = None
 
     def __str__(self) -> str:
         if self.kind == "dense":
             return "dense"
         suffix = f"@{self.temperature:g}" if self.kind == "sample" and self.temperature != 1 else ""
-        return f"{self.kind}:{self.size}{suffix}"
+        code = f":{self.code}" if self.code else ""
+        return f"{self.kind}:{self.size}{code}{suffix}"
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -81,16 +95,20 @@ class LogitsMode:
 
 
 def parse_logits_mode(text: str) -> LogitsMode:
-    """Parse ``dense``, ``topk:K`` or ``sample:N`` / ``sample:N@T``.
+    """Parse ``dense``, ``topk:K``, ``topk:K:CODE`` or ``sample:N`` / ``sample:N@T``.
 
     Raises:
-        ConfigError: an unknown mode, a size that is not a positive integer or a temperature
-            that is not a positive number, naming the valid forms.
+        ConfigError: an unknown mode or value code, a size that is not a positive integer or a
+            temperature that is not a positive number, naming the valid forms.
     """
-    forms = "dense, topk:K (e.g. topk:128), sample:N (e.g. sample:12) or sample:N@T"
+    forms = "dense, topk:K (e.g. topk:128 or lossy topk:128:q5), sample:N (e.g. sample:12)"
     kind, _, rest = str(text).strip().partition(":")
     if kind == "dense" and not rest:
         return LogitsMode("dense")
+    rest, has_code, code = rest.partition(":")
+    if has_code and (kind != "topk" or code_problems(code)):
+        problems = code_problems(code) if kind == "topk" else ["only topk:K takes a value code"]
+        raise ConfigError(f"logits mode {text!r}: {problems[0]}")
     size_text, _, temp_text = rest.partition("@")
     if kind not in ("topk", "sample") or not size_text.isdigit() or int(size_text) < 1:
         raise ConfigError(f"logits mode {text!r}: choose one of {forms}")
@@ -102,7 +120,7 @@ def parse_logits_mode(text: str) -> LogitsMode:
         temperature = -1.0
     if not math.isfinite(temperature) or temperature <= 0:
         raise ConfigError(f"logits mode {text!r}: the temperature after @ must be > 0")
-    return LogitsMode(kind, int(size_text), temperature)
+    return LogitsMode(kind, int(size_text), temperature, code or None)
 
 
 # ------------------------------------------------------------------------------ id packing
@@ -128,7 +146,9 @@ def sparse_array_dtype(
         topk_layout: 1 or 2 (module docstring); dtype: the feature's value dtype.
     """
     if array.endswith(".topk_ids") and topk_layout == 2:
-        return DELTA_IDS
+        return VARINT_IDS if mode.code else DELTA_IDS
+    if array.endswith(".topk_values") and mode.code:
+        return code_dtype(mode.code)
     if array.endswith("_ids"):
         return packed_dtype(vocab_size)
     if array.endswith("_counts"):
@@ -256,10 +276,13 @@ def sparse_arrays(
         ids = np.argpartition(-logits, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(logits, ids, axis=1), axis=1, kind="stable")
         ids = np.take_along_axis(ids, order, axis=1)  # (rows, k), largest first
-        if topk_layout == 2:
+        if topk_layout == 2 or mode.code:
             ids = np.sort(ids, axis=1)  # (rows, k), ascending ids
+        kept = np.take_along_axis(values, ids, axis=1)
+        if mode.code:  # log-probs, whatever the reduction
+            kept = encode_values(np.take_along_axis(logits, ids, axis=1) - logsumexp, mode.code)
         return {
-            "logits.topk_values": np.take_along_axis(values, ids, axis=1),
+            "logits.topk_values": kept,
             "logits.topk_ids": ids.astype(np.int64),
             "logits.logsumexp": logsumexp,
         }
@@ -324,11 +347,13 @@ def read_sparse_logits(
 
     ``topk`` values become log-probs (``v - logsumexp`` for raw values), sorted descending
     (a stable sort: layout 1 rows come out unchanged, layout 2 rows in the same order up to
-    ties); ``sample`` counts become ``log(counts / N)``.
+    ties; a value code's rows decode to log-probs that keep the stored top-k mass); ``sample`` counts become ``log(counts / N)``.
     """
     if mode.kind == "topk":
         values = arrays["logits.topk_values"]
-        if reduction == "raw":
+        if mode.code:
+            values = decode_values(values, mode.code)
+        elif reduction == "raw":
             values = values - arrays["logits.logsumexp"]
         values, order = values.sort(dim=1, descending=True, stable=True)
         ids = arrays["logits.topk_ids"].long().gather(1, order)
