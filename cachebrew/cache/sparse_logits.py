@@ -1,4 +1,4 @@
-"""Sparse logit storage for large vocabularies: ``--logits topk:K`` and ``--logits sample:N``.
+"""Sparse logit storage for large vocabularies: ``--logits topk:K``, ``sample:N`` and ``exact``.
 
 A language model's teacher row is a distribution over V = 32k-256k ids; storing it densely costs
 V x 2 bytes per token. The sparse modes keep what a KD loss needs (DESIGN §4):
@@ -16,6 +16,11 @@ V x 2 bytes per token. The sparse modes keep what a KD loss needs (DESIGN §4):
     uint16 for N > 255), sorted by count, then id; unused slots have count 0. ``counts / N`` is
     an unbiased estimate of the teacher's distribution at temperature T. The draw is seeded by
     a hash of the row, so a cache's content does not depend on batch size, order or ranks.
+
+``exact``
+    The teacher's final hidden state ``logits.hidden`` (rows, H) in the feature's dtype plus its
+    LM head stored once per cache (:mod:`cachebrew.cache.exact_logits`); the KD loss recomputes
+    the logits in vocabulary chunks (:mod:`cachebrew.distill.exact_kd`).
 
 An id that does not fit ``b`` bits (a teacher with more logits than its ``vocab_size``) is
 refused with a :class:`~cachebrew.errors.CacheError` naming the id, the width and the fix.
@@ -44,7 +49,7 @@ import numpy as np
 
 from cachebrew.errors import CacheError, ConfigError
 
-MODES: tuple[str, ...] = ("dense", "topk", "sample")
+MODES: tuple[str, ...] = ("dense", "topk", "sample", "exact")
 TOPK_ARRAYS: tuple[str, ...] = ("logits.topk_values", "logits.topk_ids", "logits.logsumexp")
 SAMPLE_ARRAYS: tuple[str, ...] = ("logits.sample_ids", "logits.sample_counts")
 PACKED_PREFIX = "ids"
@@ -56,10 +61,10 @@ TOPK_LAYOUT = 2  # what new caches are written with
 
 @dataclass(frozen=True)
 class LogitsMode:
-    """A parsed ``--logits MODE``: ``dense``, ``topk:K`` or ``sample:N[@T]``.
+    """A parsed ``--logits MODE``: ``dense``, ``topk:K``, ``sample:N[@T]`` or ``exact``.
 
     Attributes:
-        kind: ``"dense"``, ``"topk"`` or ``"sample"``.
+        kind: ``"dense"``, ``"topk"``, ``"sample"`` or ``"exact"``.
         size: K or N (None for dense).
         temperature: the sampling temperature of ``sample`` (1.0 otherwise).
     """
@@ -69,28 +74,29 @@ class LogitsMode:
     temperature: float = 1.0
 
     def __str__(self) -> str:
-        if self.kind == "dense":
-            return "dense"
+        if self.kind in ("dense", "exact"):
+            return self.kind
         suffix = f"@{self.temperature:g}" if self.kind == "sample" and self.temperature != 1 else ""
         return f"{self.kind}:{self.size}{suffix}"
 
     @property
     def arrays(self) -> tuple[str, ...]:
         """The stored data arrays of this mode (``("logits",)`` for dense)."""
-        return {"topk": TOPK_ARRAYS, "sample": SAMPLE_ARRAYS}.get(self.kind, ("logits",))
+        arrays = {"topk": TOPK_ARRAYS, "sample": SAMPLE_ARRAYS, "exact": ("logits.hidden",)}
+        return arrays.get(self.kind, ("logits",))
 
 
 def parse_logits_mode(text: str) -> LogitsMode:
-    """Parse ``dense``, ``topk:K`` or ``sample:N`` / ``sample:N@T``.
+    """Parse ``dense``, ``topk:K``, ``sample:N`` / ``sample:N@T`` or ``exact``.
 
     Raises:
         ConfigError: an unknown mode, a size that is not a positive integer or a temperature
             that is not a positive number, naming the valid forms.
     """
-    forms = "dense, topk:K (e.g. topk:128), sample:N (e.g. sample:12) or sample:N@T"
+    forms = "dense, topk:K (e.g. topk:128), sample:N (e.g. sample:12), sample:N@T or exact"
     kind, _, rest = str(text).strip().partition(":")
-    if kind == "dense" and not rest:
-        return LogitsMode("dense")
+    if kind in ("dense", "exact") and not rest:
+        return LogitsMode(kind)
     size_text, _, temp_text = rest.partition("@")
     if kind not in ("topk", "sample") or not size_text.isdigit() or int(size_text) < 1:
         raise ConfigError(f"logits mode {text!r}: choose one of {forms}")
