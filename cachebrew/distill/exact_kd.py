@@ -40,6 +40,11 @@ def _chunks(num_classes: int, chunk: int) -> range:
     return range(0, num_classes, chunk)
 
 
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_j a_ij b_ij`` per row, (rows, c) x (rows, c) -> (rows,) float64 (one BLAS pass)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1).double()
+
+
 def _teacher_chunk(head: LMHead, hidden: Tensor, start: int, stop: int, t: float) -> Tensor:
     return head.logits(hidden, start, stop).div_(t)  # (rows, c) float32
 
@@ -67,30 +72,27 @@ class _ExactKD(torch.autograd.Function):
             for a in _chunks(vocab, chunk):
                 t = _teacher_chunk(head, hidden, a, a + chunk, temperature)
                 diff = logits_S[:, a : a + chunk].float().div(temperature).sub_(t)
-                total += diff.square_().sum(1, dtype=torch.float64)
+                total += _row_dot(diff, diff)
             ctx.save_for_backward(logits_S, hidden)
             ctx.args = (head, temperature, loss_type, chunk, None, None)
             return (total / vocab).float()
-        max_t, max_z = zeros() - torch.inf, zeros() - torch.inf
-        sum_t, sum_z, p_dot_z, p_dot_t = zeros(), zeros(), zeros(), zeros()
+        lse_t, lse_z = zeros() - torch.inf, zeros() - torch.inf  # running log-sum-exps
+        p_dot_z, p_dot_t = zeros(), zeros()  # running sum_j p_j z_j / T, sum_j p_j t_j / T
         for a in _chunks(vocab, chunk):
             t = _teacher_chunk(head, hidden, a, a + chunk, temperature)  # (rows, c)
             z = logits_S[:, a : a + chunk].float().div(temperature)  # (rows, c)
-            new_t = torch.maximum(max_t, t.max(1).values.double())
-            rescale = (max_t - new_t).exp()  # 0 on the first chunk (exp(-inf))
-            e = (t - new_t[:, None].float()).exp_()  # (rows, c), <= 1
-            sum_t = sum_t * rescale + e.sum(1, dtype=torch.float64)
-            p_dot_z = p_dot_z * rescale + (e * z).sum(1, dtype=torch.float64)
-            p_dot_t = p_dot_t * rescale + (e * t).sum(1, dtype=torch.float64)
-            new_z = torch.maximum(max_z, z.max(1).values.double())
-            sum_z = sum_z * (max_z - new_z).exp() + (z - new_z[:, None].float()).exp_().sum(
-                1, dtype=torch.float64
-            )
-            max_t, max_z = new_t, new_z
-        lse_t, lse_z = max_t + sum_t.log(), max_z + sum_z.log()
-        loss = lse_z - p_dot_z / sum_t  # ce
+            lse_c = torch.logsumexp(t, 1)  # (rows,)
+            p_c = t.sub(lse_c[:, None]).exp_()  # (rows, c): softmax within the chunk
+            new = torch.logaddexp(lse_t, lse_c.double())
+            old_share, chunk_share = (lse_t - new).exp(), (lse_c.double() - new).exp()
+            p_dot_z = p_dot_z * old_share + _row_dot(p_c, z) * chunk_share
+            if loss_type == "kl":
+                p_dot_t = p_dot_t * old_share + _row_dot(p_c, t) * chunk_share
+            lse_t = new
+            lse_z = torch.logaddexp(lse_z, torch.logsumexp(z, 1).double())
+        loss = lse_z - p_dot_z  # ce
         if loss_type == "kl":
-            loss = loss + p_dot_t / sum_t - lse_t
+            loss = loss + p_dot_t - lse_t
         ctx.save_for_backward(logits_S, hidden)
         ctx.args = (head, temperature, loss_type, chunk, lse_t.float(), lse_z.float())
         return loss.float()
@@ -107,8 +109,8 @@ class _ExactKD(torch.autograd.Function):
             if loss_type == "mse":  # d/dz of sum_j (z/T - t/T)^2 / V
                 part = z.sub_(t).mul_(grad[:, None] * (2.0 / (temperature * vocab)))
             else:  # (s - p) / T
-                s = z.sub_(lse_z[:, None]).exp_()
-                part = s.sub_(t.sub_(lse_t[:, None]).exp_()).mul_(grad[:, None] / temperature)
+                p = t.sub_(lse_t[:, None]).exp_()
+                part = z.sub_(lse_z[:, None]).exp_().sub_(p).mul_(grad[:, None] / temperature)
             grad_S[:, a : a + chunk] = part
         return grad_S, None, None, None, None, None
 
