@@ -42,6 +42,7 @@ bench-cache: install bench-data
 
 bench-lm: install
 	$(PY) benchmarks/lm_vocab.py 512
+	$(PY) benchmarks/exact_kd.py 128
 
 bench-distill: install bench-data
 	$(PY) benchmarks/distill_speed.py

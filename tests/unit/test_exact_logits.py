@@ -139,3 +139,11 @@ def test_a_head_that_does_not_give_the_logits_is_refused() -> None:
         check_head(head, hidden, capped, "gemma")
     with pytest.raises(ConfigError, match="does not reproduce"):
         check_head(head, hidden, logits * 0.9, "scaled")
+
+
+def test_verify_with_the_teacher_compares_the_hidden_rows(lm_dir: Path, exact_cache: Path) -> None:
+    from cachebrew.teacher.verify import verify_cache
+
+    report = verify_cache(str(exact_cache), teacher=str(lm_dir / "teacher"), sample=3)
+    assert report["ok"], report
+    assert report["values"]["logits.hidden"]["max_rel_error"] < 2e-3
