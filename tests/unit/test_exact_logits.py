@@ -147,3 +147,21 @@ def test_verify_with_the_teacher_compares_the_hidden_rows(lm_dir: Path, exact_ca
     report = verify_cache(str(exact_cache), teacher=str(lm_dir / "teacher"), sample=3)
     assert report["ok"], report
     assert report["values"]["logits.hidden"]["max_rel_error"] < 2e-3
+
+
+def test_precompute_refuses_a_teacher_that_caps_its_logits(
+    lm_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import GPT2LMHeadModel
+
+    forward = GPT2LMHeadModel.forward
+
+    def soft_capped(self, *args, **kwargs):  # Gemma-2 style, after the head
+        out = forward(self, *args, **kwargs)
+        out.logits = 0.1 * torch.tanh(out.logits / 0.1)
+        return out
+
+    monkeypatch.setattr(GPT2LMHeadModel, "forward", soft_capped)
+    with pytest.raises(ConfigError, match="does not reproduce its logits.*--logits topk:K"):
+        _precompute(lm_dir, str(tmp_path / "capped"))
+    assert not (tmp_path / "capped" / "manifest.json").exists()
