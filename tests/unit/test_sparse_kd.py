@@ -198,8 +198,8 @@ def test_sparse_kd_step_peak_memory_is_well_below_the_dense_rebuild(tmp_path: Pa
     one_tensor = rows * vocab * 4  # 38.9 MB: z.grad alone is one of these
     # the profiler sees the allocations (a dense step holds several (rows, V) tensors at once)
     assert peaks["dense"] > 3 * one_tensor and peaks["exact_dense"] > 3 * one_tensor, peaks
-    # measured: dense 4.0, topk_tail and sample 2.25 (z.grad and the gather's scattered
-    # gradient), exact 1.08 (z.grad and (rows, 4096) chunks) tensors of (rows, V) float32
+    # measured: dense 4.0, topk_tail and sample 1.25 (z.grad and (8, V) row chunks), exact 1.11
+    # (z.grad and (rows, 4096) vocabulary chunks) tensors of (rows, V) float32
     for name in ("topk_tail", "sample"):
-        assert peaks[name] < 2.5 * one_tensor and peaks[name] < 0.65 * peaks["dense"], peaks
+        assert peaks[name] < 1.5 * one_tensor and peaks[name] < peaks["dense"] / 3, peaks
     assert peaks["exact"] < 1.3 * one_tensor and peaks["exact"] < peaks["exact_dense"] / 3, peaks
