@@ -49,6 +49,7 @@ bench-lm: install
 	$(PY) benchmarks/lm_vocab.py 256 $(if $(LM_ROWS),--rows-from $(LM_ROWS))
 	$(PY) benchmarks/topk_code_variants.py 256 $(if $(LM_ROWS),--rows-from $(LM_ROWS))
 	$(PY) benchmarks/sparse_kd_step.py
+	$(PY) benchmarks/exact_kd.py 128
 
 bench-distill: install bench-data
 	$(PY) benchmarks/distill_speed.py

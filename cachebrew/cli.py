@@ -98,7 +98,9 @@ def precompute(
         None, help="lz4-bitshuffle (default), zstd, lz4, blosc-zstd or none."
     ),
     topk: int | None = typer.Option(None, help="Alias of --logits topk:K."),
-    logits: str | None = typer.Option(None, help="dense (default), topk:K or sample:N[@T]."),
+    logits: str | None = typer.Option(
+        None, help="dense (default), topk:K[:q4|q5|q8], sample:N[@T] or exact."
+    ),
     text_field: str | None = typer.Option(None, help="Text column (default: text)."),
     text_pair_field: str | None = typer.Option(None, help="Second text column for pairs."),
     label_field: str | None = typer.Option(None, help="Label column."),

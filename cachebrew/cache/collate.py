@@ -32,6 +32,7 @@ import torch
 from cachebrew.cache.batch_copy import pad_batch
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import decode
+from cachebrew.cache.exact_logits import ExactLogits, LMHead, read_exact_logits
 from cachebrew.cache.sparse_logits import SparseLogits, parse_logits_mode, read_sparse_logits
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
@@ -48,8 +49,8 @@ class FeatureLayout:
     Attributes:
         logits: ``None`` (no logits), ``"dense"`` (``logits``: raw or log-probs, passed as
             stored), ``"topk"`` (``logits.topk_*``, rebuilt into full log-probs) or
-            ``"sparse"`` (a ``--logits topk:K|sample:N`` cache: a :class:`SparseLogits`, never
-            a dense (rows, V) tensor).
+            ``"sparse"`` (a ``--logits topk:K|sample:N|exact`` cache: a :class:`SparseLogits`
+            or an :class:`ExactLogits` with ``head``, never a dense (rows, V) tensor).
         logits_mode: the cache's ``--logits`` mode (``"sparse"`` only).
         logits_reduction: ``"raw"`` or ``"logprobs"``.
         num_classes: V, the full width a top-k row is rebuilt to.
@@ -65,6 +66,7 @@ class FeatureLayout:
     hidden: dict[int, str] = field(default_factory=dict)
     attention: dict[int, str] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
+    head: LMHead | None = field(default=None, compare=False, repr=False)  # exact mode only
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -289,7 +291,7 @@ def teacher_outputs(
 
 def _logits(
     features: Sequence[Mapping[str, np.ndarray]], layout: FeatureLayout
-) -> torch.Tensor | SparseLogits:
+) -> torch.Tensor | SparseLogits | ExactLogits:
     """(B, C) for a sequence head; (N_sel, C), every example's rows in batch order, else."""
     if layout.logits == "dense":
         return _decoded(features, "logits", layout)
@@ -297,6 +299,8 @@ def _logits(
     if layout.logits == "sparse":
         mode = parse_logits_mode(str(layout.logits_mode))
         arrays = {name: _decoded(features, name, layout) for name in mode.arrays}
+        if mode.kind == "exact":
+            return read_exact_logits(arrays, layout.head)
         return read_sparse_logits(arrays, mode, layout.num_classes, layout.logits_reduction)
     return rebuild_topk(
         _decoded(features, "logits.topk_values", layout),

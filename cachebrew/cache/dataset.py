@@ -146,6 +146,8 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         self.rank, self.world_size, self.window_bytes = rank, world_size, window_bytes
         self.prefetch = prefetch
         self.layout = feature_layout(self.reader.spec, num_classes) if teacher_cache else None
+        if self.layout is not None and self.layout.logits_mode == "exact":
+            self.layout = dataclasses.replace(self.layout, head=self.reader.lm_head())
         self.options = CollateOptions(
             pad_id, sep_id, with_token_type_ids, device if on_gpu else None
         )

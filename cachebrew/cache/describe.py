@@ -24,6 +24,8 @@ def describe_cache(reader: CacheReader) -> dict[str, Any]:
         array and ``total``), ``compression_ratio`` (stored dtype bytes
         / disk bytes), ``ratio_vs_fp32`` (unpadded fp32 bytes / disk bytes) and
         ``bytes_per_example``. Disk bytes include Zarr metadata (~1 KB per array and shard).
+        An exact-logits cache adds ``lm_head`` (the manifest's entry: path, sha256, bytes,
+        shape (V, H), dtype, bias), stored once and not counted in ``bytes_on_disk``.
     """
     manifest = reader.manifest
     totals = manifest["totals"]
@@ -46,6 +48,7 @@ def describe_cache(reader: CacheReader) -> dict[str, Any]:
         "label_type": manifest.get("label_type"),
         "spec": reader.spec.to_cli(),
         "features": features,
+        **({"lm_head": manifest["lm_head"]} if "lm_head" in manifest else {}),
     }
 
 
@@ -116,6 +119,13 @@ def describe_text(info: dict[str, Any]) -> str:
         )
         if f.get("bytes_per_row"):
             lines.append(f"    {f['logits_mode']}, per row (token): {per_row_text(f)}")
+    head = info.get("lm_head")
+    if head:  # --logits exact: stored once per cache, not per token
+        shape = " x ".join(map(str, head["shape"]))
+        lines.append(
+            f"  lm head        {head['path']} ({shape} {head['dtype']}"
+            f"{', with bias' if head['bias'] else ''}): {size_text(head['bytes'])} once per cache"
+        )
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@ Two levels, each returning every problem found (one line each):
 - :func:`manifest_problems` (cheap, on every open): the shard list is ``0..n-1`` in order, each
   path stays inside the cache root (no ``..``, no absolute path, no symlink leading out), the
   totals equal the sums over the list, and the shards published on disk are exactly the listed
-  ones (a dropped entry would silently shrink the data while the totals still claim it).
+  ones (a dropped entry would silently shrink the data while the totals still claim it);
+  an exact-logits cache's ``lm_head.safetensors`` is there with the manifest's size.
 - :func:`shard_problems` (full, under ``verify``): one shard's index against its manifest entry
   and its arrays (row counts, offsets and lengths tile each array exactly, array names confined).
 """
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cachebrew.cache.exact_logits import head_problems
 from cachebrew.cache.storage import INDEX, SHARDS, CacheLocation
 from cachebrew.errors import CacheError
 
@@ -69,6 +71,7 @@ def manifest_problems(loc: CacheLocation, manifest: dict[str, Any]) -> list[str]
         problems.append(
             f"totals.num_shards is {totals.get('num_shards')!r} but {len(shards)} shards are listed"
         )
+    problems += head_problems(loc, manifest, full=False)
     on_disk = _published_on_disk(loc)
     unlisted = sorted(on_disk - set(range(len(shards))))
     if unlisted:

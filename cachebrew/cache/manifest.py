@@ -19,6 +19,7 @@ from typing import Any
 
 from cachebrew._version import __version__
 from cachebrew.cache.codecs import CHUNK_CHECKSUM, CODEC_CONFIGS, INDEX_CHECKSUM, bytes_checksum
+from cachebrew.cache.exact_logits import MANIFEST_KEY, head_entry
 from cachebrew.cache.index import parse_index
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.cache.storage import (
@@ -196,7 +197,10 @@ def build_manifest(loc: CacheLocation, run: dict[str, Any], shards: list[int]) -
         entries.append(entry)
     if len(label_types) > 1:
         raise CacheError(f"shards hold different label types {sorted(label_types)}")
+    logits = spec.get("logits")
+    head = {MANIFEST_KEY: head_entry(loc)} if logits and logits.logits_mode == "exact" else {}
     return {
+        **head,
         "format_version": FORMAT_VERSION,
         "cachebrew_version": cachebrew_version(),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

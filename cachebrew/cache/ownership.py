@@ -21,6 +21,7 @@ import time
 from types import TracebackType
 from typing import IO, Any
 
+from cachebrew.cache.exact_logits import HEAD_FILE
 from cachebrew.cache.storage import (
     DONE,
     INDEX,
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 LOCK = ".cachebrew.lock"
 _LOCK = re.compile(r"^\.cachebrew(?:-rank-\d{5})?\.lock$")
 _TMP = r"\.tmp-[0-9a-f]{8}"
-_TOP = re.compile(rf"^(?:{re.escape(MANIFEST)}|{re.escape(RUN_RECORD)})(?:{_TMP})?$")
+_OWN_FILES = "|".join(re.escape(name) for name in (MANIFEST, RUN_RECORD, HEAD_FILE))
+_TOP = re.compile(rf"^(?:{_OWN_FILES})(?:{_TMP})?$")
 _SHARD = re.compile(r"^\d{5}$")
 _STAGED = re.compile(r"^\d{5}\.[0-9a-f]{8}$")
 _MARKER = re.compile(rf"^rank-\d{{5}}-of-\d{{5}}\.json(?:{_TMP})?$")

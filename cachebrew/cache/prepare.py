@@ -4,7 +4,8 @@ The writer calls :func:`prepare_example` on what :meth:`CacheWriter.add` receive
 
 - ``logits``: the **raw** teacher logits, (C,) for a sequence-level head or (rows, C) for the
   valid positions of a token-level head (select with ``logits_mask`` first). The writer applies
-  the stored reduction (``log_softmax`` or top-k) itself.
+  the stored reduction (``log_softmax`` or top-k) itself. For ``--logits exact``: the final
+  hidden state (rows, H) of those positions instead (:mod:`cachebrew.cache.exact_logits`).
 - ``hidden.<l>``: (L, D) with L = the example's ``length``.
 - ``hidden_cls.<l>``: (D,), (1, D), or the full (L, D) hidden state (row 0 is kept).
 - ``attention.<l>``: (H, L, L) attention as the adaptor returns it.
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cachebrew.cache.exact_logits import HIDDEN_ARRAY
 from cachebrew.cache.sparse_logits import check_vocab_ids, parse_logits_mode, sparse_arrays
 from cachebrew.cache.spec import FeatureSpec, StoredFeature
 from cachebrew.errors import CacheError
@@ -87,9 +89,11 @@ def _expect(condition: bool, message: str) -> None:
 
 def _prepare_logits(feature: StoredFeature, logits: np.ndarray) -> dict[str, np.ndarray]:
     _expect(logits.ndim in (1, 2) and logits.size > 0, "expected raw logits (C,) or (rows, C)")
-    logits = logits.reshape(-1, logits.shape[-1])  # (rows, C)
+    logits = logits.reshape(-1, logits.shape[-1])  # (rows, C); exact: (rows, H) hidden
     if not np.all(np.isfinite(logits)):
         raise ValueError("logits hold NaN or inf")
+    if feature.logits_mode == "exact":  # the final hidden state (cache/exact_logits.py)
+        return {HIDDEN_ARRAY: logits}
     lse = _logsumexp(logits)  # (rows, 1)
     values = logits - lse if feature.reduction == "logprobs" else logits
     mode = parse_logits_mode(feature.logits_mode or "dense")

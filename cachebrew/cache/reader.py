@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
+from cachebrew.cache.exact_logits import LMHead, head_problems, load_head
 from cachebrew.cache.integrity import check_manifest, shard_problems
 from cachebrew.cache.manifest import read_manifest
 from cachebrew.cache.order import ShardSelection, plan_epoch, run_rows
@@ -69,6 +70,7 @@ class CacheReader:
         self._loc = loc
         self._shards: dict[int, ShardReader] = {}
         self._catalog: IdCatalog | None = None
+        self._head: LMHead | None = None
 
     @property
     def path(self) -> str:
@@ -93,6 +95,12 @@ class CacheReader:
             entry = self.manifest["shards"][index]
             self._shards[index] = ShardReader(self._loc, entry, self.spec, self.verify)
         return self._shards[index]
+
+    def lm_head(self) -> LMHead:
+        """The LM head of an exact-logits cache (loaded once, sha256 checked; exact_logits.py)."""
+        if self._head is None:
+            self._head = load_head(self._loc, self.manifest)
+        return self._head
 
     @property
     def catalog(self) -> IdCatalog:
@@ -246,7 +254,8 @@ class CacheReader:
         return [f"{len(missing)} example ids are not in the cache, e.g. {missing[:5]}"]
 
     def verify_all(self) -> dict[str, Any]:
-        """Check every index (against the manifest and its arrays) and every chunk checksum.
+        """Check every index (against the manifest and its arrays), every chunk checksum and
+        the sha256 of an exact-logits cache's LM head.
 
         Returns:
             ``{"ok": bool, "shards": n, "chunks": n, "bytes": stored bytes checked,
@@ -266,6 +275,7 @@ class CacheReader:
             report["shards"] += 1
             report["chunks"] += chunks
             report["bytes"] += nbytes
+        report["problems"] += head_problems(self._loc, self.manifest, full=True)
         report["ok"] = not report["problems"]
         return report
 

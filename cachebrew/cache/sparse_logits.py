@@ -1,4 +1,4 @@
-"""Sparse logit storage for large vocabularies: ``--logits topk:K`` and ``--logits sample:N``.
+"""Sparse logit storage for large vocabularies: ``--logits topk:K``, ``sample:N`` and ``exact``.
 
 A language model's teacher row is a distribution over V = 32k-256k ids; storing it densely costs
 V x 2 bytes per token. The sparse modes keep what a KD loss needs (DESIGN §4):
@@ -16,6 +16,11 @@ V x 2 bytes per token. The sparse modes keep what a KD loss needs (DESIGN §4):
     uint16 for N > 255), sorted by count, then id; unused slots have count 0. ``counts / N`` is
     an unbiased estimate of the teacher's distribution at temperature T. The draw is seeded by
     a hash of the row, so a cache's content does not depend on batch size, order or ranks.
+
+``exact``
+    The teacher's final hidden state ``logits.hidden`` (rows, H) in the feature's dtype plus its
+    LM head stored once per cache (:mod:`cachebrew.cache.exact_logits`); the KD loss recomputes
+    the logits in vocabulary chunks (:mod:`cachebrew.distill.exact_kd`).
 
 An id that does not fit ``b`` bits (a teacher with more logits than its ``vocab_size``) is
 refused with a :class:`~cachebrew.errors.CacheError` naming the id, the width and the fix.
@@ -55,7 +60,7 @@ from cachebrew.cache.topk_codes import (
 )
 from cachebrew.errors import CacheError, ConfigError
 
-MODES: tuple[str, ...] = ("dense", "topk", "sample")
+MODES: tuple[str, ...] = ("dense", "topk", "sample", "exact")
 TOPK_ARRAYS: tuple[str, ...] = ("logits.topk_values", "logits.topk_ids", "logits.logsumexp")
 SAMPLE_ARRAYS: tuple[str, ...] = ("logits.sample_ids", "logits.sample_counts")
 PACKED_PREFIX = "ids"
@@ -67,10 +72,10 @@ TOPK_LAYOUT = 2  # what new caches are written with
 
 @dataclass(frozen=True)
 class LogitsMode:
-    """A parsed ``--logits MODE``: ``dense``, ``topk:K[:CODE]`` or ``sample:N[@T]``.
+    """A parsed ``--logits MODE``: ``dense``, ``topk:K[:CODE]``, ``sample:N[@T]`` or ``exact``.
 
     Attributes:
-        kind: ``"dense"``, ``"topk"`` or ``"sample"``.
+        kind: ``"dense"``, ``"topk"``, ``"sample"`` or ``"exact"``.
         size: K or N (None for dense).
         temperature: the sampling temperature of ``sample`` (1.0 otherwise).
         code: ``topk`` only: a lossy value code (``q4``, ``q5``, ``q8``) or None (lossless).
@@ -82,8 +87,8 @@ class LogitsMode:
     code: str | None = None
 
     def __str__(self) -> str:
-        if self.kind == "dense":
-            return "dense"
+        if self.kind in ("dense", "exact"):
+            return self.kind
         suffix = f"@{self.temperature:g}" if self.kind == "sample" and self.temperature != 1 else ""
         code = f":{self.code}" if self.code else ""
         return f"{self.kind}:{self.size}{code}{suffix}"
@@ -91,20 +96,24 @@ class LogitsMode:
     @property
     def arrays(self) -> tuple[str, ...]:
         """The stored data arrays of this mode (``("logits",)`` for dense)."""
-        return {"topk": TOPK_ARRAYS, "sample": SAMPLE_ARRAYS}.get(self.kind, ("logits",))
+        arrays = {"topk": TOPK_ARRAYS, "sample": SAMPLE_ARRAYS, "exact": ("logits.hidden",)}
+        return arrays.get(self.kind, ("logits",))
 
 
 def parse_logits_mode(text: str) -> LogitsMode:
-    """Parse ``dense``, ``topk:K``, ``topk:K:CODE`` or ``sample:N`` / ``sample:N@T``.
+    """Parse ``dense``, ``topk:K``, ``topk:K:CODE``, ``sample:N`` / ``sample:N@T`` or ``exact``.
 
     Raises:
         ConfigError: an unknown mode or value code, a size that is not a positive integer or a
             temperature that is not a positive number, naming the valid forms.
     """
-    forms = "dense, topk:K (e.g. topk:128 or lossy topk:128:q5), sample:N (e.g. sample:12)"
+    forms = (
+        "dense, topk:K (e.g. topk:128 or lossy topk:128:q5), sample:N (e.g. sample:12), "
+        "sample:N@T or exact"
+    )
     kind, _, rest = str(text).strip().partition(":")
-    if kind == "dense" and not rest:
-        return LogitsMode("dense")
+    if kind in ("dense", "exact") and not rest:
+        return LogitsMode(kind)
     rest, has_code, code = rest.partition(":")
     if has_code and (kind != "topk" or code_problems(code)):
         problems = code_problems(code) if kind == "topk" else ["only topk:K takes a value code"]

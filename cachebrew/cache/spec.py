@@ -101,7 +101,7 @@ class StoredFeature:
         topk_mode = self.kind == "logits" and str(self.logits_mode).startswith("topk:")
         layout = (self.topk_layout or TOPK_LAYOUT) if topk_mode else None
         object.__setattr__(self, "topk_layout", layout)
-        if self.kind == "logits" and self.reduction is None:
+        if self.kind == "logits" and (self.reduction is None or self.logits_mode == "exact"):
             object.__setattr__(self, "reduction", "raw")
         problems = _feature_problems(self)
         if problems:

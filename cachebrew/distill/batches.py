@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from cachebrew.cache.exact_logits import ExactLogits
 from cachebrew.cache.sparse_logits import SparseLogits
 from cachebrew.errors import ConfigError
 from cachebrew.presets import ADAPTOR_KEYS
@@ -46,7 +47,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
         if device.type == "cuda" and batch.device.type == "cpu":
             return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device)
-    if isinstance(batch, SparseLogits):
+    if isinstance(batch, SparseLogits | ExactLogits):
         return batch.to(device)
     if isinstance(batch, Mapping):
         return {key: move_to_device(value, device) for key, value in batch.items()}

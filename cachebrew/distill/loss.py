@@ -30,8 +30,10 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
+from cachebrew.cache.exact_logits import ExactLogits
 from cachebrew.cache.sparse_logits import SparseLogits
 from cachebrew.config import DistillationConfig, IntermediateMatch
+from cachebrew.distill.exact_kd import exact_kd_loss
 from cachebrew.distill.sparse_kd import sparse_kd_loss
 from cachebrew.errors import ConfigError
 from cachebrew.losses import probability_shift
@@ -238,7 +240,7 @@ class DistillationLoss:
         total: Any = 0
         temperatures: list[float | Tensor] = []
         for head, (l_S, l_T) in enumerate(zip(logits_S, logits_T, strict=True)):
-            if isinstance(l_T, SparseLogits):
+            if isinstance(l_T, SparseLogits | ExactLogits):
                 loss, temperature = self._sparse_kd(l_S, l_T, labels)
             else:
                 if labels is not None:
@@ -252,15 +254,19 @@ class DistillationLoss:
         return total, _mean_temperature(temperatures)
 
     def _sparse_kd(
-        self, logits_S: Tensor, logits_T: SparseLogits, labels: list[Tensor] | None
+        self, logits_S: Tensor, logits_T: SparseLogits | ExactLogits, labels: list[Tensor] | None
     ) -> tuple[Tensor, float | Tensor]:
-        """KD against a sparse (top-k / sampled) teacher without a dense (rows, V) tensor."""
+        """KD against a sparse (top-k / sampled) or exact (hidden state + LM head) teacher
+        without a dense (rows, V) teacher tensor."""
         if labels is not None or self.temperature_scheduler is not None:
             raise ConfigError(
                 "probability_shift and temperature schedulers need dense teacher logits; this "
                 f"cache stores {logits_T.kind} logits (precompute with --logits dense)"
             )
         temperature = self.config.temperature
+        if isinstance(logits_T, ExactLogits):
+            kd_type = self.config.kd_loss_type
+            return exact_kd_loss(logits_S, logits_T, temperature, loss_type=kd_type), temperature
         loss = sparse_kd_loss(
             logits_S,
             logits_T,

@@ -1,9 +1,11 @@
 """KD losses on sparse teacher rows (``--logits topk:K`` / ``sample:N`` caches), never (rows, V).
 
 The teacher side is a :class:`~cachebrew.cache.sparse_logits.SparseLogits`: (rows, k) ids and
-log-probabilities. The student's log-softmax is needed only at those ids and as its
-log-sum-exp, which :func:`scaled_logsumexp` computes in row chunks with a hand-written backward,
-so the temporaries are (chunk, V), not (rows, V). Every loss is TextBrewer's ``ce`` form,
+log-probabilities. The student's log-softmax is needed only at those ids, which
+``_StudentLogprobs`` computes in row chunks with a hand-written backward that writes the
+log-sum-exp's and the gather's gradients into one buffer, so the temporaries are (chunk, V) and
+the student's gradient is the only (rows, V) tensor (:func:`scaled_logsumexp` is the same
+log-sum-exp on its own). Every loss is TextBrewer's ``ce`` form,
 ``mean_rows(-sum_j p_j log s_j)`` with ``s = softmax(z_S / T)`` (Hinton et al. 2015), over a
 sparse target ``p``; ``kl`` subtracts the target's entropy (same gradient). ``kd_t2_scale``
 is applied by the caller as for dense logits.
@@ -83,10 +85,42 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+class _StudentLogprobs(torch.autograd.Function):
+    """``log softmax(z / T)`` at ``ids`` (rows, k), in row chunks. The backward writes the
+    log-sum-exp's and the gather's gradients into one (rows, V) buffer (autograd would hold
+    two: the gather scatters into a dense zeros tensor before the sum)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: Tensor, ids: Tensor, temperature: float, chunk_rows: int
+    ) -> Tensor:
+        lse = logits.new_empty(logits.shape[0], dtype=torch.float32)
+        for start in range(0, logits.shape[0], chunk_rows):
+            chunk = logits[start : start + chunk_rows].float() / temperature  # (c, V)
+            lse[start : start + chunk_rows] = torch.logsumexp(chunk, dim=-1)
+        ctx.save_for_backward(logits, ids, lse)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return logits.gather(1, ids).float() / temperature - lse[:, None]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        logits, ids, lse = ctx.saved_tensors
+        temperature, chunk_rows = ctx.temperature, ctx.chunk_rows
+        grad = grad.float() / temperature  # (rows, k)
+        total = grad.sum(1, keepdim=True)  # (rows, 1)
+        grad_logits = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], chunk_rows):
+            stop = start + chunk_rows
+            chunk = logits[start:stop].float() / temperature
+            chunk.sub_(lse[start:stop, None]).exp_().mul_(-total[start:stop])  # -softmax * sum g
+            grad_logits[start:stop] = chunk.scatter_add_(1, ids[start:stop], grad[start:stop])
+        return grad_logits, None, None, None
+
+
 def _student_logprobs(logits_S: Tensor, ids: Tensor, temperature: float, chunk_rows: int) -> Tensor:
     """``log softmax(z_S / T)`` at ``ids``: (rows, k)."""
-    lse = scaled_logsumexp(logits_S, temperature, chunk_rows)  # (rows,)
-    return logits_S.gather(1, ids).float() / temperature - lse[:, None]
+    result: Tensor = _StudentLogprobs.apply(logits_S, ids, float(temperature), max(1, chunk_rows))
+    return result
 
 
 def _cross_entropy(target: Tensor, log_student: Tensor, loss_type: str) -> Tensor:

@@ -36,6 +36,7 @@ from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model
 from cachebrew.runner.config import DistillRunConfig
 from cachebrew.teacher.background_writer import BackgroundWriter
+from cachebrew.teacher.exact_head import is_exact, with_final_hidden, write_teacher_head
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
 from cachebrew.validation import (
@@ -88,7 +89,7 @@ class PrecomputeConfig(CorpusFields, ConfigBase):
     feature_dtypes: dict[str, str] | None = None
     codec: str = DEFAULT_CODEC
     topk: int | None = None  # alias of logits: topk:K
-    logits: str | None = None  # dense | topk:K | sample:N[@T] (cache/sparse_logits.py)
+    logits: str | None = None  # dense | topk:K | sample:N[@T] | exact (cache/sparse_logits.py)
     task: str | None = None
     num_labels: int | None = None
     max_length: int | None = None  # None: 128, clipped to the teacher's positions
@@ -246,6 +247,7 @@ def run_precompute(
     )
     pass_start = time.perf_counter()
     with writer, BackgroundWriter(writer) as sink:
+        write_teacher_head(teacher.model, spec, cfg.out, part.is_main)  # --logits exact
         skipped = set(writer.completed_shards())
         todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if part.owns(k)]
         todo = [k for k in todo if k not in skipped]
@@ -352,6 +354,8 @@ def teacher_features(
     with torch.autocast(device.type, enabled=autocast):
         outputs = teacher.model(**batch)
     adapted = teacher.adaptor(batch, outputs)
+    if is_exact(spec):  # store the final hidden state; its head gives the logits
+        adapted = with_final_hidden(teacher.model, adapted)
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     per_kind = {name: _extract(adapted, name, batch, lengths) for name in spec.input_names}
     examples: list[dict[str, Any]] = [

@@ -12,6 +12,7 @@ import torch
 
 from cachebrew.cache import open_cache
 from cachebrew.cache.dataset import CacheDataset
+from cachebrew.cache.exact_logits import ExactLogits
 from cachebrew.cache.sparse_logits import SparseLogits
 from cachebrew.metrics import perplexity, token_nll
 
@@ -50,7 +51,7 @@ def _cli(*args: str, cwd: pathlib.Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("mode", ["dense", "topk:8", "sample:6"])
+@pytest.mark.parametrize("mode", ["dense", "topk:8", "sample:6", "exact"])
 def test_causal_lm_precompute_and_distill(lm_setup: pathlib.Path, mode: str) -> None:
     name = mode.split(":")[0]
     cache = f"cache_{name}"
@@ -66,9 +67,8 @@ def test_causal_lm_precompute_and_distill(lm_setup: pathlib.Path, mode: str) -> 
     assert torch.all(student["labels"][~mask] == -100)
     rows = int(mask.sum())  # one teacher row per real token: attention mask = logits_mask
     logits = teacher["logits"]
-    assert (isinstance(logits, SparseLogits) if name != "dense" else True) and (
-        logits.shape[0] == rows
-    )
+    sparse = isinstance(logits, SparseLogits | ExactLogits)
+    assert (sparse if name != "dense" else True) and (logits.shape[0] == rows)
     run = {
         "cache": cache,
         "student": "student.json",
