@@ -1,0 +1,313 @@
+"""How faithful a cache's stored logits are to the teacher: the fidelity part of ``verify --teacher``.
+
+For every token row of the examples ``verify`` recomputes, the teacher's fresh (rows, V) logits
+are compared with the rows the cache stores, read by the reader ``distill`` uses
+(:func:`~cachebrew.cache.collate.teacher_outputs`), so only the rows of the ``logits_mask`` count
+(padding and masked positions are never stored):
+
+- **top-1 agreement**: teacher argmax == argmax of the reconstructed distribution;
+- **retained mass**: the teacher's probability at T = 1 on the ids the cache stores (1 for a
+  dense row), mean and min over rows;
+- **KL(teacher || reconstructed)** per row at T = 1, mean and p95. A ``sample`` row gives zero
+  probability to every id it did not draw, so its KL is infinite (reported as None, with a note);
+- **KD loss gap and gradient gap** at the training temperature T: the KD loss ``distill``
+  computes from the stored rows (:class:`~cachebrew.distill.loss.DistillationLoss`, so sparse
+  rows go through :mod:`cachebrew.distill.sparse_kd`, for each top-k target) against the dense
+  KD loss on the teacher's true logits, for one student
+  proxy: **the teacher's logits plus N(0, noise^2) noise** (seeded), a student close to its
+  teacher as late in training, where a target's errors weigh most against the gradient.
+  ``loss_gap`` = sparse - dense (mean over rows); ``grad_gap`` = ||g_sparse - g_dense|| /
+  ||g_dense|| over all rows, g = d loss / d student logits. No ``kd_t2_scale`` (a common T^2).
+  The loss is ``kd_loss_type`` ``kl`` by default: ``ce`` has the same gradient, but its value
+  adds the target's entropy, and a top-k target's buckets lack the entropy inside the tail, so
+  a ``ce`` loss gap would mostly measure that constant, which does not train the student.
+
+Reconstruction hook: :data:`RECONSTRUCTIONS` maps a mode's kind (the part of ``--logits`` before
+the first ``:``) to a function (stored rows as the reader returns them, V) -> (rows, V) float64
+log-probabilities at T = 1, built densely for the sampled rows only. A new mode registers its own
+with :func:`register_reconstruction`; rows read as a dense tensor (``dense``, raw or log-probs)
+are log-softmaxed. Memory: one example's (rows, V) float64 at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cachebrew.cache.collate import feature_layout, rebuild_topk, teacher_outputs
+from cachebrew.cache.compare import kl_rows
+from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.sparse_logits import SparseLogits
+from cachebrew.config import DistillationConfig
+from cachebrew.distill.loss import DistillationLoss
+from cachebrew.distill.sparse_kd import TOPK_TARGETS
+from cachebrew.errors import CachebrewError
+
+Reconstruct = Callable[[Any, int], Tensor]
+DEFAULT_NOISE = 1.0
+
+
+def _topk_logprobs(rows: SparseLogits, num_classes: int) -> Tensor:
+    """The k stored log-probs exactly, the rest of the mass spread evenly over the other ids."""
+    zero = torch.zeros(rows.ids.shape[0], 1, dtype=rows.logprobs.dtype)
+    return rebuild_topk(rows.logprobs, rows.ids, zero, num_classes, "logprobs").double()
+
+
+def _sample_logprobs(rows: SparseLogits, num_classes: int) -> Tensor:
+    """``log(counts / N)`` on the drawn ids, -inf elsewhere: the target sampling KD trains on."""
+    out = torch.full((rows.ids.shape[0], num_classes), -math.inf, dtype=torch.float64)
+    return out.scatter_reduce_(1, rows.ids.long(), rows.logprobs.double(), reduce="amax")
+
+
+RECONSTRUCTIONS: dict[str, Reconstruct] = {"topk": _topk_logprobs, "sample": _sample_logprobs}
+
+
+def register_reconstruction(kind: str, reconstruct: Reconstruct) -> None:
+    """Let the fidelity report judge a new ``--logits`` mode (module docstring).
+
+    Args:
+        kind: the mode's name before the first ``:`` (``exact``, ``topk`` ...).
+        reconstruct: (stored rows as the cache's reader returns them, V) -> (rows, V) float64
+            log-probabilities at T = 1.
+    """
+    RECONSTRUCTIONS[kind] = reconstruct
+
+
+def logits_mode_name(reader: CacheReader) -> str | None:
+    """The cache's ``--logits`` mode (``topk:K`` for a ``--topk`` cache), None without logits."""
+    feature = reader.spec.get("logits")
+    if feature is None:
+        return None
+    return feature.logits_mode or (f"topk:{feature.topk}" if feature.topk else "dense")
+
+
+@dataclass
+class _KDGap:
+    rows: int = 0
+    loss: float = 0.0
+    dense_loss: float = 0.0
+    diff_sq: float = 0.0
+    dense_sq: float = 0.0
+    skipped: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        if self.skipped is not None:
+            return {"skipped": self.skipped}
+        loss, dense = self.loss / max(self.rows, 1), self.dense_loss / max(self.rows, 1)
+        return {
+            "loss": loss,
+            "dense_loss": dense,
+            "loss_gap": loss - dense,
+            "grad_gap": math.sqrt(self.diff_sq / self.dense_sq) if self.dense_sq > 0 else 0.0,
+        }
+
+
+@dataclass
+class FidelityAccumulator:
+    """Collects the fidelity numbers example by example (module docstring); see :meth:`report`.
+
+    Args:
+        reader: the cache; temperature: the training temperature of the KD gaps;
+        loss_type: ``kl`` (default) or ``ce``; noise: std of the student proxy's noise; seed: its seed.
+    """
+
+    reader: CacheReader
+    temperature: float = 1.0
+    loss_type: str = "kl"
+    noise: float = DEFAULT_NOISE
+    seed: int = 0
+    examples: int = 0
+    _top1: list[np.ndarray] = field(default_factory=list)
+    _mass: list[np.ndarray] = field(default_factory=list)
+    _kl: list[np.ndarray] = field(default_factory=list)
+    _gaps: dict[str, _KDGap] = field(default_factory=dict)
+    _skipped: str | None = None
+
+    def __post_init__(self) -> None:
+        self.mode = logits_mode_name(self.reader) or "dense"
+        self.kind = self.mode.split(":", 1)[0]
+        self.config = DistillationConfig(temperature=self.temperature, kd_loss_type=self.loss_type)
+        targets = TOPK_TARGETS if self.kind == "topk" else (self.kind,)
+        self._gaps = {target: _KDGap() for target in targets}
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def add(self, fresh_logits: Any, cached: dict[str, Any]) -> None:
+        """One recomputed example: the teacher's fresh logits rows and the cache's example."""
+        teacher = torch.as_tensor(np.asarray(fresh_logits, dtype=np.float32))
+        teacher = teacher.reshape(-1, teacher.shape[-1])  # (rows, V); a sequence head: (1, V)
+        num_classes = int(teacher.shape[1])
+        rows = self._stored_rows(cached, num_classes)
+        logq = self._reconstruct(rows, num_classes)
+        if logq is None:
+            return
+        if tuple(logq.shape) != tuple(teacher.shape):
+            self._skipped = (
+                f"example {cached['example_id']!r}: the cache stores {tuple(logq.shape)} logits "
+                f"rows, the teacher gives {tuple(teacher.shape)}"
+            )
+            return
+        self.examples += 1
+        logp = torch.log_softmax(teacher.double(), dim=-1)
+        self._top1.append((logp.argmax(1) == logq.argmax(1)).numpy())
+        self._mass.append(_retained_mass(rows, logp.exp()).numpy())
+        self._kl.append(kl_rows(logp.numpy(), logq.numpy()))
+        student = teacher + self.noise * torch.randn(teacher.shape, generator=self._generator)
+        self._add_gaps(rows, teacher, student)
+
+    def _stored_rows(self, cached: dict[str, Any], num_classes: int) -> Any:
+        """The example's logits rows as ``distill`` reads them (a ``--topk`` cache as topk:K)."""
+        layout = replace(
+            feature_layout(self.reader.spec, num_classes), hidden={}, attention={}
+        )  # fmt: skip
+        if layout.logits == "topk":  # written by --topk before --logits: read sparse, not rebuilt
+            layout = replace(layout, logits="sparse", logits_mode=self.mode)
+        return teacher_outputs([cached], layout, torch.ones(1, 1))["logits"]
+
+    def _reconstruct(self, rows: Any, num_classes: int) -> Tensor | None:
+        if isinstance(rows, Tensor):  # dense rows, raw or log-probs: log_softmax fits both
+            return torch.log_softmax(rows.double(), dim=-1)
+        reconstruct = RECONSTRUCTIONS.get(self.kind)
+        if reconstruct is None:
+            self._skipped = (
+                f"no reconstruction for --logits {self.mode}: register one with "
+                "cachebrew.teacher.fidelity.register_reconstruction"
+            )
+            return None
+        return reconstruct(rows, num_classes).double()
+
+    def _add_gaps(self, rows: Any, teacher: Tensor, student: Tensor) -> None:
+        count = int(teacher.shape[0])
+        dense_loss, dense_grad = _loss_and_grad(
+            lambda s: self.config.kd_loss_fn()(s, teacher, self.temperature), student, count
+        )
+        for target, gap in self._gaps.items():
+            if gap.skipped is not None:
+                continue
+            loss_fn = DistillationLoss(
+                self.config, topk_target=target if target in TOPK_TARGETS else "tail"
+            )
+
+            def stored(s: Tensor, fn: DistillationLoss = loss_fn) -> Tensor:
+                return fn.kd_term({"logits": [s]}, {"logits": [rows]})[0]
+
+            try:
+                loss, grad = _loss_and_grad(stored, student, count)
+            except CachebrewError as error:  # e.g. a sample cache at another temperature
+                gap.skipped = str(error)
+                continue
+            gap.rows += count
+            gap.loss += loss
+            gap.dense_loss += dense_loss
+            gap.diff_sq += float(((grad - dense_grad) ** 2).sum())
+            gap.dense_sq += float((dense_grad**2).sum())
+
+    def report(self) -> dict[str, Any] | None:
+        """The numbers over every added row (module docstring), or None without logits."""
+        if logits_mode_name(self.reader) is None:
+            return None
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "temperature": self.temperature,
+            "loss_type": self.loss_type,
+            "student": f"teacher logits + N(0, {self.noise:g}^2) noise, seed {self.seed}",
+            "examples": self.examples,
+            "rows": int(sum(len(t) for t in self._top1)),
+            "notes": [],
+        }
+        if self._skipped is not None or not self._top1:
+            out["skipped"] = self._skipped or "no example recomputed"
+            return out
+        kl = np.concatenate(self._kl)
+        mass = np.concatenate(self._mass)
+        finite = bool(np.all(np.isfinite(kl)))
+        out.update(
+            top1_agreement=float(np.concatenate(self._top1).mean()),
+            retained_mass=float(mass.mean()),
+            retained_mass_min=float(mass.min()),
+            kl_mean=float(kl.mean()) if finite else None,
+            kl_p95=float(np.percentile(kl, 95)) if finite else None,
+            kd={target: gap.summary() for target, gap in self._gaps.items()},
+        )
+        out["notes"] = _notes(self.kind, self.temperature, finite)
+        return out
+
+
+def _loss_and_grad(
+    loss_of: Callable[[Tensor], Tensor], student: Tensor, count: int
+) -> tuple[float, Tensor]:
+    """(loss x rows, d (loss x rows) / d student): sums over rows, so examples add up."""
+    logits = student.clone().requires_grad_(True)
+    loss = loss_of(logits) * count
+    (grad,) = torch.autograd.grad(loss, logits)
+    return float(loss.detach()), grad
+
+
+def _retained_mass(rows: Any, teacher_probs: Tensor) -> Tensor:
+    """Teacher probability on the stored ids per row (rows with ids/logprobs), else 1."""
+    ids, logprobs = getattr(rows, "ids", None), getattr(rows, "logprobs", None)
+    if ids is None or logprobs is None:
+        return torch.ones(teacher_probs.shape[0], dtype=torch.float64)
+    kept = torch.isfinite(logprobs)  # a sample row's empty slots are -inf
+    return (teacher_probs.gather(1, ids.long()) * kept).sum(1)
+
+
+def _notes(kind: str, temperature: float, finite_kl: bool) -> list[str]:
+    notes = []
+    if not finite_kl:
+        notes.append(
+            "KL is infinite: the reconstruction gives zero probability to ids the teacher does "
+            "not (a sample row holds only its drawn ids)"
+        )
+    if kind == "sample":
+        notes.append(
+            "sample: the gaps are one stored draw's; random-sampling KD is unbiased only in "
+            "expectation over draws (its gradient and ce loss; a kl value also subtracts the "
+            "draw's own entropy), so one draw's gaps are not 0 and shrink as N grows"
+        )
+    if kind == "topk" and temperature != 1:
+        notes.append(
+            "topk tail at T != 1: the tail bucket's tempered mass is approximated (its shape is "
+            "not stored); bucket masses are exact at T = 1 only"
+        )
+    return notes
+
+
+def describe_fidelity(report: dict[str, Any]) -> str:
+    """The fidelity report as a small table (``cachebrew verify --teacher``)."""
+    head = (
+        f"fidelity of logits ({report['mode']}) against the teacher: {report['rows']} token "
+        f"rows of {report['examples']} examples"
+    )
+    if "skipped" in report:
+        return f"{head}: not computed ({report['skipped']})"
+    kl = (
+        f"mean {report['kl_mean']:.4g}, p95 {report['kl_p95']:.4g}"
+        if report["kl_mean"] is not None
+        else "infinite (see note)"
+    )
+    lines = [
+        head,
+        f"  {'top-1 agreement':<30} {report['top1_agreement']:.4f}",
+        f"  {'retained mass (T = 1)':<30} mean {report['retained_mass']:.4f}, "
+        f"min {report['retained_mass_min']:.4f}",
+        f"  {'KL(teacher || reconstructed)':<30} {kl}",
+        f"  KD at T = {report['temperature']:g} ({report['loss_type']}), student = "
+        f"{report['student']}:",
+        f"    {'target':<8} {'loss':>10} {'dense loss':>11} {'loss gap':>11} {'grad gap':>9}",
+    ]
+    for target, gap in report["kd"].items():
+        if "skipped" in gap:
+            lines.append(f"    {target:<8} not computed: {gap['skipped']}")
+            continue
+        lines.append(
+            f"    {target:<8} {gap['loss']:>10.4g} {gap['dense_loss']:>11.4g} "
+            f"{gap['loss_gap']:>+11.3g} {gap['grad_gap']:>9.3g}"
+        )
+    lines += [f"  note: {note}" for note in report["notes"]]
+    return "\n".join(lines)
