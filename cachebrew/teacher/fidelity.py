@@ -16,11 +16,12 @@ are compared with the rows the cache stores, read by the reader ``distill`` uses
   KD loss on the teacher's true logits, for one student
   proxy: **the teacher's logits plus N(0, noise^2) noise** (seeded), a student close to its
   teacher as late in training, where a target's errors weigh most against the gradient.
-  ``loss_gap`` = sparse - dense (mean over rows); ``grad_gap`` = ||g_sparse - g_dense|| /
-  ||g_dense|| over all rows, g = d loss / d student logits. No ``kd_t2_scale`` (a common T^2).
-  The loss is ``kd_loss_type`` ``kl`` by default: ``ce`` has the same gradient, but its value
-  adds the target's entropy, and a top-k target's buckets lack the entropy inside the tail, so
-  a ``ce`` loss gap would mostly measure that constant, which does not train the student.
+  ``kl_gap`` and ``ce_gap`` = sparse - dense loss (mean over rows) for ``kd_loss_type`` ``kl``
+  and ``ce``: the two have the same gradient but differ by the target's entropy, which a top-k
+  target's buckets lack inside the tail (so ``kl`` is the fair gap there) and which one sample
+  draw underestimates (so ``ce``, linear in the target, is the unbiased one for ``sample``).
+  ``grad_gap`` = ||g_sparse - g_dense|| / ||g_dense|| over all rows, g = d loss / d student
+  logits (None when g_dense is 0). No ``kd_t2_scale`` (a common factor T^2).
 
 Reconstruction hook: :data:`RECONSTRUCTIONS` maps a mode's kind (the part of ``--logits`` before
 the first ``:``) to a function (stored rows as the reader returns them, V) -> (rows, V) float64
@@ -34,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -51,6 +53,7 @@ from cachebrew.errors import CachebrewError
 
 Reconstruct = Callable[[Any, int], Tensor]
 DEFAULT_NOISE = 1.0
+LOSS_TYPES: tuple[str, ...] = ("kl", "ce")  # the first one's gradient is the one compared
 
 
 def _topk_logprobs(rows: SparseLogits, num_classes: int) -> Tensor:
@@ -90,22 +93,27 @@ def logits_mode_name(reader: CacheReader) -> str | None:
 @dataclass
 class _KDGap:
     rows: int = 0
-    loss: float = 0.0
-    dense_loss: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)  # kl, kl_dense, ce, ce_dense: x rows
     diff_sq: float = 0.0
     dense_sq: float = 0.0
     skipped: str | None = None
 
+    def add(self, count: int, losses: dict[str, float], grad: Tensor, dense_grad: Tensor) -> None:
+        self.rows += count
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.diff_sq += float(((grad - dense_grad) ** 2).sum())
+        self.dense_sq += float((dense_grad**2).sum())
+
     def summary(self) -> dict[str, Any]:
         if self.skipped is not None:
             return {"skipped": self.skipped}
-        loss, dense = self.loss / max(self.rows, 1), self.dense_loss / max(self.rows, 1)
-        return {
-            "loss": loss,
-            "dense_loss": dense,
-            "loss_gap": loss - dense,
-            "grad_gap": math.sqrt(self.diff_sq / self.dense_sq) if self.dense_sq > 0 else 0.0,
-        }
+        means = {name: total / max(self.rows, 1) for name, total in self.sums.items()}
+        out: dict[str, float | None] = dict(means)
+        for loss in LOSS_TYPES:
+            out[f"{loss}_gap"] = means[loss] - means[f"{loss}_dense"]
+        out["grad_gap"] = math.sqrt(self.diff_sq / self.dense_sq) if self.dense_sq > 0 else None
+        return out
 
 
 @dataclass
@@ -114,12 +122,11 @@ class FidelityAccumulator:
 
     Args:
         reader: the cache; temperature: the training temperature of the KD gaps;
-        loss_type: ``kl`` (default) or ``ce``; noise: std of the student proxy's noise; seed: its seed.
+        noise: std of the student proxy's noise; seed: its seed.
     """
 
     reader: CacheReader
     temperature: float = 1.0
-    loss_type: str = "kl"
     noise: float = DEFAULT_NOISE
     seed: int = 0
     examples: int = 0
@@ -132,7 +139,10 @@ class FidelityAccumulator:
     def __post_init__(self) -> None:
         self.mode = logits_mode_name(self.reader) or "dense"
         self.kind = self.mode.split(":", 1)[0]
-        self.config = DistillationConfig(temperature=self.temperature, kd_loss_type=self.loss_type)
+        self.configs = {
+            loss: DistillationConfig(temperature=self.temperature, kd_loss_type=loss)
+            for loss in LOSS_TYPES
+        }
         targets = TOPK_TARGETS if self.kind == "topk" else (self.kind,)
         self._gaps = {target: _KDGap() for target in targets}
         self._generator = torch.Generator().manual_seed(self.seed)
@@ -183,29 +193,27 @@ class FidelityAccumulator:
 
     def _add_gaps(self, rows: Any, teacher: Tensor, student: Tensor) -> None:
         count = int(teacher.shape[0])
-        dense_loss, dense_grad = _loss_and_grad(
-            lambda s: self.config.kd_loss_fn()(s, teacher, self.temperature), student, count
-        )
+        dense: dict[str, float] = {}
+        dense_grads: list[Tensor] = []  # d loss / d student of the first loss type only
+        for loss_type, config in self.configs.items():
+            fn = partial(_dense_kd, config.kd_loss_fn(), teacher, self.temperature)
+            dense[f"{loss_type}_dense"], grad = _loss_and_grad(fn, student, count, not dense_grads)
+            dense_grads += [grad] if grad is not None else []
         for target, gap in self._gaps.items():
             if gap.skipped is not None:
                 continue
-            loss_fn = DistillationLoss(
-                self.config, topk_target=target if target in TOPK_TARGETS else "tail"
-            )
-
-            def stored(s: Tensor, fn: DistillationLoss = loss_fn) -> Tensor:
-                return fn.kd_term({"logits": [s]}, {"logits": [rows]})[0]
-
+            losses, grads = dict(dense), list[Tensor]()
+            topk_target = target if target in TOPK_TARGETS else "tail"
             try:
-                loss, grad = _loss_and_grad(stored, student, count)
+                for loss_type, config in self.configs.items():
+                    loss = DistillationLoss(config, topk_target=topk_target)
+                    fn = partial(_stored_kd, loss, rows)
+                    losses[loss_type], grad = _loss_and_grad(fn, student, count, not grads)
+                    grads += [grad] if grad is not None else []
             except CachebrewError as error:  # e.g. a sample cache at another temperature
                 gap.skipped = str(error)
                 continue
-            gap.rows += count
-            gap.loss += loss
-            gap.dense_loss += dense_loss
-            gap.diff_sq += float(((grad - dense_grad) ** 2).sum())
-            gap.dense_sq += float((dense_grad**2).sum())
+            gap.add(count, losses, grads[0], dense_grads[0])
 
     def report(self) -> dict[str, Any] | None:
         """The numbers over every added row (module docstring), or None without logits."""
@@ -214,7 +222,6 @@ class FidelityAccumulator:
         out: dict[str, Any] = {
             "mode": self.mode,
             "temperature": self.temperature,
-            "loss_type": self.loss_type,
             "student": f"teacher logits + N(0, {self.noise:g}^2) noise, seed {self.seed}",
             "examples": self.examples,
             "rows": int(sum(len(t) for t in self._top1)),
@@ -238,10 +245,22 @@ class FidelityAccumulator:
         return out
 
 
+def _dense_kd(kd_loss: Callable[..., Tensor], teacher: Tensor, temperature: float,
+              student: Tensor) -> Tensor:  # fmt: skip
+    return kd_loss(student, teacher, temperature)
+
+
+def _stored_kd(loss: DistillationLoss, rows: Any, student: Tensor) -> Tensor:
+    return loss.kd_term({"logits": [student]}, {"logits": [rows]})[0]
+
+
 def _loss_and_grad(
-    loss_of: Callable[[Tensor], Tensor], student: Tensor, count: int
-) -> tuple[float, Tensor]:
-    """(loss x rows, d (loss x rows) / d student): sums over rows, so examples add up."""
+    loss_of: Callable[[Tensor], Tensor], student: Tensor, count: int, with_grad: bool = True
+) -> tuple[float, Tensor | None]:
+    """(loss x rows, d (loss x rows) / d student or None): sums over rows, so examples add up."""
+    if not with_grad:
+        with torch.no_grad():
+            return float(loss_of(student)) * count, None
     logits = student.clone().requires_grad_(True)
     loss = loss_of(logits) * count
     (grad,) = torch.autograd.grad(loss, logits)
@@ -267,8 +286,8 @@ def _notes(kind: str, temperature: float, finite_kl: bool) -> list[str]:
     if kind == "sample":
         notes.append(
             "sample: the gaps are one stored draw's; random-sampling KD is unbiased only in "
-            "expectation over draws (its gradient and ce loss; a kl value also subtracts the "
-            "draw's own entropy), so one draw's gaps are not 0 and shrink as N grows"
+            "expectation over draws: its ce loss and gradient (one draw's grad gap is not 0; it "
+            "shrinks as N grows); the kl value also subtracts the draw's own entropy (biased)"
         )
     if kind == "topk" and temperature != 1:
         notes.append(
@@ -297,17 +316,19 @@ def describe_fidelity(report: dict[str, Any]) -> str:
         f"  {'retained mass (T = 1)':<30} mean {report['retained_mass']:.4f}, "
         f"min {report['retained_mass_min']:.4f}",
         f"  {'KL(teacher || reconstructed)':<30} {kl}",
-        f"  KD at T = {report['temperature']:g} ({report['loss_type']}), student = "
+        f"  KD at T = {report['temperature']:g}, sparse - dense loss, student = "
         f"{report['student']}:",
-        f"    {'target':<8} {'loss':>10} {'dense loss':>11} {'loss gap':>11} {'grad gap':>9}",
+        f"    {'target':<8} {'kl':>9} {'dense kl':>9} {'kl gap':>10} {'ce gap':>10} "
+        f"{'grad gap':>9}",
     ]
     for target, gap in report["kd"].items():
         if "skipped" in gap:
             lines.append(f"    {target:<8} not computed: {gap['skipped']}")
             continue
+        grad = "n/a" if gap["grad_gap"] is None else f"{gap['grad_gap']:.3g}"
         lines.append(
-            f"    {target:<8} {gap['loss']:>10.4g} {gap['dense_loss']:>11.4g} "
-            f"{gap['loss_gap']:>+11.3g} {gap['grad_gap']:>9.3g}"
+            f"    {target:<8} {gap['kl']:>9.4g} {gap['kl_dense']:>9.4g} {gap['kl_gap']:>+10.3g} "
+            f"{gap['ce_gap']:>+10.3g} {grad:>9}"
         )
     lines += [f"  note: {note}" for note in report["notes"]]
     return "\n".join(lines)

@@ -116,7 +116,8 @@ def test_topk_numbers_are_in_range_and_cover_the_masked_rows(lm: pathlib.Path) -
     assert fid["kl_mean"] > 1e-4  # the spread tail is not the teacher's tail
     assert set(fid["kd"]) == {"tail", "renorm"}
     for gap in fid["kd"].values():
-        assert gap["grad_gap"] >= 0 and gap["dense_loss"] >= 0
+        assert gap["grad_gap"] >= 0 and gap["kl_dense"] >= 0 and gap["ce_dense"] >= gap["kl_dense"]
+        assert gap["kl_gap"] == pytest.approx(gap["kl"] - gap["kl_dense"])
     # at T = 1 the tail's bucket masses are exact, the renormalised target drops the tail
     assert fid["kd"]["tail"]["grad_gap"] < fid["kd"]["renorm"]["grad_gap"]
     assert fid["notes"] == []
@@ -148,7 +149,8 @@ def test_dense_cache_has_no_fidelity_loss(lm: pathlib.Path) -> None:
     assert fid["top1_agreement"] == 1.0 and fid["retained_mass"] == pytest.approx(1.0)
     assert 0 <= fid["kl_mean"] < 1e-5  # fp16 rounding only
     gap = fid["kd"]["dense"]
-    assert abs(gap["loss_gap"]) < 1e-3 * gap["dense_loss"] and gap["grad_gap"] < 1e-2
+    assert abs(gap["kl_gap"]) < 1e-3 * gap["kl_dense"] and gap["grad_gap"] < 1e-2
+    assert abs(gap["ce_gap"]) < 1e-3 * gap["ce_dense"]
 
 
 def test_sample_cache_reports_its_estimator(lm: pathlib.Path) -> None:
@@ -162,7 +164,10 @@ def test_sample_cache_reports_its_estimator(lm: pathlib.Path) -> None:
     assert fid["top1_agreement"] == pytest.approx(direct["top1"].mean())
     assert 0 < fid["retained_mass"] < 1 and 0 <= fid["top1_agreement"] <= 1
     gap = fid["kd"]["sample"]
-    assert gap["grad_gap"] > 0 and math.isfinite(gap["loss_gap"])
+    assert gap["grad_gap"] > 0 and math.isfinite(gap["kl_gap"])
+    # ce is linear in the target (unbiased): one draw is off by much less than kl, which
+    # subtracts the draw's own entropy (far below the teacher's)
+    assert abs(gap["ce_gap"]) < gap["kl_gap"]
     assert any("unbiased only in expectation" in note for note in fid["notes"])
     # another temperature: the estimator is refused, the rest is still reported
     hot = _verify(lm, "sample", temperature=2)["fidelity"]
@@ -178,7 +183,7 @@ def test_renorm_gaps_match_a_direct_computation_at_t2(lm: pathlib.Path) -> None:
     model = GPT2LMHeadModel.from_pretrained(lm / "teacher").eval()
     reader = open_cache(str(lm / "topk"))
     generator = torch.Generator().manual_seed(0)  # verify's seed: the student proxy's noise
-    loss = dense = diff_sq = dense_sq = 0.0
+    loss = dense = ce = ce_dense = diff_sq = dense_sq = 0.0
     for example_id in report["sampled"]:
         example = reader.get(example_id)
         with torch.no_grad():
@@ -195,11 +200,14 @@ def test_renorm_gaps_match_a_direct_computation_at_t2(lm: pathlib.Path) -> None:
         (g_sparse,) = torch.autograd.grad(renorm, student)
         (g_dense,) = torch.autograd.grad(full, student)
         loss, dense = loss + float(renorm.detach()), dense + float(full.detach())
+        ce -= float((target * log_s).sum().detach())
+        ce_dense -= float((p_dense * torch.log_softmax(student / t, -1)).sum().detach())
         diff_sq += float(((g_sparse - g_dense) ** 2).sum())
         dense_sq += float((g_dense**2).sum())
     gap = fid["kd"]["renorm"]
-    assert gap["loss"] == pytest.approx(loss / fid["rows"], rel=1e-3)
-    assert gap["dense_loss"] == pytest.approx(dense / fid["rows"], rel=1e-3)
+    assert gap["kl"] == pytest.approx(loss / fid["rows"], rel=1e-3)
+    assert gap["kl_dense"] == pytest.approx(dense / fid["rows"], rel=1e-3)
+    assert gap["ce_gap"] == pytest.approx((ce - ce_dense) / fid["rows"], rel=1e-3)
     assert gap["grad_gap"] == pytest.approx(math.sqrt(diff_sq / dense_sq), rel=1e-3)
     assert any("T != 1" in note for note in fid["notes"])
 
@@ -226,7 +234,7 @@ def test_cli_prints_the_table_and_the_json(lm: pathlib.Path) -> None:
     result = runner.invoke(app, [*args, "--temperature", "2"])
     assert result.exit_code == 0, (result.output, result.exception)
     out = result.output
-    assert "fidelity of logits (topk:8)" in out and "KD at T = 2 (kl)" in out
+    assert "fidelity of logits (topk:8)" in out and "KD at T = 2, sparse - dense" in out
     for label in ("top-1 agreement", "retained mass", "KL(teacher || reconstructed)", "renorm"):
         assert label in out
     assert out.strip().splitlines()[-1].startswith("PASS")  # the verdict stays last
