@@ -27,7 +27,9 @@ Reconstruction hook: :data:`RECONSTRUCTIONS` maps a mode's kind (the part of ``-
 the first ``:``) to a function (stored rows as the reader returns them, V) -> (rows, V) float64
 log-probabilities at T = 1, built densely for the sampled rows only. A new mode registers its own
 with :func:`register_reconstruction`; rows read as a dense tensor (``dense``, raw or log-probs)
-are log-softmaxed. Memory: one example's (rows, V) float64 at a time.
+are log-softmaxed, and so are the logits of rows with a ``dense()`` method (rows that rebuild
+their full (rows, V) logits) when no function is registered. Memory: one example's (rows, V)
+float64 at a time.
 """
 
 from __future__ import annotations
@@ -152,7 +154,11 @@ class FidelityAccumulator:
         teacher = torch.as_tensor(np.asarray(fresh_logits, dtype=np.float32))
         teacher = teacher.reshape(-1, teacher.shape[-1])  # (rows, V); a sequence head: (1, V)
         num_classes = int(teacher.shape[1])
-        rows = self._stored_rows(cached, num_classes)
+        try:
+            rows = self._stored_rows(cached, num_classes)
+        except CachebrewError as error:  # a reader that needs more than the example's arrays
+            self._skipped = f"the cache's logits rows could not be read: {error}"
+            return
         logq = self._reconstruct(rows, num_classes)
         if logq is None:
             return
@@ -183,13 +189,16 @@ class FidelityAccumulator:
         if isinstance(rows, Tensor):  # dense rows, raw or log-probs: log_softmax fits both
             return torch.log_softmax(rows.double(), dim=-1)
         reconstruct = RECONSTRUCTIONS.get(self.kind)
-        if reconstruct is None:
-            self._skipped = (
-                f"no reconstruction for --logits {self.mode}: register one with "
-                "cachebrew.teacher.fidelity.register_reconstruction"
-            )
-            return None
-        return reconstruct(rows, num_classes).double()
+        if reconstruct is not None:
+            return reconstruct(rows, num_classes).double()
+        dense = getattr(rows, "dense", None)  # rows that rebuild their full logits
+        if callable(dense):
+            return torch.log_softmax(torch.as_tensor(dense()).double(), dim=-1)
+        self._skipped = (
+            f"no reconstruction for --logits {self.mode}: register one with "
+            "cachebrew.teacher.fidelity.register_reconstruction"
+        )
+        return None
 
     def _add_gaps(self, rows: Any, teacher: Tensor, student: Tensor) -> None:
         count = int(teacher.shape[0])

@@ -18,6 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from cachebrew.cache import open_cache
+from cachebrew.cache.sparse_logits import SparseLogits
 from cachebrew.cli import app
 from cachebrew.teacher import fidelity
 from cachebrew.teacher.verify import verify_cache
@@ -227,6 +228,11 @@ def test_a_registered_reconstruction_is_used(
     monkeypatch.delitem(fidelity.RECONSTRUCTIONS, "topk")
     skipped = _verify(lm, "topk")["fidelity"]
     assert "register_reconstruction" in skipped["skipped"]
+    # no function registered: rows that rebuild their own full logits (``dense()``) are used
+    flat = lambda rows: torch.zeros(rows.ids.shape[0], 200)  # noqa: E731
+    monkeypatch.setattr(SparseLogits, "dense", flat, raising=False)
+    fallback = _verify(lm, "topk")["fidelity"]
+    assert fallback["kl_mean"] == pytest.approx(report["fidelity"]["kl_mean"], rel=1e-6)
 
 
 def test_cli_prints_the_table_and_the_json(lm: pathlib.Path) -> None:
