@@ -199,25 +199,19 @@ def verify(
     tolerance: float | None = typer.Option(
         None, help="Max relative error allowed (default by stored dtype: fp16 2e-3, fp32 1e-4)."
     ),
+    temperature: float = typer.Option(
+        1.0, help="Training temperature (> 0) of the fidelity report's KD loss and gradient gaps."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Check every checksum; with --teacher, compare recomputed values with the cache."""
-    from cachebrew.teacher.verify import verdict_line, verify_cache
+    """Check every checksum; with --teacher, compare recomputed values and report fidelity."""
+    from cachebrew.teacher.verify import describe_report, verify_cache
 
     report = verify_cache(
-        cache, teacher=teacher, sample=sample, seed=seed, device=device, tolerance=tolerance
-    )
-    if as_json:
-        typer.echo(json.dumps(report, indent=2, sort_keys=True))
-    else:
-        sums = report["checksums"]
-        typer.echo(f"checksums: {sums['chunks']} chunks in {sums['shards']} shards checked")
-        for problem in sums["problems"]:
-            typer.echo(f"  CORRUPT {problem}")
-        for name, stats in (report["values"] or {}).items():
-            text = ", ".join(f"{k} {v:.3g}" for k, v in stats.items())
-            typer.echo(f"  {name}: {text}")
-        typer.echo(verdict_line(report))
+        cache, teacher=teacher, sample=sample, seed=seed, device=device, tolerance=tolerance,
+        temperature=temperature,
+    )  # fmt: skip
+    typer.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else describe_report(report))
     if not report["ok"]:
         raise typer.Exit(code=1)
 

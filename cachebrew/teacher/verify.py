@@ -4,7 +4,12 @@ With a teacher, N random examples are recomputed from the input ids stored in th
 compared, per stored array, with what the cache decodes to: max absolute error, max relative
 error (max |cached - fresh| / max |fresh|) and, for logits, the mean KL(fresh || cached).
 The values pass when every max relative error is within the tolerance of the array's stored
-dtype (:data:`REL_TOLERANCE`, or ``tolerance`` for all).
+dtype (:data:`REL_TOLERANCE`, or ``tolerance`` for all). Ids and counts (``topk_ids``,
+``sample_ids``, ``sample_counts``) report the share of entries that differ, informational only:
+a ``sample`` row's draw is seeded by its logits' bytes, so a recompute whose logits differ in the
+last bit (another batch composition) draws anew. With logits stored, the fidelity report of
+:mod:`cachebrew.teacher.fidelity` (top-1 agreement, retained mass, KL, KD loss and gradient gaps
+at ``temperature``) is added; informational too, the verdict stays about checksums and values.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from cachebrew.cache.reader import CacheReader
 from cachebrew.config import resolve_device
 from cachebrew.errors import CacheMismatchError
 from cachebrew.models import LoadedModel, load_model
+from cachebrew.teacher.exact_head import lm_head_of
+from cachebrew.teacher.fidelity import FidelityAccumulator, describe_fidelity
 from cachebrew.teacher.precompute import READY, teacher_features
 
 # stored dtype -> max relative error a correct cache stays within (rounding of the dtype plus
@@ -35,26 +42,32 @@ def verify_cache(
     seed: int = 0,
     device: str = "auto",
     tolerance: float | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Check every checksum; with ``teacher``, recompute ``sample`` examples and compare.
 
     Returns:
         ``{"checksums": reader.verify_all() report, "values": {array: {max_abs_error,
         max_rel_error, kl (logits only)}} or None, "tolerance": {array: max_rel_error allowed},
-        "sampled": [example ids], "ok": bool}``.
+        "fidelity": FidelityAccumulator.report() at ``temperature`` or None, "sampled":
+        [example ids], "ok": bool}``.
 
     Raises:
         CacheError: not a complete cache. CacheMismatchError: ``teacher`` is not the teacher
         the cache was made with (its weights or config hash differ).
     """
     reader = open_cache(path)
-    report: dict[str, Any] = {"checksums": reader.verify_all(), "values": None, "sampled": []}
+    report: dict[str, Any] = {
+        "checksums": reader.verify_all(), "values": None, "fidelity": None, "sampled": []
+    }  # fmt: skip
     if teacher is not None:
+        fidelity = FidelityAccumulator(reader, temperature=temperature, seed=seed)  # checks T
         loaded = load_model(teacher, role="teacher")
         _check_same_teacher(reader, loaded, teacher)
         ids = random.Random(seed).sample(reader.example_ids(), min(sample, reader.num_examples))
         report["sampled"] = ids
-        report["values"] = _compare_values(reader, loaded, ids, resolve_device(device))
+        report["values"] = _compare_values(reader, loaded, ids, resolve_device(device), fidelity)
+        report["fidelity"] = fidelity.report()
     values = report["values"] or {}
     report["tolerance"] = {
         name: tolerance if tolerance is not None else REL_TOLERANCE[_stored_dtype(reader, name)]
@@ -71,6 +84,18 @@ def _stored_dtype(reader: CacheReader, array: str) -> str:
     return dtype if dtype in REL_TOLERANCE else "fp32"
 
 
+def describe_report(report: dict[str, Any]) -> str:
+    """What ``cachebrew verify`` prints: checksums, value errors, fidelity, the verdict line."""
+    sums = report["checksums"]
+    lines = [f"checksums: {sums['chunks']} chunks in {sums['shards']} shards checked"]
+    lines += [f"  CORRUPT {problem}" for problem in sums["problems"]]
+    for name, stats in (report["values"] or {}).items():
+        lines.append(f"  {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()))
+    if report.get("fidelity"):
+        lines.append(describe_fidelity(report["fidelity"]))
+    return "\n".join([*lines, verdict_line(report)])
+
+
 def verdict_line(report: dict[str, Any]) -> str:
     """The last line of ``cachebrew verify``: PASS or FAIL, with the tolerance used."""
     sums = report["checksums"]
@@ -78,6 +103,8 @@ def verdict_line(report: dict[str, Any]) -> str:
     tolerance = report.get("tolerance") or {}
     if report.get("values") is None:
         return f"{text}; values not compared (pass --teacher to recompute a sample)"
+    if not tolerance:
+        return f"{text}; no array with a value tolerance (ids and counts are informational)"
     worst = {n: report["values"][n]["max_rel_error"] for n in tolerance}
     over = sorted(n for n in tolerance if worst[n] > tolerance[n])
     limits = ", ".join(f"{n} {worst[n]:.2g} <= {tolerance[n]:.2g}" for n in sorted(tolerance))
@@ -98,7 +125,11 @@ def _check_same_teacher(reader: CacheReader, loaded: LoadedModel, source: str) -
 
 
 def _compare_values(
-    reader: CacheReader, loaded: LoadedModel, ids: list[str], device: torch.device
+    reader: CacheReader,
+    loaded: LoadedModel,
+    ids: list[str],
+    device: torch.device,
+    fidelity: FidelityAccumulator,
 ) -> dict[str, dict[str, float]]:
     loaded.model.to(device)
     errors: dict[str, dict[str, list[float]]] = {}
@@ -110,10 +141,23 @@ def _compare_values(
         if ready is not None:
             ready.synchronize()
         fresh = prepare_example(reader.spec, fresh_inputs, len(item["input_ids"]))
+        if "logits" in fresh_inputs:
+            fidelity.add(_fresh_logits(loaded, fidelity, fresh_inputs["logits"]), cached)
         for name, fresh_array in fresh.items():
             stats = errors.setdefault(name, {"abs": [], "rel": [], "kl": []})
             _accumulate(stats, name, fresh_array, cached["features"][name], reader)
     return {name: _summarise(stats) for name, stats in errors.items()}
+
+
+def _fresh_logits(loaded: LoadedModel, fidelity: FidelityAccumulator, stored: Any) -> Any:
+    """The teacher's logits rows; an ``exact`` cache stores final hidden states, so apply the
+    teacher's own head (precompute checked that it reproduces the logits)."""
+    if fidelity.kind != "exact":
+        return stored
+    hidden = torch.as_tensor(np.asarray(stored, dtype=np.float32))
+    head = lm_head_of(loaded.model)
+    with torch.no_grad():
+        return head.logits(hidden.to(head.weight.device)).cpu().numpy()
 
 
 def _model_inputs(input_ids: Any, tokenizer: Any) -> dict[str, list[int]]:
@@ -134,8 +178,9 @@ def _accumulate(
     cached: np.ndarray,
     reader: CacheReader,
 ) -> None:
-    if name.endswith(".topk_ids"):
-        stats["abs"].append(float(np.mean(fresh != cached)))  # share of ids that differ
+    if name.endswith(("_ids", "_counts")):  # share of entries that differ (module docstring)
+        same_shape = fresh.shape == cached.shape
+        stats["abs"].append(float(np.mean(fresh != cached)) if same_shape else 1.0)
         return
     diff = np.abs(fresh.astype(np.float64) - cached.astype(np.float64))
     peak = float(np.abs(fresh).max()) if fresh.size else 0.0
