@@ -134,6 +134,14 @@ def test_a_full_pool_waits_for_the_oldest_pending_copy_before_reusing_it() -> No
     assert pool.allocations == 2
 
 
+def test_a_released_buffer_that_fits_is_preferred_to_growing_one() -> None:
+    pool = PinnedPool(slots=2, pin=False)
+    small, large = pool.take(8), pool.take(64)
+    pool.release(small, None)
+    pool.release(large, None)
+    assert pool.take(64) is large and pool.allocations == 2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_packed_cuda_path_uses_pinned_buffers_and_gives_the_cpu_values(
     tmp_path: pathlib.Path,
