@@ -33,6 +33,7 @@ from cachebrew.cache.batch_copy import pad_batch
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import decode
 from cachebrew.cache.exact_logits import ExactLogits, LMHead, read_exact_logits
+from cachebrew.cache.gpu_feed import PinnedPool, packed_layer_list
 from cachebrew.cache.sparse_logits import SparseLogits, parse_logits_mode, read_sparse_logits
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
@@ -147,6 +148,8 @@ class CollateOptions:
     buffers: BufferPool | None = field(default=None, compare=False)
     # An executor padding the arrays of a batch in parallel (the copies release the GIL).
     pool: Any = field(default=None, compare=False)
+    # Reused (pinned) host buffers of the packed CUDA path; None: a pool per batch.
+    pinned: PinnedPool | None = field(default=None, compare=False)
 
 
 def collate_examples(
@@ -176,7 +179,7 @@ def collate_examples(
     if layout is not None:
         batch["teacher_cache"] = teacher_outputs(
             examples, layout, teacher["attention_mask"], options.device, options.buffers,
-            options.pool,
+            options.pool, options.pinned,
         )  # fmt: skip
     batch["example_ids"] = ids
     return batch
@@ -263,13 +266,15 @@ def teacher_outputs(
     device: str | None = None,
     buffers: BufferPool | None = None,
     pool: Any = None,
+    pinned: PinnedPool | None = None,
 ) -> dict[str, Any]:
     """The ``teacher_cache`` entry: adaptor keys only (the identity adaptor validates them).
 
-    ``device`` ``"cuda[:i]"`` moves hidden states and attention in their stored dtype from
-    pinned memory (non-blocking) and casts them to float32 on the GPU; else they are cast on
-    the CPU inside the padding copy (:mod:`cachebrew.cache.batch_copy`), into ``buffers``.
-    ``pool`` (an executor) pads the arrays in parallel; the values do not change.
+    ``device`` ``"cuda[:i]"`` packs hidden states and attention unpadded in their stored dtype
+    into reused ``pinned`` host buffers, moves them non-blocking and pads and casts them to
+    float32 on the GPU (:mod:`cachebrew.cache.gpu_feed`); else they are cast on the CPU inside
+    the padding copy (:mod:`cachebrew.cache.batch_copy`), into ``buffers``. ``pool`` (an
+    executor) pads or packs the arrays in parallel; the values do not change.
     """
     lengths = [int(e["length"]) for e in examples]
     width = int(inputs_mask.shape[1])
@@ -277,14 +282,17 @@ def teacher_outputs(
     out: dict[str, Any] = {}
     if layout.logits is not None:
         out["logits"] = _logits(features, layout)
-    if layout.hidden:
-        out["hidden"] = _layer_list(
-            layout.hidden, features, lengths, width, layout, device, buffers, pool
-        )
-    if layout.attention:
-        out["attention"] = _layer_list(
-            layout.attention, features, lengths, width, layout, device, buffers, pool
-        )
+    for kind, arrays in (("hidden", layout.hidden), ("attention", layout.attention)):
+        if not arrays:
+            continue
+        on_gpu = device is not None and device.startswith("cuda")
+        if on_gpu or pinned is not None:  # a pinned pool alone: the packed path on the CPU
+            pinned = pinned if pinned is not None else PinnedPool()
+            out[kind] = packed_layer_list(
+                arrays, features, lengths, width, layout.dtypes, device or "cpu", pinned, pool
+            )
+        else:
+            out[kind] = _layer_list(arrays, features, lengths, width, layout, buffers, pool)
     out["inputs_mask"] = inputs_mask
     return out
 
@@ -360,35 +368,28 @@ def _layer_list(
     lengths: Sequence[int],
     width: int,
     layout: FeatureLayout,
-    device: str | None = None,
     buffers: BufferPool | None = None,
     pool: Any = None,
 ) -> list[torch.Tensor | None]:
     """Padded per-layer float32 tensors, indexed by teacher layer (None where nothing is stored).
 
     Rows may be float32 or stored (fp16, bf16 as uint16, int8 with a ``.scale`` companion):
-    on the CPU the cast to float32 happens inside the one padding copy, with no decoded
-    intermediate; on CUDA the stored dtype crosses the bus and is cast there. With ``pool``
-    the padding copies of the arrays run in parallel; the moves to the GPU stay in order.
+    the cast to float32 happens inside the one padding copy, with no decoded intermediate.
+    With ``pool`` the padding copies of the arrays run in parallel.
     """
-    on_gpu = device is not None and device.startswith("cuda")
 
     def pad(name: str) -> torch.Tensor:
         rows = [f[name] for f in features]
         dtype = layout.dtypes.get(name, "fp32")
         scales = _scales(features, name)
-        return pad_batch(name, rows, lengths, width, dtype, scales, buffers, stored=on_gpu)
+        return pad_batch(name, rows, lengths, width, dtype, scales, buffers)
 
     names = list(arrays.values())
     padded = list(pool.map(pad, names)) if pool is not None and len(names) > 1 else [
         pad(name) for name in names
     ]  # fmt: skip
     layers: list[torch.Tensor | None] = [None] * (max(arrays) + 1)
-    for (layer, name), tensor in zip(arrays.items(), padded, strict=True):
-        if on_gpu and device is not None:
-            dtype = layout.dtypes.get(name, "fp32")
-            scales = _scales(features, name)
-            tensor = _to_gpu(tensor, name, lengths, width, dtype, scales, device)
+    for layer, tensor in zip(arrays, padded, strict=True):
         layers[layer] = tensor
     return layers
 
@@ -397,27 +398,3 @@ def _scales(features: Sequence[Mapping[str, np.ndarray]], name: str) -> list[np.
     """Per example the ``.scale`` rows of an int8 array, or None."""
     key = f"{name}.scale"
     return [f[key] for f in features] if key in features[0] else None
-
-
-def _to_gpu(
-    padded: torch.Tensor,
-    name: str,
-    lengths: Sequence[int],
-    width: int,
-    dtype: str,
-    scales: Sequence[np.ndarray] | None,
-    device: str,
-) -> torch.Tensor:
-    """A batch padded in the stored dtype: copy into pinned memory, move without blocking,
-    cast on the GPU (int8 scaled there).
-
-    ``pin_memory()`` copies synchronously, so the reused padding buffers are free again after it.
-    """
-    moved = padded.pin_memory().to(device, non_blocking=True)
-    if dtype == "bf16" and moved.dtype == torch.int16:
-        moved = moved.view(torch.bfloat16)
-    out = moved.float()
-    if scales is not None and padded.dtype == torch.int8:
-        scale = pad_batch(name, scales, lengths, width).pin_memory()
-        out.mul_(scale.to(device, non_blocking=True))
-    return out

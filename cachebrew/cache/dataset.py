@@ -53,6 +53,7 @@ import torch
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.collate import CollateOptions, collate_examples, feature_layout
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
+from cachebrew.cache.gpu_feed import PinnedPool
 from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch, run_rows
 from cachebrew.cache.reader import DEFAULT_WINDOW_BYTES, CacheReader, open_cache
 from cachebrew.errors import CacheMismatchError, ConfigError
@@ -148,8 +149,11 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         self.layout = feature_layout(self.reader.spec, num_classes) if teacher_cache else None
         if self.layout is not None and self.layout.logits_mode == "exact":
             self.layout = dataclasses.replace(self.layout, head=self.reader.lm_head())
+        # The packed CUDA path's reused pinned buffers: two batches' arrays in flight.
+        arrays = len(self.layout.stored_arrays) if self.layout is not None else 0
+        pinned = PinnedPool(slots=max(2 * arrays, 2)) if on_gpu else None
         self.options = CollateOptions(
-            pad_id, sep_id, with_token_type_ids, device if on_gpu else None
+            pad_id, sep_id, with_token_type_ids, device if on_gpu else None, pinned=pinned
         )
         self.student_items = student_items
         counts, self._selections = self._select(example_ids)
