@@ -45,6 +45,22 @@ SPARSE_KD_LOSSES: tuple[str, ...] = ("ce", "kl")
 DEFAULT_CHUNK_ROWS = 64
 
 
+def _scaled(chunk: Tensor, temperature: float) -> Tensor:
+    """``chunk / T`` in float32 (no copy of a float32 chunk at T = 1)."""
+    chunk = chunk.float()
+    return chunk if temperature == 1 else chunk * (1.0 / temperature)
+
+
+def _softmax_chunk(chunk: Tensor, lse: Tensor, temperature: float, dest: Tensor) -> Tensor:
+    """``softmax(chunk / T)`` (c, V) float32 from the rows' ``logsumexp(chunk / T)`` (c,).
+
+    ``exp(chunk / T - lse)`` in two passes, written into ``dest`` (the gradient's rows) when it
+    is float32, so the caller copies nothing; a new tensor otherwise (half-precision logits).
+    """
+    out = dest if dest.dtype == torch.float32 else None
+    return torch.add(-lse[:, None], chunk, alpha=1.0 / temperature, out=out).exp_()
+
+
 class _ScaledLogSumExp(torch.autograd.Function):
     """``logsumexp(z / T)`` per row, in row chunks; saves only ``z`` and the result."""
 
@@ -52,7 +68,7 @@ class _ScaledLogSumExp(torch.autograd.Function):
     def forward(ctx: Any, logits: Tensor, temperature: float, chunk_rows: int) -> Tensor:
         out = logits.new_empty(logits.shape[0], dtype=torch.float32)
         for start in range(0, logits.shape[0], chunk_rows):
-            chunk = logits[start : start + chunk_rows].float() / temperature  # (c, V)
+            chunk = _scaled(logits[start : start + chunk_rows], temperature)  # (c, V)
             out[start : start + chunk_rows] = torch.logsumexp(chunk, dim=-1)
         ctx.save_for_backward(logits, out)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
@@ -65,9 +81,11 @@ class _ScaledLogSumExp(torch.autograd.Function):
         grad_logits = torch.empty_like(logits)
         for start in range(0, logits.shape[0], chunk_rows):
             stop = start + chunk_rows
-            chunk = logits[start:stop].float() / temperature
-            chunk.sub_(out[start:stop, None]).exp_().mul_(grad[start:stop, None] / temperature)
-            grad_logits[start:stop] = chunk  # d lse / d z = softmax(z / T) / T
+            dest = grad_logits[start:stop]
+            chunk = _softmax_chunk(logits[start:stop], out[start:stop], temperature, dest)
+            chunk.mul_(grad[start:stop, None] / temperature)  # d lse / d z = softmax(z / T) / T
+            if chunk is not dest:
+                dest.copy_(chunk)
         return grad_logits, None, None
 
 
@@ -96,7 +114,7 @@ class _StudentLogprobs(torch.autograd.Function):
     ) -> Tensor:
         lse = logits.new_empty(logits.shape[0], dtype=torch.float32)
         for start in range(0, logits.shape[0], chunk_rows):
-            chunk = logits[start : start + chunk_rows].float() / temperature  # (c, V)
+            chunk = _scaled(logits[start : start + chunk_rows], temperature)  # (c, V)
             lse[start : start + chunk_rows] = torch.logsumexp(chunk, dim=-1)
         ctx.save_for_backward(logits, ids, lse)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
@@ -111,9 +129,11 @@ class _StudentLogprobs(torch.autograd.Function):
         grad_logits = torch.empty_like(logits)
         for start in range(0, logits.shape[0], chunk_rows):
             stop = start + chunk_rows
-            chunk = logits[start:stop].float() / temperature
-            chunk.sub_(lse[start:stop, None]).exp_().mul_(-total[start:stop])  # -softmax * sum g
-            grad_logits[start:stop] = chunk.scatter_add_(1, ids[start:stop], grad[start:stop])
+            dest = grad_logits[start:stop]
+            chunk = _softmax_chunk(logits[start:stop], lse[start:stop], temperature, dest)
+            chunk.mul_(-total[start:stop]).scatter_add_(1, ids[start:stop], grad[start:stop])
+            if chunk is not dest:  # -softmax * sum g, plus g at the ids
+                dest.copy_(chunk)
         return grad_logits, None, None, None
 
 
