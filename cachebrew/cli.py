@@ -384,8 +384,9 @@ def finetune(
         None, help="Directory for the best model + finetune_metrics.json."
     ),
     task: str | None = typer.Option(
-        None, help="sequence_classification (default) or token_classification."
+        None, help="sequence_classification (default), token_classification or causal_lm."
     ),
+    tokenizer: str | None = typer.Option(None, help="tokenizer.json if --model has none."),
     text_field: str | None = typer.Option(
         None, help="Text column (default text; tokens if tagging)."
     ),

@@ -16,7 +16,8 @@ Values are fractions in [0, 1]; an empty selection gives 0.0.
   it, every token is a positive and token F1 equals token accuracy (POS tagging). Token level,
   not entity (span) level as seqeval.
 - :func:`perplexity`: ``exp`` of the mean per-token NLL (from :func:`token_nll`, the causal
-  LM's shifted cross-entropy), for language models.
+  LM's shifted cross-entropy), for language models; :func:`lm_token_nll` runs a causal LM over
+  batches of text and returns those NLLs with their targets.
 
 :func:`predict` is the one argmax loop that turns a model and labelled batches into the
 ``(predictions, labels)`` these functions take (runner eval, finetune dev eval, pipeline reports).
@@ -158,6 +159,38 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll, targets
 
 
+def lm_token_nll(
+    model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM's flat per-token NLLs and targets over ``batches`` (:func:`token_nll`).
+
+    Each batch holds ``input_ids`` and ``attention_mask``; the targets are the input ids
+    themselves (-100 on padding), so ``perplexity(*lm_token_nll(...))`` is the model's
+    perplexity on the text. The model runs in eval mode without gradients (mode restored).
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    nlls, targets = [], []
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                outputs = model(**inputs)
+                logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
+                mask = inputs["attention_mask"].bool()
+                labels = inputs["input_ids"].masked_fill(~mask, IGNORE_INDEX)
+                nll, kept = token_nll(logits, labels)
+                nlls.append(nll.cpu())
+                targets.append(kept.cpu())
+    finally:
+        model.train(was_training)
+    if not nlls:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(nlls), torch.cat(targets)
+
+
 METRICS: dict[str, Callable[..., float]] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,
@@ -171,9 +204,10 @@ METRICS: dict[str, Callable[..., float]] = {
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "sequence_classification": ("accuracy", "macro_f1"),
     "token_classification": ("token_f1", "accuracy", "macro_f1"),
+    "causal_lm": ("perplexity",),  # scored by lm_token_nll, not predict()
 }
-# metrics where a smaller value is better (every metric above: larger is better)
-LOWER_IS_BETTER: set[str] = set()
+# metrics where a smaller value is better (the others: larger is better)
+LOWER_IS_BETTER: set[str] = {"perplexity"}
 
 
 def metrics_for_task(task: str) -> tuple[str, ...]:

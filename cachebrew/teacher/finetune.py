@@ -4,8 +4,9 @@ The model comes from a local HF directory (a pretrained backbone such as MiniLM 
 head); training runs through :class:`~cachebrew.distill.BasicTrainer` (the model's own loss)
 with AdamW, linear warmup then linear decay, and length-bucketed shuffled batches. After
 every epoch the model is evaluated on the dev file (accuracy and macro-F1 for sequence
-classification, token accuracy on first sub-tokens for tagging); the best epoch's weights are
-kept, and training stops after ``patience`` epochs without improvement. The best model is
+classification, token accuracy on first sub-tokens for tagging, perplexity for a causal LM,
+which trains on the next-token loss of its text and may start from an HF config JSON with fresh
+weights and a separate ``tokenizer``); the best epoch's weights are kept, and training stops after ``patience`` epochs without improvement. The best model is
 saved to ``out`` as an HF directory (safetensors, config with ``id2label``, the source
 directory's tokenizer files), ready to be the teacher of ``cachebrew precompute``, together
 with ``finetune_metrics.json`` (per-epoch dev metrics, best epoch, seconds). The config and the
@@ -36,8 +37,14 @@ from cachebrew.corpus import (
     tokenize_records,
 )
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import accuracy, macro_f1, predict
-from cachebrew.models import LoadedModel, adamw_param_groups, count_parameters, load_model
+from cachebrew.metrics import accuracy, is_better, lm_token_nll, macro_f1, perplexity, predict
+from cachebrew.models import (
+    LoadedModel,
+    adamw_param_groups,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+)
 from cachebrew.schedules import lr_factor
 from cachebrew.teacher.finetune_config import (
     METRICS_FILE,
@@ -101,18 +108,32 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     _check_out(out, cfg)
     train = _read(cfg, cfg.train, cfg.max_train_examples)
     dev = _read(cfg, cfg.dev, cfg.max_dev_examples)
-    label_names = _label_names(cfg, train, dev)
+    causal = cfg.task == "causal_lm"
+    label_names = [] if causal else _label_names(cfg, train, dev)
     loaded = load_model(
-        cfg.model, task=cfg.task, num_labels=len(label_names), role="student", seed=cfg.seed
+        cfg.model,
+        task=cfg.task,
+        num_labels=None if causal else len(label_names),
+        role="student",
+        seed=cfg.seed,
     )
+    if cfg.tokenizer is not None:
+        loaded.tokenizer = load_tokenizer(cfg.tokenizer)
     if loaded.tokenizer is None:
-        raise ConfigError(f"model {cfg.model}: no tokenizer.json next to the weights")
+        raise ConfigError(
+            f"model {cfg.model}: no tokenizer.json next to the weights; give tokenizer: (a "
+            "tokenizer.json or its directory)"
+        )
+    _check_vocabulary(cfg, loaded)
     _quiet_outputs(loaded.model)
     words = cfg.task == "token_classification"
     train_items = tokenize_records(
         train, loaded.tokenizer, cfg.max_length, is_split_into_words=words
     )
     dev_items = tokenize_records(dev, loaded.tokenizer, cfg.max_length, is_split_into_words=words)
+    if causal:  # the model learns its own tokens (HF shifts them inside the loss)
+        for item in train_items:
+            item["labels"] = list(item["input_ids"])
     summary = FinetuneSummary(
         out=str(out),
         task=cfg.task,
@@ -124,7 +145,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     )
     best_state = _train(cfg, loaded, train_items, dev_items, summary)
     loaded.model.load_state_dict(best_state)
-    save_model_dir(loaded, cfg.model, out, label_names)
+    save_model_dir(loaded, cfg.tokenizer or cfg.model, out, label_names)
     write_metrics(out, cfg, summary, finished=True)
     logger.info("%s", describe_summary(summary))
     return summary
@@ -140,16 +161,30 @@ def _check_out(out: Path, cfg: FinetuneConfig) -> None:
         )
 
 
+def _check_vocabulary(cfg: FinetuneConfig, loaded: LoadedModel) -> None:
+    """A tokenizer with more ids than the model's embedding would index out of range."""
+    size = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    if size is not None and len(loaded.tokenizer) > size:
+        raise ConfigError(
+            f"the tokenizer has {len(loaded.tokenizer)} ids but model {cfg.model} has "
+            f"vocab_size {size}; set vocab_size >= {len(loaded.tokenizer)} in its config"
+        )
+
+
 def _read(cfg: FinetuneConfig, path: str, limit: int | None) -> Corpus:
     """The corpus at ``path`` (a seeded subset of ``limit`` records), labels checked."""
     corpus = read_corpus(path, **cfg.corpus_fields())
     words = cfg.task == "token_classification"
     wanted = "a list of int tags per word" if words else "an int class id"
-    bad = [
-        r.example_id
-        for r in corpus
-        if not (isinstance(r.label, list) if words else isinstance(r.label, int))
-    ]
+    bad = (
+        []
+        if cfg.task == "causal_lm"
+        else [
+            r.example_id
+            for r in corpus
+            if not (isinstance(r.label, list) if words else isinstance(r.label, int))
+        ]
+    )
     if bad:
         raise ConfigError(
             f"{path}: {len(bad)} records whose {cfg.label_field!r} is not {wanted} "
@@ -264,7 +299,7 @@ class _EpochTracker:
         self.cfg, self.summary, self.dev_items = cfg, summary, dev_items
         self.pad_id, self.steps_per_epoch, self.checkpoints = pad_id, steps_per_epoch, checkpoints
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_value = -math.inf
+        self.best_value: float | None = None
         self.epochs_without_gain = 0
         self.start = time.perf_counter()
 
@@ -278,7 +313,7 @@ class _EpochTracker:
             model, self.dev_items, self.cfg.task, self.cfg.eval_batch_size, self.pad_id, device
         )
         value = metrics[str(self.cfg.metric)]
-        improved = value > self.best_value
+        improved = is_better(str(self.cfg.metric), value, self.best_value)
         self.summary.epochs.append(
             {
                 "epoch": epoch,
@@ -318,13 +353,16 @@ def evaluate(
 
     Returns:
         sequence classification: ``accuracy``, ``macro_f1``; token classification:
-        ``token_accuracy`` over labelled positions (first sub-tokens; -100 skipped).
+        ``token_accuracy`` over labelled positions (first sub-tokens; -100 skipped); causal
+        LM: ``perplexity`` over every next token (``items`` need no labels).
     """
     lengths = [len(item["input_ids"]) for item in items]
     batches = (
         pad_batch([items[i] for i in indices], pad_id)
         for indices in length_bucketed_batches(lengths, batch_size)
     )
+    if task == "causal_lm":
+        return {"perplexity": perplexity(*lm_token_nll(model, batches, device))}
     pred, gold = predict(model, None, batches, device)
     if task == "token_classification":
         return {"token_accuracy": accuracy(pred, gold)}
@@ -332,15 +370,23 @@ def evaluate(
 
 
 def save_model_dir(loaded: LoadedModel, source: str, out: Path, label_names: list[str]) -> None:
-    """Save the model (safetensors, ``id2label``) and copy the source's tokenizer files."""
+    """Save the model (safetensors, ``id2label`` when it has labels) and copy the tokenizer
+    files of ``source``: a directory, or a tokenizer JSON file (saved as ``tokenizer.json``,
+    with the other tokenizer files of its folder, which :func:`load_tokenizer` reads too)."""
     model: Any = loaded.model
-    model.config.id2label = dict(enumerate(label_names))
-    model.config.label2id = {name: i for i, name in enumerate(label_names)}
+    if label_names:
+        model.config.id2label = dict(enumerate(label_names))
+        model.config.label2id = {name: i for i, name in enumerate(label_names)}
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        if (Path(source) / name).is_file():
-            shutil.copy(Path(source) / name, out / name)
+    path = Path(source)
+    folder = path.parent if path.is_file() else path
+    files = {name: folder / name for name in TOKENIZER_FILES}
+    if path.is_file():
+        files["tokenizer.json"] = path
+    for name, file in files.items():
+        if file.is_file():
+            shutil.copy(file, out / name)
 
 
 __all__ = [

@@ -25,11 +25,13 @@ from cachebrew.validation import (
     set_field,
 )
 
-TASKS = ("sequence_classification", "token_classification")
-# task -> (default text field, default label field, metric that picks the best epoch)
-TASK_DEFAULTS = {
+TASKS = ("sequence_classification", "token_classification", "causal_lm")
+# task -> (default text field, default label field, metric that picks the best epoch); a causal
+# LM learns its own tokens (no label column) and keeps the epoch of lowest dev perplexity
+TASK_DEFAULTS: dict[str, tuple[str, str | None, str]] = {
     "sequence_classification": ("text", "label", "accuracy"),
     "token_classification": ("tokens", "tags", "token_accuracy"),
+    "causal_lm": ("text", None, "perplexity"),
 }
 METRICS_FILE = "finetune_metrics.json"
 
@@ -42,10 +44,19 @@ class FinetuneConfig(CorpusFields, ConfigBase):
     ``accuracy`` for sequences, ``tokens``/``tags``/``token_accuracy`` for tagging); the
     other corpus keys (``text_pair_field``, ``id_field``, ``split``) are :class:`CorpusFields`'.
     ``label_names`` is a JSON list file; by default ``label_names.json`` beside ``train`` when
-    present. ``max_train_examples`` / ``max_dev_examples`` take a seeded random subset.
+    present. ``tokenizer``: a ``tokenizer.json`` (or its directory) for a ``model`` that has
+    none beside it, e.g. an HF config JSON (fresh weights) of a causal LM trained from scratch;
+    it is saved with the model. ``max_train_examples`` / ``max_dev_examples`` take a seeded random subset.
     """
 
-    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("model", "train", "dev", "out", "label_names")
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = (
+        "model",
+        "train",
+        "dev",
+        "out",
+        "label_names",
+        "tokenizer",
+    )
 
     model: str
     train: str
@@ -54,6 +65,7 @@ class FinetuneConfig(CorpusFields, ConfigBase):
     task: str = "sequence_classification"
     text_field: str | None = field(default=None, kw_only=True)  # None: the task's default
     label_names: str | None = None
+    tokenizer: str | None = None
     num_labels: int | None = None
     epochs: int = 3
     lr: float = 5e-5
@@ -98,7 +110,7 @@ class FinetuneConfig(CorpusFields, ConfigBase):
         if self.task in TASK_DEFAULTS:
             text, label, metric = TASK_DEFAULTS[self.task]
             set_field(self, "text_field", self.text_field or text)
-            set_field(self, "label_field", self.label_field or label)
+            set_field(self, "label_field", None if label is None else self.label_field or label)
             set_field(self, "metric", self.metric or metric)
             check_choice(problems, "metric", self.metric, _metric_names(self.task), "metric")
             self.check_corpus_fields(problems)
@@ -107,6 +119,8 @@ class FinetuneConfig(CorpusFields, ConfigBase):
 
 
 def _metric_names(task: str) -> tuple[str, ...]:
+    if task == "causal_lm":
+        return ("perplexity",)
     return ("accuracy", "macro_f1") if task == "sequence_classification" else ("token_accuracy",)
 
 

@@ -76,12 +76,15 @@ def test_causal_lm_precompute_and_distill(lm_setup: pathlib.Path, mode: str) -> 
         "distill": {"temperature": 1, "hard_label_weight": 1, "kd_loss_weight": 1},
         "num_steps": 3,
         "batch_size": 8,
+        "eval": {"fraction": 0.25},  # a causal student is scored by its perplexity
     }
     (lm_setup / f"run_{name}.yaml").write_text(json.dumps(run))
     _cli("distill", "--config", f"run_{name}.yaml", "--quiet", cwd=lm_setup)
     metrics = json.loads((lm_setup / f"run_{name}" / "metrics.json").read_text())
     terms = metrics["loss_terms"]
     assert terms["unweighted_kd_loss"] > 0 and terms["unweighted_hard_label_loss"] > 0
+    assert metrics["metric"] == "perplexity" and metrics["value"] > 1
+    assert metrics["eval_metrics"] == {"perplexity": metrics["value"]}
 
 
 def test_perplexity_is_exp_of_the_shifted_token_nll() -> None:

