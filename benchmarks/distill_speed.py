@@ -17,10 +17,10 @@ requests, so the checkpoint saved at the end is not counted):
    the student's own cost, no data wait.
 2. **cache**: cachebrew from the fp16 cache written with the default codec (``lz4-bitshuffle``)
    through ``CacheDataset``; its data-wait share is the time spent inside the dataset's
-   ``next()`` over the step time. Oracle and the cache as ``distill`` reads it on CPU
-   (``prefetch=0``) run twice each, alternating (means reported); then the cache once more with
-   ``prefetch=1`` (the next batch decoded in a background thread), and a cache written with
-   ``codec: none`` (fresh-weight hidden states barely compress).
+   ``next()`` over the step time. Oracle, the cache as ``distill`` reads it on CPU
+   (``prefetch=0``) and with ``prefetch=1`` (the next batch decoded in a background thread) run
+   twice each, alternating (means reported); then a cache written with ``codec: none``
+   (fresh-weight hidden states barely compress).
 3. **cachebrew online**: the same loop with the live teacher (``model_T``), inputs from the cache.
 4. **textbrewer online**: ``textbrewer.GeneralDistiller`` with the same teacher, student, config
    and inputs (a ``DataLoader`` of ``(input_ids, attention_mask, token_type_ids)``).
@@ -72,18 +72,17 @@ def main() -> None:
     cache = _precompute(teacher, corpus)
     raw = _precompute(teacher, corpus, codec="none")
     cached, online = args.cached_steps, args.online_steps
-    oracle, from_cache = [], []
-    for mode in ("oracle", "cache", "cache", "oracle"):  # alternating, against drift
+    oracle, prefetch0, prefetch1 = [], [], []
+    for mode in ("oracle", "p0", "p1", "p1", "p0", "oracle"):  # alternating, against drift
         if mode == "oracle":
             oracle.append(_cachebrew(None, _in_ram(cache), cached))
         else:
-            from_cache.append(_cachebrew(None, _dataset(cache, True), cached))
+            runs_of = prefetch0 if mode == "p0" else prefetch1
+            runs_of.append(_cachebrew(None, _dataset(cache, True, int(mode[1])), cached))
     runs = {
         "oracle (teacher outputs in RAM)": _mean(oracle),
-        f"cachebrew from the {DEFAULT_CODEC} cache (default: prefetch 0)": _mean(from_cache),
-        "cachebrew from the same cache, prefetch 1": _cachebrew(
-            None, _dataset(cache, True, prefetch=1), cached
-        ),
+        f"cachebrew from the {DEFAULT_CODEC} cache (default: prefetch 0)": _mean(prefetch0),
+        "cachebrew from the same cache, prefetch 1": _mean(prefetch1),
         "cachebrew from a codec-none cache": _cachebrew(None, _dataset(raw, True), cached),
         "cachebrew online (live teacher)": _cachebrew(teacher, _dataset(cache, False), online),
         "textbrewer 0.2.1.post1 online": _textbrewer(teacher, cache, online),
