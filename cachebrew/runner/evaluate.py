@@ -12,6 +12,7 @@ pure function of the id, so the split is the same for every student, order and s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -53,8 +54,11 @@ class StudentEvaluator:
         self._batches: list[dict[str, Any]] | None = None
         self.num_examples = len(self.eval_ids)
         if cfg.eval.data is not None:
+            eval_cfg = cfg.eval
+            if student.kind == "causal_lm":  # scored on its texts' own next tokens: no labels
+                eval_cfg = dataclasses.replace(eval_cfg, label_field=None)
             self._batches, self.num_examples = corpus_eval_batches(
-                cfg.eval, tokens, max_length(reader)
+                eval_cfg, tokens, max_length(reader)
             )
 
     def _source(self) -> Iterable[dict[str, Any]]:

@@ -87,6 +87,25 @@ def test_causal_lm_precompute_and_distill(lm_setup: pathlib.Path, mode: str) -> 
     assert metrics["eval_metrics"] == {"perplexity": metrics["value"]}
 
 
+def test_a_causal_student_is_scored_on_an_unlabelled_eval_corpus(lm_setup: pathlib.Path) -> None:
+    _cli("precompute", "--teacher", "teacher", "--data", "corpus.jsonl", "--out", "cache_eval",
+         "--id-field", "id", "--logits", "sample:6", "--quiet", cwd=lm_setup)  # fmt: skip
+    run = {
+        "cache": "cache_eval",
+        "student": "student.json",
+        "tokenizer": "teacher",
+        "out": "run_eval_data",
+        "distill": {"temperature": 1, "hard_label_weight": 1, "kd_loss_weight": 1},
+        "num_steps": 2,
+        "batch_size": 8,
+        "eval": {"data": "corpus.jsonl"},  # texts and ids, no label column
+    }
+    (lm_setup / "run_eval_data.yaml").write_text(json.dumps(run))
+    _cli("distill", "--config", "run_eval_data.yaml", "--quiet", cwd=lm_setup)
+    metrics = json.loads((lm_setup / "run_eval_data" / "metrics.json").read_text())
+    assert metrics["metric"] == "perplexity" and metrics["value"] > 1
+
+
 def test_perplexity_is_exp_of_the_shifted_token_nll() -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 11, generator=g)
