@@ -19,7 +19,7 @@ Two measurements on the shared 2-core box (BENCHMARKS.md, "Reader against its co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,12 @@ def padded_shape(
         heads = rows[0].size // (lengths[0] * lengths[0])
         return (len(rows), heads, width, width)
     return (len(rows), width, width)
+
+
+def scale_rows(features: Sequence[Mapping[str, np.ndarray]], name: str) -> list[np.ndarray] | None:
+    """Per example the (rows_b, 1) ``<name>.scale`` rows of an int8 array, or None."""
+    key = f"{name}.scale"
+    return [f[key] for f in features] if key in features[0] else None
 
 
 def pad_batch(

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cachebrew.cache.batch_copy import pad_batch
+from cachebrew.cache.batch_copy import pad_batch, scale_rows
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import decode
 from cachebrew.cache.exact_logits import ExactLogits, LMHead, read_exact_logits
@@ -381,8 +381,7 @@ def _layer_list(
     def pad(name: str) -> torch.Tensor:
         rows = [f[name] for f in features]
         dtype = layout.dtypes.get(name, "fp32")
-        scales = _scales(features, name)
-        return pad_batch(name, rows, lengths, width, dtype, scales, buffers)
+        return pad_batch(name, rows, lengths, width, dtype, scale_rows(features, name), buffers)
 
     names = list(arrays.values())
     padded = list(pool.map(pad, names)) if pool is not None and len(names) > 1 else [
@@ -392,9 +391,3 @@ def _layer_list(
     for layer, tensor in zip(arrays, padded, strict=True):
         layers[layer] = tensor
     return layers
-
-
-def _scales(features: Sequence[Mapping[str, np.ndarray]], name: str) -> list[np.ndarray] | None:
-    """Per example the ``.scale`` rows of an int8 array, or None."""
-    key = f"{name}.scale"
-    return [f[key] for f in features] if key in features[0] else None

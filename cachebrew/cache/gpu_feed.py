@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cachebrew.cache.batch_copy import padded_shape
+from cachebrew.cache.batch_copy import padded_shape, scale_rows
 
 
 class CopyEvent(Protocol):
@@ -190,15 +190,13 @@ def packed_layer_list(
     lengths_t = torch.tensor(lengths, dtype=torch.long).to(target)
 
     def pack(name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        rows = [f[name] for f in features]
-        key = f"{name}.scale"
-        scale_rows = [f[key] for f in features] if key in features[0] else None
+        rows, scale_parts = [f[name] for f in features], scale_rows(features, name)
         nbytes = sum(r.nbytes + 8 for r in rows)
-        if scale_rows is not None:
-            nbytes += sum(s.nbytes + 8 for s in scale_rows)
+        if scale_parts is not None:
+            nbytes += sum(s.nbytes + 8 for s in scale_parts)
         buffer = pinned.take(nbytes)
         values, offset = pack_rows(rows, buffer)
-        scales = pack_rows(scale_rows, buffer, offset)[0] if scale_rows is not None else None
+        scales = pack_rows(scale_parts, buffer, offset)[0] if scale_parts is not None else None
         return buffer, values, scales
 
     names = list(arrays.values())
