@@ -25,7 +25,8 @@ Values are fractions in [0, 1]; an empty selection gives 0.0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -170,22 +171,16 @@ def lm_token_nll(
     """
     import torch
 
-    was_training = model.training
-    model.eval()
     nlls, targets = [], []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                outputs = model(**inputs)
-                logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
-                mask = inputs["attention_mask"].bool()
-                labels = inputs["input_ids"].masked_fill(~mask, IGNORE_INDEX)
-                nll, kept = token_nll(logits, labels)
-                nlls.append(nll.cpu())
-                targets.append(kept.cpu())
-    finally:
-        model.train(was_training)
+    with _evaluating(model):
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            logits = _logits(model(**inputs))
+            mask = inputs["attention_mask"].bool()
+            labels = inputs["input_ids"].masked_fill(~mask, IGNORE_INDEX)
+            nll, kept = token_nll(logits, labels)
+            nlls.append(nll.cpu())
+            targets.append(kept.cpu())
     if not nlls:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long)
     return torch.cat(nlls), torch.cat(targets)
@@ -262,22 +257,31 @@ def predict(
     """
     import torch
 
-    was_training = model.training
-    model.eval()
     predictions, labels = [], []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                outputs = model(**inputs)
-                logits = _logits(adaptor(inputs, outputs) if adaptor else outputs)
-                predictions.append(logits.argmax(dim=-1).reshape(-1).cpu())  # (B,) or (B * L,)
-                labels.append(batch["labels"].reshape(-1).cpu())
-    finally:
-        model.train(was_training)
+    with _evaluating(model):
+        for batch in batches:
+            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+            outputs = model(**inputs)
+            logits = _logits(adaptor(inputs, outputs) if adaptor else outputs)
+            predictions.append(logits.argmax(dim=-1).reshape(-1).cpu())  # (B,) or (B * L,)
+            labels.append(batch["labels"].reshape(-1).cpu())
     if not predictions:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(predictions), torch.cat(labels)
+
+
+@contextlib.contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode without gradients inside the block; the model's own mode is restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _logits(outputs: Any) -> Any:
