@@ -23,8 +23,8 @@ because the distiller checks ``layer_T < len(results_T[feature])``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from cachebrew.cache.gpu_feed import PinnedPool, packed_layer_list
 from cachebrew.cache.sparse_logits import SparseLogits, parse_logits_mode, read_sparse_logits
 from cachebrew.cache.spec import FeatureSpec
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
+
+if TYPE_CHECKING:
+    from cachebrew.cache.reader import CacheReader
 
 LABEL_PAD = -100
 # Remaining probability mass below this is treated as this (keeps log finite).
@@ -86,6 +89,12 @@ class FeatureLayout:
         """:attr:`arrays` plus the ``.scale`` companion of every int8 array."""
         scales = [f"{n}.scale" for n in self.arrays if self.dtypes.get(n) == "int8"]
         return (*self.arrays, *scales)
+
+
+def reader_layout(reader: CacheReader, num_classes: int | None = None) -> FeatureLayout:
+    """:func:`feature_layout` of ``reader``'s cache, with its LM head for an ``exact`` cache."""
+    layout = feature_layout(reader.spec, num_classes)
+    return replace(layout, head=reader.lm_head()) if layout.logits_mode == "exact" else layout
 
 
 def feature_layout(spec: FeatureSpec, num_classes: int | None = None) -> FeatureLayout:

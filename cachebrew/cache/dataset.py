@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from cachebrew.cache.buffers import BufferPool
-from cachebrew.cache.collate import CollateOptions, collate_examples, feature_layout
+from cachebrew.cache.collate import CollateOptions, collate_examples, reader_layout
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.gpu_feed import PinnedPool
 from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch, run_rows
@@ -146,9 +146,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         self.buffer_size, self.drop_last = buffer_size, drop_last
         self.rank, self.world_size, self.window_bytes = rank, world_size, window_bytes
         self.prefetch = prefetch
-        self.layout = feature_layout(self.reader.spec, num_classes) if teacher_cache else None
-        if self.layout is not None and self.layout.logits_mode == "exact":
-            self.layout = dataclasses.replace(self.layout, head=self.reader.lm_head())
+        self.layout = reader_layout(self.reader, num_classes) if teacher_cache else None
         # The packed CUDA path's reused pinned buffers: two batches' arrays in flight.
         arrays = len(self.layout.stored_arrays) if self.layout is not None else 0
         pinned = PinnedPool(slots=max(2 * arrays, 2)) if on_gpu else None

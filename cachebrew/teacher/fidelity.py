@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cachebrew.cache.collate import feature_layout, rebuild_topk, teacher_outputs
+from cachebrew.cache.collate import reader_layout, rebuild_topk, teacher_outputs
 from cachebrew.cache.compare import kl_rows
 from cachebrew.cache.reader import CacheReader
 from cachebrew.cache.sparse_logits import SparseLogits
@@ -178,13 +178,9 @@ class FidelityAccumulator:
 
     def _stored_rows(self, cached: dict[str, Any], num_classes: int) -> Any:
         """The example's logits rows as ``distill`` reads them (a ``--topk`` cache as topk:K)."""
-        layout = replace(
-            feature_layout(self.reader.spec, num_classes), hidden={}, attention={}
-        )  # fmt: skip
+        layout = replace(reader_layout(self.reader, num_classes), hidden={}, attention={})
         if layout.logits == "topk":  # written by --topk before --logits: read sparse, not rebuilt
             layout = replace(layout, logits="sparse", logits_mode=self.mode)
-        if self.kind == "exact":  # its rows are hidden states; the head turns them into logits
-            layout = replace(layout, head=self.reader.lm_head())
         return teacher_outputs([cached], layout, torch.ones(1, 1))["logits"]
 
     def _reconstruct(self, rows: Any, num_classes: int) -> Tensor | None:
