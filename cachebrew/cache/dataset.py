@@ -41,8 +41,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-import queue
-import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -55,6 +54,7 @@ from cachebrew.cache.collate import CollateOptions, collate_examples, reader_lay
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.gpu_feed import PinnedPool
 from cachebrew.cache.order import EpochPlan, ShardSelection, plan_epoch, run_rows
+from cachebrew.cache.prefetch import Prefetcher
 from cachebrew.cache.reader import DEFAULT_WINDOW_BYTES, CacheReader, open_cache
 from cachebrew.errors import CacheMismatchError, ConfigError
 
@@ -167,6 +167,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         kept = max(8 * window_bytes, 32 * 2**20)
         self._chunk_blocks = BufferPool(per_key=1024, max_bytes=kept)
         self._batch_buffers = BufferPool()
+        self._prefetcher: Prefetcher | None = None
         logger.info(
             "CacheDataset %s: rank %d/%d, %d examples, %d batches of %d per epoch",
             self.reader.path,
@@ -255,62 +256,68 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         """The batches of the current epoch from the resume position (this worker's share)."""
         start, self._resume_position = self._resume_position, 0
         worker = torch.utils.data.get_worker_info()
+        if self.prefetch and worker is None:
+            yield from self._prefetching().epoch(self.epoch, start)
+            return
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        indices = range(start + worker_id, self._num_batches, num_workers)
+        yield from self._batches(self.epoch, range(start + worker_id, len(self), num_workers))
+
+    def _batches(self, epoch: int, indices: range) -> Iterator[dict[str, Any]]:
+        """The collated batches ``indices`` of ``epoch`` (holding no reference to the dataset,
+        so a prefetch thread that runs ahead does not keep it alive)."""
+        options = dataclasses.replace(self.options, buffers=self._batch_buffers)
+        reading = _Reading(
+            self.reader,
+            self.layout,
+            options,
+            self.student_items,
+            self.decode_threads,
+            4 * self.window_bytes,
+            self._chunk_blocks,
+        )
+        return reading.batches(self.plan(epoch), indices, self.batch_size)
+
+    def _prefetching(self) -> Prefetcher:
+        """The prefetcher of this dataset (made on first use, closed when it is collected)."""
+        if self._prefetcher is None or self._prefetcher.depth != self.prefetch:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
+            ref = weakref.ref(self)
+
+            def make(epoch: int, start: int) -> Iterator[dict[str, Any]] | None:
+                dataset = ref()
+                return (
+                    None if dataset is None else dataset._batches(epoch, range(start, len(dataset)))
+                )
+
+            self._prefetcher = Prefetcher(make, self.prefetch)
+            weakref.finalize(self, self._prefetcher.close)
+        return self._prefetcher
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """What one epoch's batches are read with (not the dataset itself: see ``_batches``)."""
+
+    reader: CacheReader
+    layout: Any
+    options: CollateOptions
+    student_items: Mapping[str, dict[str, Any]] | None
+    decode_threads: int
+    chunk_budget: int  # decoded bytes kept between read groups
+    chunk_blocks: BufferPool  # the memory decoded chunks reuse from one epoch to the next
+
+    def batches(self, plan: EpochPlan, indices: range, batch_size: int) -> Iterator[dict[str, Any]]:
         arrays = self.layout.stored_arrays if self.layout is not None else ()
         with contextlib.ExitStack() as stack:
             pool = None
             if self.decode_threads > 1:
                 pool = stack.enter_context(ThreadPoolExecutor(self.decode_threads))
-            cache = ChunkCache(4 * self.window_bytes, pool, self._chunk_blocks)
-            reader = EpochReader(self.reader, self.plan(), arrays, cache, cast=False)
-            options = dataclasses.replace(self.options, buffers=self._batch_buffers, pool=pool)
-            batches = (
-                collate_examples(examples, self.layout, options, self.student_items)
-                for examples in reader.batches(indices, self.batch_size)
-            )
-            if self.prefetch and worker is None:
-                yield from prefetched(batches, self.prefetch)
-            else:
-                yield from batches
-
-
-def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
-    """``items`` produced by a background thread up to ``depth`` ahead of the consumer.
-
-    Decoding (zstd) and torch ops release the GIL, so the next batch is read while the current
-    one trains. An exception in the producer is raised in the consumer; closing the iterator
-    early (the loop stops at ``num_steps``) stops the producer.
-    """
-    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                slots.put(("item", item))
-            slots.put(("end", None))
-        except BaseException as error:  # re-raised in the consumer
-            slots.put(("error", error))
-
-    thread = threading.Thread(target=produce, name="cachebrew-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = slots.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting for a free slot
-            with contextlib.suppress(queue.Empty):
-                slots.get_nowait()
-            thread.join(0.01)
+            chunks = ChunkCache(self.chunk_budget, pool, self.chunk_blocks)
+            reader = EpochReader(self.reader, plan, arrays, chunks, cast=False)
+            options = dataclasses.replace(self.options, pool=pool)
+            for examples in reader.batches(indices, batch_size):
+                yield collate_examples(examples, self.layout, options, self.student_items)
 
 
 def _check_arguments(

@@ -1,0 +1,145 @@
+"""Batches made ahead in a background thread that runs on into the next epoch: :class:`Prefetcher`.
+
+An epoch's first batch waits for the mixing buffer to fill (up to ``buffer_size`` examples
+decoded), a stall a thread that starts with the epoch cannot hide: on a short epoch it was
+most of the data wait (BENCHMARKS.md, "data wait"). So the thread does not stop at the end of
+an epoch: it goes on with the next one from its start, at most ``depth`` batches ahead, and
+the next ``iter(dataset)`` after ``set_epoch(e + 1)`` takes those batches over. Any other epoch
+or a resume position starts a new thread. The batches and their order are the ones the dataset
+gives without prefetching: only the time they are made changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# make_epoch(epoch, start) -> the batches of epoch from batch ``start``, or None when the
+# dataset is gone (the thread then ends).
+MakeEpoch = Callable[[int, int], "Iterator[Any] | None"]
+
+_POLL_S = 0.1  # how often a blocked thread looks at its stop flag
+
+
+class Prefetcher:
+    """Serves the epochs of one dataset from a thread running up to ``depth`` batches ahead.
+
+    Args:
+        make_epoch: ``(epoch, start) -> iterator of batches`` (None: stop). It runs in the
+            thread; it should not keep the dataset alive (the dataset closes the prefetcher
+            when it is collected).
+        depth: batches made ahead of the consumer (>= 1).
+
+    A pickled prefetcher (a DataLoader worker's copy of the dataset) arrives idle and unusable:
+    workers do not prefetch.
+    """
+
+    def __init__(self, make_epoch: MakeEpoch | None, depth: int):
+        self.depth = depth
+        self._make = make_epoch
+        self._thread: threading.Thread | None = None
+        self._slots: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self._next: tuple[int, int] | None = None  # what the running thread makes next
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
+        """The batches of ``epoch`` from batch ``start``; the thread then goes on with
+        ``epoch + 1``. An error in the thread is raised here; closing this iterator before
+        its end stops the thread."""
+        if self._thread is None or self._next != (epoch, start):
+            self.close()
+            self._start(epoch, start)
+        self._next = None
+        thread, slots = self._thread, self._slots
+        finished = False
+        try:
+            while True:
+                kind, value = _get(slots, thread)
+                if kind == "end":
+                    finished, self._next = True, (epoch + 1, 0)
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            if not finished and self._thread is thread:  # a newer epoch owns a newer thread
+                self.close()
+
+    def close(self) -> None:
+        """Stop the thread and drop what it made (idempotent)."""
+        thread, self._thread, self._next = self._thread, None, None
+        if thread is None:
+            return
+        self._stop.set()
+        if thread is threading.current_thread():  # collected by the thread itself: it stops
+            return
+        while thread.is_alive():  # unblock a thread waiting for a free slot
+            with contextlib.suppress(queue.Empty):
+                self._slots.get_nowait()
+            thread.join(_POLL_S)
+
+    def _start(self, epoch: int, start: int) -> None:
+        if self._make is None:
+            raise RuntimeError(
+                "a pickled Prefetcher cannot run (DataLoader workers do not prefetch)"
+            )
+        slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=self.depth + 1)
+        stop = threading.Event()
+        make = self._make
+
+        def produce() -> None:
+            current, position = epoch, start
+            try:
+                while not stop.is_set():
+                    batches = make(current, position)
+                    if batches is None:  # the dataset is gone
+                        return
+                    try:
+                        for batch in batches:
+                            if not _put(slots, ("item", batch), stop):
+                                return
+                    finally:
+                        close = getattr(batches, "close", None)
+                        if close is not None:
+                            close()
+                    if not _put(slots, ("end", current), stop):
+                        return
+                    current, position = current + 1, 0
+            except BaseException as error:  # re-raised in the consumer
+                _put(slots, ("error", error), stop)
+
+        self._slots, self._stop = slots, stop
+        self._thread = threading.Thread(target=produce, name="cachebrew-prefetch", daemon=True)
+        self._thread.start()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"depth": self.depth}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(None, state["depth"])  # type: ignore[misc]
+
+
+def _put(slots: queue.Queue[tuple[str, Any]], item: tuple[str, Any], stop: threading.Event) -> bool:
+    """Put ``item`` once a slot is free; False if ``stop`` was set first."""
+    while not stop.is_set():
+        try:
+            slots.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(slots: queue.Queue[tuple[str, Any]], thread: threading.Thread | None) -> tuple[str, Any]:
+    """The next item; an error if the thread ended without a word (it always leaves one)."""
+    while True:
+        try:
+            return slots.get(timeout=_POLL_S)
+        except queue.Empty:
+            if thread is None or not thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    return slots.get_nowait()
+                return "error", RuntimeError("the cachebrew prefetch thread stopped unexpectedly")
