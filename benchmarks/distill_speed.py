@@ -17,10 +17,11 @@ requests, so the checkpoint saved at the end is not counted):
    the student's own cost, no data wait.
 2. **cache**: cachebrew from the fp16 cache written with the default codec (``lz4-bitshuffle``)
    through ``CacheDataset``; its data-wait share is the time spent inside the dataset's
-   ``next()`` over the step time. Oracle, the cache as ``distill`` reads it on CPU
-   (``prefetch=0``) and with ``prefetch=1`` (the next batch decoded in a background thread) run
-   twice each, alternating (means reported); then a cache written with ``codec: none``
-   (fresh-weight hidden states barely compress).
+   ``next()`` over the step time. Oracle, the cache with ``prefetch=0`` (read in the training
+   thread) and as ``distill`` reads it, ``prefetch=1`` (the next batches made in a background
+   thread that runs on into the next epoch), run twice each, alternating (means reported);
+   then a cache written with ``codec: none`` (fresh-weight hidden states barely compress),
+   prefetch 0.
 3. **cachebrew online**: the same loop with the live teacher (``model_T``), inputs from the cache.
 4. **textbrewer online**: ``textbrewer.GeneralDistiller`` with the same teacher, student, config
    and inputs (a ``DataLoader`` of ``(input_ids, attention_mask, token_type_ids)``).
@@ -81,8 +82,8 @@ def main() -> None:
             runs_of.append(_cachebrew(None, _dataset(cache, True, int(mode[1])), cached))
     runs = {
         "oracle (teacher outputs in RAM)": _mean(oracle),
-        f"cachebrew from the {DEFAULT_CODEC} cache (default: prefetch 0)": _mean(prefetch0),
-        "cachebrew from the same cache, prefetch 1": _mean(prefetch1),
+        f"cachebrew from the {DEFAULT_CODEC} cache, prefetch 0": _mean(prefetch0),
+        "cachebrew from the same cache, prefetch 1 (the distill default)": _mean(prefetch1),
         "cachebrew from a codec-none cache": _cachebrew(None, _dataset(raw, True), cached),
         "cachebrew online (live teacher)": _cachebrew(teacher, _dataset(cache, False), online),
         "textbrewer 0.2.1.post1 online": _textbrewer(teacher, cache, online),

@@ -88,9 +88,10 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         window_bytes: decoded bytes per contiguous run (the unit of within-shard shuffling).
         prefetch: batches decoded and collated ahead in a background thread while the caller
             trains on the current one (0 = none; not used inside DataLoader workers). The
-            batches and their order do not change. Use 1 when the student trains on a GPU; on
-            a 2-core CPU the thread competes with the student and was measured slower
-            (BENCHMARKS.md), hence the default 0.
+            thread runs on into the next epoch (:mod:`cachebrew.cache.prefetch`), so an
+            epoch's first batch does not wait for the mixing buffer to fill. The batches and
+            their order do not change. ``distill`` uses 1 on CPU and GPU: on the 2-core CPU
+            benchmark it cut the data wait from 3.9 % to 0.3 % (BENCHMARKS.md).
         device: where the student trains (``"cpu"``, ``"cuda:0"``...; None = CPU). On CUDA,
             hidden states and attention leave in their stored dtype from pinned memory
             (non-blocking) and are cast to float32 on the GPU; on the CPU the cast is fused

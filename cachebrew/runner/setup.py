@@ -96,8 +96,8 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
         buffer_size=cfg.shuffle_buffer,
         example_ids=train_ids,
         teacher_cache=teacher is None and cfg.distill_config is not None,
-        # Decoding ahead overlaps a GPU step; on CPU the thread takes the student's cores.
-        prefetch=1 if device.type == "cuda" else 0,
+        # Decoding ahead overlaps the step, and runs on into the next epoch (BENCHMARKS.md).
+        prefetch=1,
         device=device,  # CUDA: features leave pinned memory without blocking, cast on the GPU
         **tokens.dataset_kwargs(),
     )
