@@ -54,9 +54,11 @@ bench-lm: install
 bench-distill: install bench-data
 	$(PY) benchmarks/distill_speed.py
 
-# Reader against the raw codec decode of the same chunk bytes (synthetic BERT-base-shaped caches).
+# Reader against the raw codec decode of the same chunk bytes: synthetic BERT-base-shaped caches,
+# and the real caches in READER_CACHES (default: the demo's MiniLM cache, once `make demo` ran).
+READER_CACHES ?= $(wildcard pipelines/out/demo/cache)
 bench-reader: install
-	$(PY) benchmarks/reader_speed.py
+	$(PY) benchmarks/reader_speed.py $(foreach cache,$(READER_CACHES),--cache $(cache))
 
 # Size and one-thread decode speed of every candidate codec on the same chunks of real caches
 # (build them first: see docs/decisions.md, "Codec choice").

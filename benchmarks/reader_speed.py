@@ -1,7 +1,9 @@
 """Reader benchmark: one ``CacheDataset`` epoch against the raw codec decode of the same chunks.
 
 Usage: ``make bench-reader`` (or ``python benchmarks/reader_speed.py [--examples N] [--repeats
-R] [--codec zstd]``). Prints a Markdown table and writes ``runs/bench-reader/results.json``.
+R] [--codec zstd] [--cache PATH ...]``). Prints a Markdown table and writes
+``runs/bench-reader/results.json``. ``--cache`` adds a real cache as one more row (all its
+arrays together; ``make bench-reader`` passes the demo's MiniLM cache when it exists).
 
 The caches are BERT-base-shaped (768 hidden, 12 heads, lengths uniform in [26, 128], fp16) and
 synthetic: Gaussian hidden states with a per-dimension offset and softmax attention rows, which
@@ -77,18 +79,25 @@ def build_cache(kind: str, codec: str, num_examples: int) -> Path:
     return path
 
 
-def chunk_payloads(cache: Path) -> tuple[list[bytes], int, Any]:
-    """Every stored chunk's bytes, the decoded chunk size and the numcodecs codec."""
+def chunk_payloads(cache: Path) -> tuple[list[bytes], int, Any, int]:
+    """Every stored chunk's bytes, the largest decoded chunk size, the numcodecs codec, and
+    the decoded bytes of all chunks (each chunk decodes to its full chunk shape)."""
     reader = open_cache(cache)
-    payloads, chunk_nbytes = [], 0
+    payloads, chunk_nbytes, decoded = [], 0, 0
     for k in range(reader.num_shards):
         shard = reader.shard(k)
         for name, info in shard.meta["arrays"].items():
             itemsize = np.dtype(info["stored_dtype"]).itemsize
-            chunk_nbytes = max(chunk_nbytes, info["chunk_rows"] * info["width"] * itemsize)
+            nbytes = info["chunk_rows"] * info["width"] * itemsize
+            chunk_nbytes = max(chunk_nbytes, nbytes)
             folder = Path(shard.path) / name / "c"
-            payloads += [p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()]
-    return payloads, chunk_nbytes, _codec(next(iter(reader.spec)).codec)
+            files = [p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()]
+            payloads += files
+            decoded += len(files) * nbytes
+    codecs = {feature.codec for feature in reader.spec}
+    if len(codecs) != 1:
+        raise SystemExit(f"{cache}: features use several codecs ({sorted(codecs)}); need one")
+    return payloads, chunk_nbytes, _codec(codecs.pop()), decoded
 
 
 def _codec(name: str) -> Any:
@@ -242,14 +251,20 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--codec", default="lz4-bitshuffle")
+    parser.add_argument(
+        "--cache",
+        action="append",
+        default=[],
+        help="also measure this real cache (all its arrays in one row; repeatable)",
+    )
     args = parser.parse_args()
     numcodecs.blosc.use_threads = False
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"codec": args.codec, "examples": args.examples, "kinds": {}}
-    for kind in KINDS:
-        cache = build_cache(kind, args.codec, args.examples)
-        payloads, chunk_nbytes, codec = chunk_payloads(cache)
-        decoded = len(payloads) * chunk_nbytes
+    caches = {kind: build_cache(kind, args.codec, args.examples) for kind in KINDS}
+    caches.update({f"{Path(c).parent.name}/{Path(c).name}": Path(c) for c in args.cache})
+    for kind, cache in caches.items():
+        payloads, chunk_nbytes, codec, decoded = chunk_payloads(cache)
         reader_seconds(cache, 1)  # warm the page cache and imports
         row: dict[str, float] = {"decoded_mb": decoded / 1e6}
         for threads in (1, 2):
