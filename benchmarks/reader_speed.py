@@ -59,6 +59,14 @@ from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.gpu_feed import PinnedPool, pack_rows
 from cachebrew.cache.synthetic import synthetic_examples, write_examples
 
+try:
+    from cachebrew.cache.batch_copy import copy_pool
+except ImportError:  # code before the fifth pass: every batch's arrays in parallel
+
+    def copy_pool(pool: Any, features: Any, names: Any) -> Any:
+        return pool
+
+
 OUT = ROOT / "runs" / "bench-reader"
 KINDS = {"hidden": "hidden:0,6,12", "attention": "attention:5,11"}
 
@@ -220,8 +228,12 @@ def stored_seconds(cache: Path, threads: int, mode: str = "stored") -> tuple[Tim
                         np.copyto(copies.take(name, padded.shape, padded.dtype), padded)
                     return padded
 
-                if parallel_pad and threads > 1:  # as collate pads / packs for CUDA
-                    out = list(pool.map(pad, names))
+                features = [e["features"] for e in examples]
+                parallel = (
+                    copy_pool(pool, features, names) if parallel_pad and threads > 1 else None
+                )
+                if parallel is not None:  # as collate pads / packs for CUDA
+                    out = list(parallel.map(pad, names))
                 else:
                     out = list(map(pad, names))
                 if pinned is not None:  # on a GPU: released with the copy's event

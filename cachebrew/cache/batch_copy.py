@@ -20,6 +20,7 @@ Two measurements on the shared 2-core box (BENCHMARKS.md, "Reader against its co
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,18 @@ from cachebrew.cache.buffers import BufferPool
 
 # torch's at::internal::GRAIN_SIZE: a TensorIterator copy of fewer elements runs inline.
 _INLINE_ELEMENTS = 32767
+
+# Stored bytes of one array of a batch below which its copy is not worth a thread: the demo's
+# MiniLM batches (~0.3 MB per array) padded or packed slower in parallel than in the calling
+# thread, BERT-base-shaped ones (~2 MB) faster (BENCHMARKS.md, "fifth pass").
+PARALLEL_MIN_BYTES = 2**20
+
+
+def copy_pool(pool: Any, features: Sequence[Mapping[str, np.ndarray]], names: Sequence[str]) -> Any:
+    """``pool`` when the arrays ``names`` of a batch are worth copying in parallel, else None."""
+    if pool is None or len(names) < 2:
+        return None
+    return pool if sum(f[names[0]].nbytes for f in features) >= PARALLEL_MIN_BYTES else None
 
 
 def padded_shape(

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cachebrew.cache.batch_copy import pad_batch, scale_rows
+from cachebrew.cache.batch_copy import copy_pool, pad_batch, scale_rows
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import decode
 from cachebrew.cache.exact_logits import ExactLogits, LMHead, read_exact_logits
@@ -393,9 +393,8 @@ def _layer_list(
         return pad_batch(name, rows, lengths, width, dtype, scale_rows(features, name), buffers)
 
     names = list(arrays.values())
-    padded = list(pool.map(pad, names)) if pool is not None and len(names) > 1 else [
-        pad(name) for name in names
-    ]  # fmt: skip
+    pool = copy_pool(pool, features, names)
+    padded = list(pool.map(pad, names)) if pool is not None else [pad(name) for name in names]
     layers: list[torch.Tensor | None] = [None] * (max(arrays) + 1)
     for layer, tensor in zip(arrays, padded, strict=True):
         layers[layer] = tensor

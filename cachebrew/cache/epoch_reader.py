@@ -2,8 +2,8 @@
 
 :class:`EpochReader` decodes runs chunk-aligned, in stream order, one decode per chunk into a
 reused buffer, through a :class:`ChunkCache` (decoded chunks shared by neighbouring runs, least
-recently used evicted past a budget; with a decode pool, the next run decodes in the
-background).
+recently used evicted past a budget; with a decode pool, the runs a batch needs and the next
+one decode in the background).
 """
 
 from __future__ import annotations
@@ -137,9 +137,11 @@ class EpochReader:
     def batches(self, indices: Sequence[int], batch_size: int) -> Iterator[list[dict[str, Any]]]:
         """The examples of each batch index, in order; only their chunks are decoded.
 
-        With a decode pool the chunks of the next read group are submitted as soon as this
-        one's examples are taken, so they decode while the caller pads this group's batches.
-        Which examples form which batch, and their values, do not depend on it.
+        With a decode pool, every read group a batch needs is submitted before the first of
+        them is taken (an epoch's first batch needs up to ``buffer_size`` examples: they decode
+        in the pool while the caller takes the earlier groups), and the group after is
+        submitted once they are taken, so it decodes while the caller pads this batch. Which
+        examples form which batch, and their values, do not depend on it.
         """
         plan = self.plan
         needed = np.zeros(len(plan.stream), dtype=bool)
@@ -149,15 +151,24 @@ class EpochReader:
         loaded: dict[int, list[_ShardPart]] = {}
         num_groups = len(plan.group_starts) - 1
         next_group = 0
+        background = self.cache.pool is not None
         for j in indices:
             positions = plan.order[j * batch_size : (j + 1) * batch_size].tolist()
             last_group = int(np.searchsorted(plan.group_starts, max(positions), side="right")) - 1
-            for group in range(next_group, last_group + 1):
-                parts = loaded.pop(group, None)
-                self._take(self._load(group, needed) if parts is None else parts, pending)
-                self.cache.trim()  # before the next load: its chunks must stay until taken
-                if self.cache.pool is not None and group + 1 < num_groups:
-                    loaded[group + 1] = self._load(group + 1, needed)
+            if last_group >= next_group:
+                if background:  # every group this batch needs decodes while earlier ones are taken
+                    for group in range(next_group, last_group + 1):
+                        if group not in loaded:
+                            loaded[group] = self._load(group, needed)
+                for group in range(next_group, last_group + 1):
+                    parts = loaded.pop(group, None)
+                    self._take(self._load(group, needed) if parts is None else parts, pending)
+                    if not background:
+                        self.cache.trim()
+                if background:
+                    self.cache.trim()  # after the takes: untaken chunks must stay cached
+                    if last_group + 1 < num_groups:  # the next group decodes while this pads
+                        loaded[last_group + 1] = self._load(last_group + 1, needed)
             next_group = max(next_group, last_group + 1)
             yield [pending.pop(p) for p in positions]
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cachebrew.cache.batch_copy import padded_shape, scale_rows
+from cachebrew.cache.batch_copy import copy_pool, padded_shape, scale_rows
 
 
 class CopyEvent(Protocol):
@@ -200,9 +200,8 @@ def packed_layer_list(
         return buffer, values, scales
 
     names = list(arrays.values())
-    packs = list(pool.map(pack, names)) if pool is not None and len(names) > 1 else [
-        pack(name) for name in names
-    ]  # fmt: skip
+    pool = copy_pool(pool, features, names)
+    packs = list(pool.map(pack, names)) if pool is not None else [pack(name) for name in names]
     layers: list[torch.Tensor | None] = [None] * (max(arrays) + 1)
     for (layer, name), (buffer, values, scales) in zip(arrays.items(), packs, strict=True):
         rows = [f[name] for f in features]

@@ -11,7 +11,7 @@ import torch
 
 import cachebrew.cache.collate as collate_module
 from cachebrew.cache import CacheWriter, parse_feature_spec
-from cachebrew.cache.batch_copy import pad_batch
+from cachebrew.cache.batch_copy import PARALLEL_MIN_BYTES, copy_pool, pad_batch
 from cachebrew.cache.buffers import BufferPool
 from cachebrew.cache.codecs import encode
 from cachebrew.cache.dataset import CacheDataset
@@ -185,3 +185,14 @@ def _clone(batch: dict) -> dict:  # type: ignore[type-arg]
         if kind in cache
     }
     return {**batch, "teacher_cache": {**cache, **layers}}
+
+
+def test_only_large_batches_copy_their_arrays_in_parallel() -> None:
+    pool = object()  # any executor; copy_pool only decides whether to use it
+    rows = np.zeros((20, 64), dtype=np.float16)  # 2,560 bytes per example and array
+    small = [{"a": rows, "b": rows}] * 4
+    large = [{"a": rows, "b": rows}] * (PARALLEL_MIN_BYTES // rows.nbytes + 1)
+    assert copy_pool(pool, small, ["a", "b"]) is None
+    assert copy_pool(pool, large, ["a", "b"]) is pool
+    assert copy_pool(pool, large, ["a"]) is None  # one array: nothing to overlap
+    assert copy_pool(None, large, ["a", "b"]) is None

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cachebrew.cache.shard as shard_module
-from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec
+from cachebrew.cache import CacheWriter, batch_copy, open_cache, parse_feature_spec
 from cachebrew.cache.collate import collate_examples
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.synthetic import synthetic_examples, write_examples
@@ -82,11 +82,12 @@ def test_batches_equal_zarr_decode_bit_for_bit(
     [("fp16-zstd", 5000, 1024), ("fp16-zstd", 600, 4), ("int8-none", 600, 4), ("bf16-lz4", 600, 4)],
 )
 def test_two_decode_threads_give_the_same_batches(
-    tmp_path: pathlib.Path, name: str, window: int, buffer: int
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, name: str, window: int, buffer: int
 ) -> None:
     # buffer 4 and small runs: batches are emitted between runs, so the next run decodes in
-    # the background while a batch is padded (its arrays in parallel); every epoch reuses the
-    # last one's chunk memory
+    # the background while a batch is padded (its arrays in parallel, as a large cache's are:
+    # no size floor here); every epoch reuses the last one's chunk memory
+    monkeypatch.setattr(batch_copy, "PARALLEL_MIN_BYTES", 0)
     path = write(tmp_path / "cache", name)
     one = CacheDataset(path, batch_size=4, seed=1, window_bytes=window, buffer_size=buffer)
     two = CacheDataset(

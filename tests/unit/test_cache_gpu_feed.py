@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cachebrew.cache import CacheWriter, parse_feature_spec
+from cachebrew.cache import CacheWriter, batch_copy, parse_feature_spec
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.gpu_feed import PinnedPool, pack_rows, unpack
 from cachebrew.cache.synthetic import synthetic_examples, write_examples
@@ -47,8 +47,9 @@ def layers(batch: dict, kind: str) -> list[torch.Tensor | None]:
 @pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("threads", [1, 2])
 def test_packed_batches_equal_the_cpu_batches_bit_for_bit(
-    tmp_path: pathlib.Path, name: str, threads: int
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, name: str, threads: int
 ) -> None:
+    monkeypatch.setattr(batch_copy, "PARALLEL_MIN_BYTES", 0)  # pack in parallel, as large caches do
     path = write(tmp_path / "cache", name)
     kwargs = {"batch_size": 5, "seed": 3, "buffer_size": 4, "window_bytes": 600}
     pinned = PinnedPool(slots=4, pin=False)
