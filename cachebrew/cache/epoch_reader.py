@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,32 +77,57 @@ class ChunkCache:
             self._bytes += (hi - lo) * info["width"] * itemsize
             self.decoded_chunks += 1
 
-    def rows(
-        self, shard: ShardReader, name: str, start: int, stop: int, *, copy: bool = True
-    ) -> np.ndarray:
-        """Rows ``[start, stop)`` of a loaded array: a new array, or with ``copy=False`` a
-        view into the decoded chunk when the rows lie in one chunk (the view keeps its chunk
-        alive after eviction; a decoded chunk is never written again, so views stay valid).
+    def columns(
+        self,
+        shard: ShardReader,
+        name: str,
+        starts: Sequence[int],
+        stops: Sequence[int],
+        *,
+        copy: bool = True,
+    ) -> list[np.ndarray]:
+        """Per span ``[starts[i], stops[i])`` the rows of a loaded array: new arrays, or with
+        ``copy=False`` views into the decoded chunks for spans inside one chunk (a view keeps
+        its chunk alive after eviction; a decoded chunk is never written again, so views stay
+        valid). Each chunk is looked up (and waited for) once per call.
 
         Raises:
             CacheCorruptError: a chunk decoded in the background failed its check.
         """
         info = shard.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
-        if stop <= start:
-            return np.empty((0, info["width"]), dtype=stored_dtype(info["stored_dtype"]))
-        parts = []
-        for chunk in range(start // chunk_rows, (stop - 1) // chunk_rows + 1):
-            key = (shard.index, name, chunk)
-            self._chunks.move_to_end(key)
-            part = self._chunks[key]
-            if isinstance(part, Future):
-                part = self._chunks[key] = part.result()
-            base = chunk * chunk_rows
-            parts.append(part[max(start - base, 0) : stop - base])
-        if len(parts) > 1:
-            return np.concatenate(parts)
-        return parts[0].copy() if copy else parts[0]
+        blocks: dict[int, np.ndarray] = {}
+
+        def block(chunk: int) -> np.ndarray:
+            if chunk not in blocks:
+                key = (shard.index, name, chunk)
+                self._chunks.move_to_end(key)
+                part = self._chunks[key]
+                if isinstance(part, Future):
+                    part = self._chunks[key] = part.result()
+                blocks[chunk] = part
+            return blocks[chunk]
+
+        out = []
+        for start, stop in zip(starts, stops, strict=True):
+            first, last = start // chunk_rows, (stop - 1) // chunk_rows
+            if stop <= start:
+                dtype = stored_dtype(info["stored_dtype"])
+                out.append(np.empty((0, info["width"]), dtype=dtype))
+            elif first == last:
+                base = first * chunk_rows
+                view = block(first)[start - base : stop - base]
+                out.append(view.copy() if copy else view)
+            else:
+                out.append(
+                    np.concatenate(
+                        [
+                            block(c)[max(start - c * chunk_rows, 0) : stop - c * chunk_rows]
+                            for c in range(first, last + 1)
+                        ]
+                    )
+                )
+        return out
 
     def trim(self) -> None:
         """Evict least recently used chunks down to the budget."""
@@ -193,15 +219,17 @@ class EpochReader:
 
     def _take(self, parts: list[_ShardPart], pending: dict[int, dict[str, Any]]) -> None:
         """The example dicts of loaded parts, into ``pending`` by stream position."""
-        rows_of = self.cache.rows
         for part in parts:
             shard = part.shard
-            spans = [(name, lo.tolist(), hi.tolist()) for name, (lo, hi) in part.spans.items()]
-            for i, (position, row) in enumerate(zip(part.positions, part.rows, strict=True)):
-                features = {  # views into the chunks unless cast (no per-example copy)
-                    name: rows_of(shard, name, lo[i], hi[i], copy=self.cast)
-                    for name, lo, hi in spans
-                }
+            names = list(part.spans)
+            columns = [  # views into the chunks unless cast (no per-example copy)
+                self.cache.columns(shard, name, lo.tolist(), hi.tolist(), copy=self.cast)
+                for name, (lo, hi) in part.spans.items()
+            ]
+            per_example = zip(*columns, strict=True) if columns else repeat(())
+            rows = zip(part.positions, part.rows, strict=True)
+            for (position, row), values in zip(rows, per_example, strict=False):  # repeat: endless
+                features = dict(zip(names, values, strict=True))
                 if self.cast:
                     features = _cast(shard, features)
                 pending[position] = shard.record(row, features)
