@@ -17,16 +17,14 @@ per feature kind, so each row of the table reads exactly one kind:
   array decoded, crc32 checked, collated into padded float32 tensors), ``decode_threads`` 1 / 2.
 - ``floor 1t`` (CPU-time table): decode into kept buffers plus the fp16 -> float32 cast of
   the same bytes, one thread: the memory traffic a float32 reader cannot avoid.
-- ``stored 2t``: the same epoch as the old CUDA path built it before its ``pin_memory()`` copy
-  (decode_threads 2, the arrays of a batch padded in parallel in the stored dtype, cast on the
-  GPU). ``packed 2t``: the CPU side of the packed CUDA path (``cache/gpu_feed.py``): each
-  array's stored rows gathered unpadded into one reused host buffer (pinned where torch has a
-  pinned allocator, ordinary memory on a CPU-only build; the table says which), in parallel;
-  padding and cast happen on the GPU. What a GPU student can be fed. ``stored+copy 2t``: the
-  old path with the copy its ``pin_memory()`` made (into a reused ordinary buffer here: a
-  lower bound of that copy's cost). ``GPU feed``
-  projects it onto an all-layer BERT-base example (13 hidden + 12 attention layers, 128
-  tokens, fp16: 7.27 MB) against the 533 examples/s a batch of 16 needs at a 30 ms step.
+- ``packed 1t`` / ``packed 2t``: the CPU side of the CUDA path (``cache/gpu_feed.py``), one
+  thread / 2 decode threads: each array's stored rows gathered unpadded into one reused host
+  buffer (pinned where torch has a pinned allocator, ordinary memory on a CPU-only build; the
+  table says which), in parallel for large arrays; padding and cast happen on the GPU. What a
+  GPU student can be fed. ``GPU feed`` projects ``packed 2t`` onto an all-layer BERT-base
+  example (13 hidden + 12 attention layers, 128 tokens, fp16: 7.27 MB) against the 533
+  examples/s a batch of 16 needs at a 30 ms step. (Until issue 15's fifth pass the table also
+  had the old CUDA path, padded in the stored dtype then ``pin_memory()``; that path is gone.)
 
 Blosc's own threads are off (``numcodecs.blosc.use_threads = False``) so "one thread" is one.
 
@@ -52,8 +50,7 @@ import torch
 from common import ROOT
 
 from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec
-from cachebrew.cache.batch_copy import _cast_copy, pad_batch
-from cachebrew.cache.buffers import BufferPool
+from cachebrew.cache.batch_copy import _cast_copy
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.gpu_feed import PinnedPool, pack_rows
@@ -184,61 +181,37 @@ def reader_seconds(cache: Path, threads: int) -> tuple[Timing, Timing]:
     return seconds[0], seconds[1]
 
 
-def stored_seconds(cache: Path, threads: int, mode: str = "stored") -> tuple[Timing, Timing]:
-    """The CUDA path's CPU side of two epochs (first, next): decode, then ``mode``:
-
-    - ``"stored"``: pad in the stored dtype (no cast), the old path before its ``pin_memory()``;
-    - ``"stored+copy"``: that, plus the copy ``pin_memory()`` made of every padded batch, here
-      into a reused ordinary buffer (a lower bound: no allocation, no page faults);
-    - ``"packed"``: gather each array's stored rows unpadded into one reused host buffer (the
-      packed path of ``cache/gpu_feed.py``; pinned only where torch has a pinned allocator);
-
-    with the memory reuse the dataset's own iteration has."""
+def packed_seconds(cache: Path, threads: int) -> tuple[Timing, Timing]:
+    """The CUDA path's CPU side of two epochs (first, next): decode, then gather each array's
+    stored rows unpadded into one reused host buffer (the packed path of
+    ``cache/gpu_feed.py``; pinned only where torch has a pinned allocator), with the memory
+    reuse and the parallel copies of the dataset's own iteration."""
     dataset = CacheDataset(open_cache(cache), batch_size=16)
     layout = dataset.layout
     assert layout is not None
     names = (*layout.hidden.values(), *layout.attention.values())
-    blocks = getattr(dataset, "_chunk_blocks", None)  # absent before the third pass
-    parallel_pad = blocks is not None  # the third pass pads a batch's arrays in parallel
-    buffers = BufferPool()
-    pinned = PinnedPool(slots=2 * len(names)) if mode == "packed" else None
-    copies = BufferPool() if mode == "stored+copy" else None
+    pinned = PinnedPool(slots=2 * len(names))
     seconds = []
     for epoch in range(2):
         start = _clock()
         with ThreadPoolExecutor(threads) as pool:
-            extra = () if blocks is None else (blocks,)
-            chunks = ChunkCache(4 * dataset.window_bytes, pool if threads > 1 else None, *extra)
+            decoders = pool if threads > 1 else None
+            chunks = ChunkCache(4 * dataset.window_bytes, decoders, dataset._chunk_blocks)
             plan = dataset.plan(epoch)
             reader = EpochReader(dataset.reader, plan, layout.stored_arrays, chunks, cast=False)
             for examples in reader.batches(range(len(dataset)), 16):
-                lengths = [e["length"] for e in examples]
 
-                def pad(name: str, examples: Any = examples, lengths: Any = lengths) -> Any:
+                def pack(name: str, examples: Any = examples) -> Any:
                     rows = [e["features"][name] for e in examples]
-                    if pinned is not None:
-                        buffer = pinned.take(sum(r.nbytes + 8 for r in rows))
-                        pack_rows(rows, buffer)
-                        return buffer
-                    dtype = layout.dtypes[name]
-                    padded = pad_batch(
-                        name, rows, lengths, max(lengths), dtype, None, buffers, stored=True
-                    ).numpy()
-                    if copies is not None:
-                        np.copyto(copies.take(name, padded.shape, padded.dtype), padded)
-                    return padded
+                    buffer = pinned.take(sum(r.nbytes + 8 for r in rows))
+                    pack_rows(rows, buffer)
+                    return buffer
 
                 features = [e["features"] for e in examples]
-                parallel = (
-                    copy_pool(pool, features, names) if parallel_pad and threads > 1 else None
-                )
-                if parallel is not None:  # as collate pads / packs for CUDA
-                    out = list(parallel.map(pad, names))
-                else:
-                    out = list(map(pad, names))
-                if pinned is not None:  # on a GPU: released with the copy's event
-                    for buffer in out:
-                        pinned.release(buffer, None)
+                parallel = copy_pool(decoders, features, names)  # as collate packs for CUDA
+                packed = list(parallel.map(pack, names) if parallel else map(pack, names))
+                for buffer in packed:  # on a GPU: released with the copy's event
+                    pinned.release(buffer, None)
         seconds.append(_since(start))
     return seconds[0], seconds[1]
 
@@ -286,10 +259,7 @@ def main() -> None:
                 if threads == 1:
                     runs["floor"] = (floor_seconds(payloads, chunk_nbytes, codec),)
                 runs["reader"] = reader_seconds(cache, threads)
-                if threads == 2:
-                    runs["stored"] = stored_seconds(cache, 2)
-                    runs["copy"] = stored_seconds(cache, 2, "stored+copy")
-                    runs["packed"] = stored_seconds(cache, 2, "packed")
+                runs["packed"] = packed_seconds(cache, threads)
                 for what, (first, *later) in runs.items():
                     for clock, suffix in ((0, "s"), (1, "cpu_s")):
                         key = f"{what}_{threads}t"
@@ -306,50 +276,30 @@ def main() -> None:
 
 def render(results: dict[str, Any]) -> str:
     load = ", ".join(f"{x:.2f}" for x in results.get("load_average", ()))
+    pinned = "pinned" if results.get("pinned") else "ordinary (no pinned allocator: CPU-only torch)"
     lines = [
         f"codec {results['codec']}, {results['examples']} examples, medians (MB/s of stored "
         "bytes decoded; ratio = codec 1t seconds / reader seconds; 'first' = the first epoch "
-        f"of a new reader, crc32 checked; load average at the end {load})",
+        f"of a new reader, crc32 checked; load average at the end {load}). reader = the CPU "
+        f"float32 batches; packed = the CUDA path's CPU side ({pinned} host memory); GPU feed "
+        f"= packed 2t MB/s / {BERT_BASE_EXAMPLE_MB:.2f} MB per all-layer BERT-base example, "
+        f"against {NEEDED_EXAMPLES_S:.0f} ex/s for a 30 ms step of 16",
         "",
-        "| kind | stored MB | codec 1t | codec 2t | reader 1t first | reader 1t | reader 2t "
-        "| stored 2t | reader 1t first / codec | reader 1t / codec | reader 2t / codec "
-        "| stored 2t first / codec | stored 2t / codec | GPU feed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kind | stored MB | codec 1t | codec 2t | reader 1t | reader 2t | packed 1t | packed 2t "
+        "| reader 1t first / codec | reader 1t / codec | reader 2t / codec "
+        "| packed 1t / codec | packed 2t first / codec | packed 2t / codec | GPU feed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, row in results["kinds"].items():
         mb = row["decoded_mb"]
-        keys = ("codec_1t_s", "codec_2t_s", "reader_1t_first_s", "reader_1t_s", "reader_2t_s")
-        keys += ("stored_2t_s",)
-        speeds = [mb / row[k] for k in keys]
-        ratio_keys = ("reader_1t_first_s", "reader_1t_s", "reader_2t_s", "stored_2t_first_s")
-        ratios = [row["codec_1t_s"] / row[k] for k in (*ratio_keys, "stored_2t_s")]
+        keys = ("codec_1t_s", "codec_2t_s", "reader_1t_s", "reader_2t_s", "packed_1t_s")
+        speeds = [mb / row[k] for k in (*keys, "packed_2t_s")]
+        ratio_keys = ("reader_1t_first_s", "reader_1t_s", "reader_2t_s", "packed_1t_s")
+        ratio_keys += ("packed_2t_first_s", "packed_2t_s")
+        ratios = [row["codec_1t_s"] / row[k] for k in ratio_keys]
         feed = speeds[-1] / BERT_BASE_EXAMPLE_MB
         cells = [f"{mb:.0f}", *(f"{s:,.0f}" for s in speeds), *(f"{r:.2f}" for r in ratios)]
         cells.append(f"{feed:,.0f} / {NEEDED_EXAMPLES_S:.0f} ex/s")
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    pinned = "pinned" if results.get("pinned") else "ordinary (no pinned allocator: CPU-only torch)"
-    lines += [
-        "",
-        f"The GPU path's CPU side, 2 threads, next epochs (packed host buffers: {pinned} "
-        f"memory; GPU feed = MB/s / {BERT_BASE_EXAMPLE_MB:.2f} MB per all-layer BERT-base "
-        f"example, against {NEEDED_EXAMPLES_S:.0f} ex/s for a 30 ms step of 16)",
-        "",
-        "| kind | stored 2t MB/s | stored+copy 2t MB/s | packed 2t MB/s | stored 2t / codec "
-        "| packed 2t / codec | packed / stored | packed / stored+copy | same, CPU time "
-        "| packed first / stored+copy first | GPU feed stored+copy | GPU feed packed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for kind, row in results["kinds"].items():
-        if "packed_2t_s" not in row:
-            continue
-        mb, codec_s = row["decoded_mb"], row["codec_1t_s"]
-        stored_s, copy_s, packed_s = row["stored_2t_s"], row["copy_2t_s"], row["packed_2t_s"]
-        cpu = row["copy_2t_cpu_s"] / row["packed_2t_cpu_s"]
-        first = row["copy_2t_first_s"] / row["packed_2t_first_s"]
-        cells = [f"{mb / t:,.0f}" for t in (stored_s, copy_s, packed_s)]
-        cells += [f"{codec_s / stored_s:.2f}", f"{codec_s / packed_s:.2f}"]
-        cells += [f"{r:.2f}" for r in (stored_s / packed_s, copy_s / packed_s, cpu, first)]
-        cells += [f"{mb / t / BERT_BASE_EXAMPLE_MB:,.0f} ex/s" for t in (copy_s, packed_s)]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -73,8 +73,6 @@ def pad_batch(
     dtype: str = "fp32",
     scales: Sequence[np.ndarray] | None = None,
     buffers: BufferPool | None = None,
-    *,
-    stored: bool = False,
 ) -> torch.Tensor:
     """The zero-padded float32 batch of one array (:func:`padded_shape`), cast in the copy.
 
@@ -87,8 +85,6 @@ def pad_batch(
         dtype: the storage dtype name (``"bf16"`` marks uint16 rows as bf16 bits).
         scales: per example the (rows_b, 1) float32 scales of int8 rows.
         buffers: where the output memory comes from (None: fresh memory).
-        stored: keep the stored dtype (bf16 bits as int16, int8 unscaled) for a device that
-            casts (the CUDA path copies this batch into pinned memory).
 
     Returns:
         The same values, bit for bit, as the previous per-example padding path (kept as the
@@ -96,11 +92,12 @@ def pad_batch(
     """
     shape = padded_shape(name, rows, lengths, width)
     kind = name.split(".", 1)[0]
-    out_dtype = rows[0].dtype if stored else np.dtype(np.float32)
     out = (
-        buffers.take(name, shape, out_dtype) if buffers is not None else np.empty(shape, out_dtype)
+        buffers.take(name, shape, np.float32)
+        if buffers is not None
+        else np.empty(shape, np.float32)
     )
-    is_bf16 = dtype == "bf16" and rows[0].dtype == np.uint16 and not stored
+    is_bf16 = dtype == "bf16" and rows[0].dtype == np.uint16
     for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
         target = out[b]
         if kind == "hidden_cls":  # one row (1, D), no padding
@@ -113,14 +110,10 @@ def pad_batch(
             target[..., :n, n:] = 0
             target[..., n:, :] = 0
         value = value.reshape(region.shape)
-        if stored:
-            region[...] = value  # no cast: numpy's memcpy-like copy, one thread
-        elif scales is not None and value.dtype == np.int8:
+        if scales is not None and value.dtype == np.int8:
             np.multiply(value, scales[b].reshape(-1, 1), out=region)
         else:
             _cast_copy(torch.from_numpy(region), _as_tensor(value, is_bf16))
-    if stored and dtype == "bf16" and out.dtype == np.uint16:
-        return torch.from_numpy(out.view(np.int16))  # torch has no uint16 bf16 view
     return torch.from_numpy(out)
 
 

@@ -25,8 +25,6 @@ def pad_feature(
     width: int,
     dtype: str = "fp32",
     scales: Sequence[np.ndarray] | None = None,
-    *,
-    stored: bool = False,
 ) -> torch.Tensor:
     """The padding path before `cache/batch_copy.py` (a fresh array, per-example copies), kept
     here as the reference the new path must equal bit for bit. Zero-padded batch of one array: hidden (B, L, D), hidden_cls (B, D), attention
@@ -34,8 +32,7 @@ def pad_feature(
 
     Float32 by default: fp16 is cast, bf16 bits become the high half of each float32 and int8
     is scaled, all inside the one padding copy (numpy, one thread: torch's two-thread copy_
-    was 4-20x slower on these small copies on the shared 2-core box). ``stored=True`` keeps
-    the stored dtype (bf16 as int16 bits) for a pinned copy cast on the GPU.
+    was 4-20x slower on these small copies on the shared 2-core box).
     """
     kind = name.split(".", 1)[0]
     heads = rows[0].size // (lengths[0] * lengths[0]) if kind == "attention" else 0
@@ -46,7 +43,7 @@ def pad_feature(
     else:
         shape = (len(rows), heads, width, width) if heads else (len(rows), width, width)
     bf16_bits = dtype == "bf16" and rows[0].dtype == np.uint16
-    out = np.zeros(shape, dtype=rows[0].dtype if stored else np.float32)
+    out = np.zeros(shape, dtype=np.float32)
     for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
         if kind == "hidden_cls":
             target = out[b : b + 1]
@@ -55,13 +52,13 @@ def pad_feature(
         else:
             target = out[b, :, :n, :n] if heads else out[b, :n, :n]
         value = value.reshape(target.shape)
-        if bf16_bits and not stored:  # little-endian: the high 16 bits are the odd halves
+        if bf16_bits:  # little-endian: the high 16 bits are the odd halves
             target.view(np.uint16)[..., 1::2] = value
-        elif scales is not None and not stored:
+        elif scales is not None:
             np.multiply(value, scales[b].reshape(-1, 1), out=target)
         else:
             target[...] = value
-    return torch.from_numpy(out.view(np.int16) if stored and bf16_bits else out)
+    return torch.from_numpy(out)
 
 
 HEADS, HIDDEN = 3, 40  # 40 * 1000 rows > one inline torch copy: the split path runs too
@@ -103,14 +100,10 @@ def test_pad_batch_equals_pad_feature_across_reused_buffers(kind: str, dtype: st
             lengths = [min(n, 60) for n in lengths]
             rows, scales = stored_rows(kind, dtype, lengths, seed=step)
         width = max(lengths) + step % 2  # sometimes wider than the longest example
-        for stored in (False, True):
-            want = pad_feature(name, rows, lengths, width, dtype, scales, stored=stored)
-            got = pad_batch(name, rows, lengths, width, dtype, scales, pool, stored=stored)
-            assert got.dtype == want.dtype and got.shape == want.shape
-            assert torch.equal(
-                got.view(torch.int32) if not stored else got,
-                want.view(torch.int32) if not stored else want,
-            )
+        want = pad_feature(name, rows, lengths, width, dtype, scales)
+        got = pad_batch(name, rows, lengths, width, dtype, scales, pool)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert pool.allocations < 8  # the buffers were reused
 
 
@@ -157,9 +150,9 @@ def test_dataset_batches_equal_the_previous_path_bit_for_bit(
     streamed = [_clone(batch) for batch in dataset()]
     held = list(dataset())
 
-    def previous(name, rows, lengths, width, dtype, scales, buffers, stored=False):  # type: ignore[no-untyped-def]
+    def previous(name, rows, lengths, width, dtype, scales, buffers):  # type: ignore[no-untyped-def]
         rows = [np.array(r, copy=True) for r in rows]  # per-example copies, as before
-        return pad_feature(name, rows, lengths, width, dtype, scales, stored=stored)
+        return pad_feature(name, rows, lengths, width, dtype, scales)
 
     monkeypatch.setattr(collate_module, "pad_batch", previous)
     expected = list(dataset())
