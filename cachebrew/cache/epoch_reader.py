@@ -12,7 +12,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -226,9 +225,8 @@ class EpochReader:
                 self.cache.columns(shard, name, lo.tolist(), hi.tolist(), copy=self.cast)
                 for name, (lo, hi) in part.spans.items()
             ]
-            per_example = zip(*columns, strict=True) if columns else repeat(())
-            rows = zip(part.positions, part.rows, strict=True)
-            for (position, row), values in zip(rows, per_example, strict=False):  # repeat: endless
+            per_example = zip(*columns, strict=True) if columns else [()] * len(part.rows)
+            for position, row, values in zip(part.positions, part.rows, per_example, strict=True):
                 features = dict(zip(names, values, strict=True))
                 if self.cast:
                     features = _cast(shard, features)
