@@ -15,6 +15,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 # make_epoch(epoch, start) -> the batches of epoch from batch ``start``, or None when the
@@ -25,7 +26,7 @@ _POLL_S = 0.1  # how often a blocked thread looks at its stop flag
 
 
 class Prefetcher:
-    """Serves the epochs of one dataset from a thread running up to ``depth`` batches ahead.
+    """Serves the epochs of one dataset from threads running up to ``depth`` batches ahead.
 
     Args:
         make_epoch: ``(epoch, start) -> iterator of batches`` (None: stop). It runs in the
@@ -33,6 +34,9 @@ class Prefetcher:
             when it is collected).
         depth: batches made ahead of the consumer (>= 1).
 
+    Each :meth:`epoch` iterator has a thread of its own (two iterators of one dataset do not
+    disturb each other); a thread whose consumer finished its epoch runs ahead *idle* until
+    the next :meth:`epoch` call takes it over (the next epoch from its start) or closes it.
     A pickled prefetcher (a DataLoader worker's copy of the dataset) arrives idle and unusable:
     workers do not prefetch.
     """
@@ -40,48 +44,42 @@ class Prefetcher:
     def __init__(self, make_epoch: MakeEpoch | None, depth: int):
         self.depth = depth
         self._make = make_epoch
-        self._thread: threading.Thread | None = None
-        self._slots: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self._stop = threading.Event()
-        self._next: tuple[int, int] | None = None  # what the running thread makes next
+        self._idle: _Run | None = None  # a finished consumer's thread, running ahead
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Any]:
         """The batches of ``epoch`` from batch ``start``; the thread then goes on with
         ``epoch + 1``. An error in the thread is raised here; closing this iterator before
         its end stops the thread."""
-        if self._thread is None or self._next != (epoch, start):
-            self.close()
-            self._start(epoch, start)
-        self._next = None
-        thread, slots = self._thread, self._slots
+        run, self._idle = self._idle, None
+        if run is None or run.next != (epoch, start):
+            if run is not None:
+                run.close()
+            run = self._start(epoch, start)
         finished = False
         try:
             while True:
-                kind, value = _get(slots, thread)
+                kind, value = _get(run.slots, run.thread)
                 if kind == "end":
-                    finished, self._next = True, (epoch + 1, 0)
+                    finished, run.next = True, (epoch + 1, 0)
+                    if self._idle is not None:  # another iterator finished first
+                        self._idle.close()
+                    self._idle = run
                     return
                 if kind == "error":
                     raise value
                 yield value
         finally:
-            if not finished and self._thread is thread:  # a newer epoch owns a newer thread
-                self.close()
+            if not finished:
+                run.close()
 
     def close(self) -> None:
-        """Stop the thread and drop what it made (idempotent)."""
-        thread, self._thread, self._next = self._thread, None, None
-        if thread is None:
-            return
-        self._stop.set()
-        if thread is threading.current_thread():  # collected by the thread itself: it stops
-            return
-        while thread.is_alive():  # unblock a thread waiting for a free slot
-            with contextlib.suppress(queue.Empty):
-                self._slots.get_nowait()
-            thread.join(_POLL_S)
+        """Stop the idle thread and drop what it made (idempotent; threads of iterators still
+        in use stop when those are closed)."""
+        run, self._idle = self._idle, None
+        if run is not None:
+            run.close()
 
-    def _start(self, epoch: int, start: int) -> None:
+    def _start(self, epoch: int, start: int) -> _Run:
         if self._make is None:
             raise RuntimeError(
                 "a pickled Prefetcher cannot run (DataLoader workers do not prefetch)"
@@ -111,15 +109,35 @@ class Prefetcher:
             except BaseException as error:  # re-raised in the consumer
                 _put(slots, ("error", error), stop)
 
-        self._slots, self._stop = slots, stop
-        self._thread = threading.Thread(target=produce, name="cachebrew-prefetch", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=produce, name="cachebrew-prefetch", daemon=True)
+        thread.start()
+        return _Run(thread, slots, stop)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"depth": self.depth}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(None, state["depth"])  # type: ignore[misc]
+
+
+@dataclass
+class _Run:
+    """One producing thread, its queue and stop flag, and what it makes next once idle."""
+
+    thread: threading.Thread
+    slots: queue.Queue[tuple[str, Any]]
+    stop: threading.Event
+    next: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        """Stop the thread and drop what it made."""
+        self.stop.set()
+        if self.thread is threading.current_thread():  # collected by the thread itself
+            return
+        while self.thread.is_alive():  # unblock a thread waiting for a free slot
+            with contextlib.suppress(queue.Empty):
+                self.slots.get_nowait()
+            self.thread.join(_POLL_S)
 
 
 def _put(slots: queue.Queue[tuple[str, Any]], item: tuple[str, Any], stop: threading.Event) -> bool:

@@ -165,3 +165,19 @@ def test_a_dataset_that_prefetched_still_pickles_for_dataloader_workers(
     copy.prefetch = 0  # a worker's copy iterates without a thread
     copy.set_epoch(1)
     assert same([clone(b) for b in copy], expected)
+
+
+def test_two_live_iterators_of_one_dataset_do_not_disturb_each_other(
+    cache: pathlib.Path,
+) -> None:
+    options = {"batch_size": 4, "seed": 6}
+    reference = CacheDataset(cache, **options)
+    expected = epochs(reference, [0, 1])
+    dataset = CacheDataset(cache, prefetch=1, **options)
+    first = iter(dataset)  # epoch 0, e.g. a peek the caller kept
+    got_first = [clone(next(first))]
+    dataset.set_epoch(1)
+    second = [clone(b) for b in dataset]  # a second iterator while the first is live
+    got_first += [clone(b) for b in first]
+    assert same(got_first, expected[0])
+    assert same(second, expected[1])
