@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
+from cache_helpers import clone
 
 import cachebrew.cache.collate as collate_module
 from cachebrew.cache import CacheWriter, parse_feature_spec
@@ -147,7 +148,7 @@ def test_dataset_batches_equal_the_previous_path_bit_for_bit(
         return CacheDataset(cache, batch_size=4, seed=2, buffer_size=6, window_bytes=3000)
 
     # the new path, consumed one batch at a time (buffers reused) and all at once (held)
-    streamed = [_clone(batch) for batch in dataset()]
+    streamed = [clone(batch) for batch in dataset()]
     held = list(dataset())
 
     def previous(name, rows, lengths, width, dtype, scales, buffers):  # type: ignore[no-untyped-def]
@@ -168,16 +169,6 @@ def test_dataset_batches_equal_the_previous_path_bit_for_bit(
                         assert x.dtype == y.dtype == torch.float32
                         assert torch.equal(x.view(torch.int32), y.view(torch.int32))
             assert torch.equal(a["teacher_cache"]["logits"], b["teacher_cache"]["logits"])
-
-
-def _clone(batch: dict) -> dict:  # type: ignore[type-arg]
-    cache = batch["teacher_cache"]
-    layers = {
-        kind: [None if t is None else t.clone() for t in cache[kind]]
-        for kind in ("hidden", "attention")
-        if kind in cache
-    }
-    return {**batch, "teacher_cache": {**cache, **layers}}
 
 
 def test_only_large_batches_copy_their_arrays_in_parallel() -> None:

@@ -11,31 +11,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cache_helpers import same, write_cache
 from torch.utils.data import DataLoader
 
-from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec, restore_shape
+from cachebrew.cache import open_cache, parse_feature_spec, restore_shape
 from cachebrew.cache.collate import collate_labels, token_type_ids
 from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.shard import ShardReader
-from cachebrew.cache.synthetic import synthetic_examples, synthetic_features, write_examples
+from cachebrew.cache.synthetic import synthetic_examples, synthetic_features
 from cachebrew.distill.sources import DataStream
 from cachebrew.errors import CacheCorruptError, CacheMismatchError, ConfigError
 
 SPEC = parse_feature_spec("logits:logprobs,hidden:0,2,hidden_cls:1,attention:1", dtype="fp32")
-NUM_EXAMPLES, SHARD_SIZE = 45, 10  # shards of 10, 10, 10, 10, 5
-
-
-def write_cache(path: pathlib.Path, spec: Any, examples: list[dict[str, Any]]) -> pathlib.Path:
-    with CacheWriter(
-        path,
-        spec,
-        teacher_info={"class": "Tiny"},
-        corpus_fingerprint="corpus-1",
-        shard_size=SHARD_SIZE,
-        chunk_bytes=4096,
-    ) as writer:
-        write_examples(writer, examples)
-    return path
+NUM_EXAMPLES = 45  # write_cache's shards of 10: 10, 10, 10, 10, 5
 
 
 @pytest.fixture(scope="module")
@@ -406,15 +394,6 @@ def test_prefetch_gives_the_same_batches_and_stops_with_the_consumer(
         dataset = CacheDataset(cache, batch_size=4, seed=5, prefetch=prefetch)
         dataset.set_epoch(1)
         return list(dataset)
-
-    def same(a: Any, b: Any) -> bool:
-        if isinstance(a, torch.Tensor):
-            return isinstance(b, torch.Tensor) and torch.equal(a, b)
-        if isinstance(a, dict):
-            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        if isinstance(a, list | tuple):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-        return bool(a == b)
 
     plain, ahead = batches(0), batches(2)
     assert len(plain) == len(ahead) and all(same(a, b) for a, b in zip(plain, ahead, strict=True))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from cache_helpers import same
 
 import cachebrew.cache.shard as shard_module
 from cachebrew.cache import CacheWriter, batch_copy, open_cache, parse_feature_spec
@@ -37,16 +37,6 @@ def write(path: pathlib.Path, name: str) -> pathlib.Path:
     ) as writer:  # fmt: skip
         write_examples(writer, examples)
     return path
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -12,54 +12,21 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import torch
+from cache_helpers import clone, same, write_cache
 
-from cachebrew.cache import CacheWriter, parse_feature_spec
+from cachebrew.cache import parse_feature_spec
 from cachebrew.cache.dataset import CacheDataset
-from cachebrew.cache.synthetic import synthetic_examples, write_examples
+from cachebrew.cache.synthetic import synthetic_examples
 from cachebrew.errors import CacheCorruptError
 
 SPEC = parse_feature_spec("logits:logprobs,hidden:0,2,attention:1", dtype="fp16")
+EXAMPLES = synthetic_examples(SPEC, 45, seed=3)
 WAIT_S = 10  # every wait has a timeout
-
-
-def write_cache(path: pathlib.Path) -> pathlib.Path:
-    with CacheWriter(
-        path,
-        SPEC,
-        teacher_info={"class": "Tiny"},
-        corpus_fingerprint="corpus-1",
-        shard_size=10,
-        chunk_bytes=4096,
-    ) as writer:
-        write_examples(writer, synthetic_examples(SPEC, 45, seed=3))
-    return path
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return write_cache(tmp_path_factory.mktemp("prefetch") / "cache")
-
-
-def same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def clone(batch: Any) -> Any:
-    """A copy that outlives the pooled buffers the batch's tensors view."""
-    if isinstance(batch, torch.Tensor):
-        return batch.clone()
-    if isinstance(batch, dict):
-        return {k: clone(v) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(clone(v) for v in batch)
-    return batch
+    return write_cache(tmp_path_factory.mktemp("prefetch") / "cache", SPEC, EXAMPLES)
 
 
 def epochs(dataset: CacheDataset, order: list[int | tuple[int, int]]) -> list[list[Any]]:
@@ -142,7 +109,7 @@ def test_the_thread_stops_with_an_early_consumer_and_with_its_dataset(cache: pat
 def test_an_error_in_the_next_epoch_reaches_the_consumer_there(
     tmp_path: pathlib.Path, flip_chunk_byte: Callable[[pathlib.Path, int, str], None]
 ) -> None:
-    path = write_cache(tmp_path / "cache")
+    path = write_cache(tmp_path / "cache", SPEC, EXAMPLES)
     dataset = CacheDataset(path, batch_size=4, prefetch=1)  # a mixing buffer over all 45
     iterator = iter(dataset)
     first = [next(iterator)]  # its first batch waits for every chunk: epoch 0 is decoded
