@@ -151,13 +151,13 @@ def _put(slots: queue.Queue[tuple[str, Any]], item: tuple[str, Any], stop: threa
     return False
 
 
-def _get(slots: queue.Queue[tuple[str, Any]], thread: threading.Thread | None) -> tuple[str, Any]:
+def _get(slots: queue.Queue[tuple[str, Any]], thread: threading.Thread) -> tuple[str, Any]:
     """The next item; an error if the thread ended without a word (it always leaves one)."""
     while True:
         try:
             return slots.get(timeout=_POLL_S)
         except queue.Empty:
-            if thread is None or not thread.is_alive():
+            if not thread.is_alive():
                 with contextlib.suppress(queue.Empty):
                     return slots.get_nowait()
                 return "error", RuntimeError("the cachebrew prefetch thread stopped unexpectedly")
