@@ -55,6 +55,7 @@ from cachebrew.cache.dataset import CacheDataset
 from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.gpu_feed import PinnedPool, pack_rows
 from cachebrew.cache.synthetic import synthetic_examples, write_examples
+from cachebrew.errors import CacheError
 
 try:
     from cachebrew.cache.batch_copy import copy_pool
@@ -243,6 +244,11 @@ def main() -> None:
         help="also measure this real cache (all its arrays in one row; repeatable)",
     )
     args = parser.parse_args()
+    for cache in args.cache:  # before the synthetic rows spend their minute
+        try:
+            open_cache(cache)
+        except CacheError as e:
+            raise SystemExit(f"--cache {cache}: {e}") from None
     numcodecs.blosc.use_threads = False
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"codec": args.codec, "examples": args.examples, "kinds": {}}
