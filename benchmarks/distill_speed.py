@@ -119,8 +119,10 @@ def _precompute(teacher: Path, corpus: Path, codec: str = DEFAULT_CODEC) -> Path
     return out
 
 
-def _mean(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: sum(r[key] for r in runs) / len(runs) for key in runs[0]}
+def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means of the figures; the per-step waits of every run, in order."""
+    out = {key: sum(r[key] for r in runs) / len(runs) for key in runs[0] if key != "waits_ms"}
+    return {**out, "waits_ms": [r["waits_ms"] for r in runs]}
 
 
 def _dataset(cache: Path, teacher_cache: bool, prefetch: int = 0) -> Any:
@@ -167,9 +169,10 @@ class Timed:
             self.waits.append(time.perf_counter() - start)
             yield batch
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         """Examples/s and data-wait share from the first step after the warm-up to the start of
-        the last step (so the checkpoint the run saves at its end is not counted)."""
+        the last step (so the checkpoint the run saves at its end is not counted), and the
+        wait of every step (warm-up included) in ms."""
         times = self.requested[WARMUP:]
         seconds = times[-1] - times[0]
         steps = len(times) - 1
@@ -178,6 +181,7 @@ class Timed:
             "seconds": seconds,
             "examples_per_s": steps * BATCH / seconds,
             "data_wait_share": sum(self.waits[WARMUP : WARMUP + steps]) / seconds,
+            "waits_ms": [round(1000 * w, 1) for w in self.waits],  # per step: epoch starts show
         }
 
 
@@ -196,7 +200,7 @@ def _student() -> torch.nn.Module:
     return BertForSequenceClassification(config)
 
 
-def _cachebrew(teacher: Path | None, batches: Any, steps: int) -> dict[str, float]:
+def _cachebrew(teacher: Path | None, batches: Any, steps: int) -> dict[str, Any]:
     from cachebrew import DistillationConfig, GeneralDistiller, TrainingConfig
     from cachebrew.models import default_adaptor, load_model
 
@@ -222,7 +226,7 @@ def _cachebrew(teacher: Path | None, batches: Any, steps: int) -> dict[str, floa
     return timed.summary()
 
 
-def _textbrewer(teacher: Path, cache: Path, steps: int) -> dict[str, float]:
+def _textbrewer(teacher: Path, cache: Path, steps: int) -> dict[str, Any]:
     import textbrewer
     from torch.utils.data import DataLoader, TensorDataset
 
