@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from common import ROOT, bert_base_teacher, long_corpus
 
-from cachebrew.cache.codecs import DEFAULT_CODEC
+from cachebrew.cache.format.codecs import DEFAULT_CODEC
 
 OUT = ROOT / "runs" / "bench-distill"
 BATCH = 16
@@ -126,7 +126,7 @@ def _mean(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _dataset(cache: Path, teacher_cache: bool, prefetch: int = 0) -> Any:
-    from cachebrew.cache.dataset import CacheDataset
+    from cachebrew.cache.feed.dataset import CacheDataset
 
     return CacheDataset(
         str(cache),

@@ -27,8 +27,8 @@ import torch
 from numcodecs import Blosc
 from torch.profiler import ProfilerActivity, profile
 
-from cachebrew.cache.codecs import encode
-from cachebrew.cache.exact_logits import ExactLogits, LMHead
+from cachebrew.cache.format.codecs import encode
+from cachebrew.cache.logits.exact import ExactLogits, LMHead
 from cachebrew.distill.exact_kd import exact_kd_loss
 from cachebrew.losses import kd_ce_loss
 

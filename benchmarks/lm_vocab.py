@@ -2,7 +2,7 @@
 
 ``make bench-lm`` (``python benchmarks/lm_vocab.py [TOKENS] [--rows-from CACHE] [--vocab V ...]``):
 for V in {151,936, 262,144}, ``topk:K`` (lossless layout 2) and ``topk:K:q4|q5|q8`` (lossy value
-codes, cache/topk_codes.py) for K in {16, 32, 64, 128}, and ``sample:N`` for N in {12, 32, 64}.
+codes, cache/logits/topk_codes.py) for K in {16, 32, 64, 128}, and ``sample:N`` for N in {12, 32, 64}.
 
 Rows follow a trained LM's shape, not uniform random logits (whose ids would not compress like
 real ones). Ids always come from a synthetic frequency-ordered vocabulary (BPE ids roughly
@@ -16,7 +16,7 @@ come from one of two **sources**, printed with the table:
   log(rank) fitted to its last decade of ranks and renormalised, then put rank for rank onto
   the synthetic row's order (its r-th largest entry gets the LM's r-th largest log-prob).
 
-Each mode is stored exactly as the cache stores it (cachebrew.cache.prepare + codecs.encode,
+Each mode is stored exactly as the cache stores it (cachebrew.cache.write.prepare + codecs.encode,
 zstd-1 over the whole block of rows) and read back as distill reads it (codecs.decode +
 read_sparse_logits -> SparseLogits). **encode tok/s**: full (tokens, V) fp32 logits ->
 compressed arrays (top-k selection or sampling included); **decode tok/s**: compressed arrays
@@ -42,10 +42,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from numcodecs import Zstd  # noqa: E402
 
-from cachebrew.cache.codecs import decode, encode  # noqa: E402
-from cachebrew.cache.prepare import prepare_example  # noqa: E402
-from cachebrew.cache.sparse_logits import parse_logits_mode, read_sparse_logits  # noqa: E402
-from cachebrew.cache.spec import FeatureSpec, StoredFeature  # noqa: E402
+from cachebrew.cache.format.codecs import decode, encode  # noqa: E402
+from cachebrew.cache.format.spec import FeatureSpec, StoredFeature  # noqa: E402
+from cachebrew.cache.logits.sparse import parse_logits_mode, read_sparse_logits  # noqa: E402
+from cachebrew.cache.write.prepare import prepare_example  # noqa: E402
 
 VOCABS = (151_936, 262_144)
 TOKENS = 512

@@ -17,7 +17,7 @@ per feature kind, so each row of the table reads exactly one kind:
   array decoded, crc32 checked, collated into padded float32 tensors), ``decode_threads`` 1 / 2.
 - ``floor 1t`` (CPU-time table): decode into kept buffers plus the fp16 -> float32 cast of
   the same bytes, one thread: the memory traffic a float32 reader cannot avoid.
-- ``packed 1t`` / ``packed 2t``: the CPU side of the CUDA path (``cache/gpu_feed.py``), one
+- ``packed 1t`` / ``packed 2t``: the CPU side of the CUDA path (``cache/feed/gpu_feed.py``), one
   thread / 2 decode threads: each array's stored rows gathered unpadded into one reused host
   buffer (pinned where torch has a pinned allocator, ordinary memory on a CPU-only build; the
   table says which), in parallel for large arrays; padding and cast happen on the GPU. What a
@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,15 +51,18 @@ import torch
 from common import ROOT
 
 from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec
-from cachebrew.cache.batch_copy import _cast_copy
-from cachebrew.cache.dataset import CacheDataset
-from cachebrew.cache.epoch_reader import ChunkCache, EpochReader
-from cachebrew.cache.gpu_feed import PinnedPool, pack_rows
-from cachebrew.cache.synthetic import synthetic_examples, write_examples
+from cachebrew.cache.feed.batch_copy import _cast_copy
+from cachebrew.cache.feed.dataset import CacheDataset
+from cachebrew.cache.feed.gpu_feed import PinnedPool, pack_rows
+from cachebrew.cache.read.epoch_reader import ChunkCache, EpochReader
 from cachebrew.errors import CacheError
 
+# the synthetic cache generator is shared with the tests (tests/helpers/synthetic_cache.py)
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+from synthetic_cache import synthetic_examples, write_examples  # noqa: E402
+
 try:
-    from cachebrew.cache.batch_copy import copy_pool
+    from cachebrew.cache.feed.batch_copy import copy_pool
 except ImportError:  # code before the fifth pass: every batch's arrays in parallel
 
     def copy_pool(pool: Any, features: Any, names: Any) -> Any:
@@ -107,7 +111,7 @@ def chunk_payloads(cache: Path) -> tuple[list[bytes], int, Any, int]:
 
 
 def _codec(name: str) -> Any:
-    from cachebrew.cache.codecs import CODEC_CONFIGS
+    from cachebrew.cache.format.codecs import CODEC_CONFIGS
 
     config = CODEC_CONFIGS[name]
     if config["name"] == "zstd":
@@ -185,7 +189,7 @@ def reader_seconds(cache: Path, threads: int) -> tuple[Timing, Timing]:
 def packed_seconds(cache: Path, threads: int) -> tuple[Timing, Timing]:
     """The CUDA path's CPU side of two epochs (first, next): decode, then gather each array's
     stored rows unpadded into one reused host buffer (the packed path of
-    ``cache/gpu_feed.py``; pinned only where torch has a pinned allocator), with the memory
+    ``cache/feed/gpu_feed.py``; pinned only where torch has a pinned allocator), with the memory
     reuse and the parallel copies of the dataset's own iteration."""
     dataset = CacheDataset(open_cache(cache), batch_size=16)
     layout = dataset.layout

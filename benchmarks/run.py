@@ -130,7 +130,7 @@ def bench_storage(teacher: Path, corpus: Path, batch_size: int) -> dict[str, Any
 def bench_reading(cache: Path, batch_size: int) -> dict[str, float]:
     """Streaming batches against per-example random access, examples/s."""
     from cachebrew.cache import open_cache
-    from cachebrew.cache.dataset import CacheDataset
+    from cachebrew.cache.feed.dataset import CacheDataset
 
     dataset = CacheDataset(str(cache), batch_size=batch_size, seed=0)
     start = time.perf_counter()
@@ -177,7 +177,7 @@ def _distill_run(
     hidden_mse (with a projection) and nst matches.
     """
     from cachebrew import DistillationConfig, GeneralDistiller, TrainingConfig
-    from cachebrew.cache.dataset import CacheDataset
+    from cachebrew.cache.feed.dataset import CacheDataset
     from cachebrew.models import load_model
 
     student, adaptor_S = _student(ROOT / "data" / "minilm", hidden)

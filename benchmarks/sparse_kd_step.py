@@ -10,7 +10,7 @@ causal student (GPT-2 shape: 2 layers, width 256, 4 heads, fresh weights) at V =
 - ``hard + sample:12``: ``0.5 hard + 0.5 random-sampling KD`` (T = 1, the sampling T).
 
 The teacher rows are made once (random teacher logits through the cache's own prepare /
-encode / decode path: cachebrew.cache.sparse_logits.sparse_arrays and read_sparse_logits), so
+encode / decode path: cachebrew.cache.logits.sparse.sparse_arrays and read_sparse_logits), so
 the step times only the student and the losses. Variants run round robin (so load drifts hit
 all alike) and are timed in process CPU time (one thread: CPU seconds do not stretch when other
 jobs take the shared cores the way wall seconds do); the median of the repeats and each
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cachebrew.cache.codecs import decode, encode
-from cachebrew.cache.prepare import prepare_example
-from cachebrew.cache.sparse_logits import SparseLogits, parse_logits_mode, read_sparse_logits
-from cachebrew.cache.spec import FeatureSpec, StoredFeature
+from cachebrew.cache.format.codecs import decode, encode
+from cachebrew.cache.format.spec import FeatureSpec, StoredFeature
+from cachebrew.cache.logits.sparse import SparseLogits, parse_logits_mode, read_sparse_logits
+from cachebrew.cache.write.prepare import prepare_example
 from cachebrew.distill.sparse_kd import sparse_kd_loss
 
 BATCH, LENGTH = 8, 128

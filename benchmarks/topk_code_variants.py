@@ -1,4 +1,4 @@
-"""The value codes tried for ``topk:K:qB`` (cache/topk_codes.py): bytes/token and fidelity.
+"""The value codes tried for ``topk:K:qB`` (cache/logits/topk_codes.py): bytes/token and fidelity.
 
 ``python benchmarks/topk_code_variants.py [TOKENS] [--k 128] [--vocab 151936] [--rows-from C]``:
 the top-k log-probabilities of benchmarks/lm_vocab.py's rows, in id order (layout 2), coded by
@@ -20,8 +20,8 @@ import numpy as np
 from lm_vocab import lm_profiles, rows_for
 from numcodecs import Zstd
 
-from cachebrew.cache.sparse_logits import to_byte_planes
-from cachebrew.cache.topk_codes import decode_coded, encode_values
+from cachebrew.cache.logits.sparse import to_byte_planes
+from cachebrew.cache.logits.topk_codes import decode_coded, encode_values
 
 Coder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # logp -> (stored bytes, log q)
 
@@ -80,7 +80,7 @@ def fixed_power_step(gamma: float, step: float) -> Coder:
 
 
 def shipped(code_name: str, exact: int = 0) -> Coder:
-    """cache/topk_codes.py's code; ``exact`` > 0 also stores the top entries as fp16 + index."""
+    """cache/logits/topk_codes.py's code; ``exact`` > 0 also stores the top entries as fp16 + index."""
 
     def code(logp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         stored = encode_values(logp, code_name)

@@ -66,7 +66,7 @@ def __getattr__(name: str) -> Any:
 
         return {key: getattr(distill, cls) for key, cls in _DISTILLER_KEYS.items()}
     if name == "CacheDataset":
-        from cachebrew.cache.dataset import CacheDataset
+        from cachebrew.cache.feed.dataset import CacheDataset
 
         return CacheDataset
     raise AttributeError(f"module 'cachebrew' has no attribute {name!r}")

@@ -181,7 +181,7 @@ def inspect(
 ) -> None:
     """Describe a cache: teacher, corpus, features, layers, dtypes, sizes."""
     from cachebrew.cache import describe_cache, open_cache
-    from cachebrew.cache.describe import describe_text
+    from cachebrew.cache.tools.describe import describe_text
 
     info = describe_cache(open_cache(cache, verify=False))
     typer.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else describe_text(info))
@@ -225,7 +225,7 @@ def compare(
 ) -> None:
     """Compare two caches example by example; exit 1 naming the first difference."""
     with _exit_on_error():
-        from cachebrew.cache.compare import compare_caches, describe_comparison
+        from cachebrew.cache.tools.compare import compare_caches, describe_comparison
 
         report = compare_caches(cache_a, cache_b, atol=atol)
     typer.echo(

@@ -1,6 +1,6 @@
 """The teacher cache (format v1, DESIGN §4): feature spec, writer, reader.
 
-``cachebrew.cache.spec`` is imported eagerly (it is light: config code derives specs from it);
+``cachebrew.cache.format.spec`` is imported eagerly (it is light: config code derives specs from it);
 the writer and reader, which pull in zarr and pyarrow, load on first use.
 
 Layout::
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from cachebrew.cache.spec import (
+from cachebrew.cache.format.spec import (
     CODECS,
     DTYPES,
     KINDS,
@@ -29,18 +29,18 @@ from cachebrew.cache.spec import (
 )
 
 _LAZY = {
-    "CacheWriter": "cachebrew.cache.writer",
-    "remove_cache": "cachebrew.cache.writer",
-    "CacheReader": "cachebrew.cache.reader",
-    "open_cache": "cachebrew.cache.reader",
-    "merge_manifest": "cachebrew.cache.manifest",
-    "FORMAT_VERSION": "cachebrew.cache.manifest",
-    "describe_cache": "cachebrew.cache.describe",
-    "compare_caches": "cachebrew.cache.compare",
-    "encode": "cachebrew.cache.codecs",
-    "decode": "cachebrew.cache.codecs",
-    "prepare_example": "cachebrew.cache.prepare",
-    "restore_shape": "cachebrew.cache.prepare",
+    "CacheWriter": "cachebrew.cache.write.writer",
+    "remove_cache": "cachebrew.cache.write.writer",
+    "CacheReader": "cachebrew.cache.read.reader",
+    "open_cache": "cachebrew.cache.read.reader",
+    "merge_manifest": "cachebrew.cache.format.manifest",
+    "FORMAT_VERSION": "cachebrew.cache.format.manifest",
+    "describe_cache": "cachebrew.cache.tools.describe",
+    "compare_caches": "cachebrew.cache.tools.compare",
+    "encode": "cachebrew.cache.format.codecs",
+    "decode": "cachebrew.cache.format.codecs",
+    "prepare_example": "cachebrew.cache.write.prepare",
+    "restore_shape": "cachebrew.cache.write.prepare",
 }
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from cachebrew.cache.exact_logits import ExactLogits
-from cachebrew.cache.sparse_logits import SparseLogits
+from cachebrew.cache.logits.exact import ExactLogits
+from cachebrew.cache.logits.sparse import SparseLogits
 from cachebrew.errors import ConfigError
 from cachebrew.presets import ADAPTOR_KEYS
 

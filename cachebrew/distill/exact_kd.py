@@ -1,6 +1,6 @@
 """KD against an ``--logits exact`` cache: teacher logits recomputed in vocabulary chunks.
 
-The teacher side is an :class:`~cachebrew.cache.exact_logits.ExactLogits`: the stored final
+The teacher side is an :class:`~cachebrew.cache.logits.exact.ExactLogits`: the stored final
 hidden states ``h`` (rows, H) and the LM head ``W`` (V, H), ``b``. The loss walks the
 vocabulary in chunks of ``c`` ids; per chunk it computes the teacher logits ``t = h W_c^T + b_c``
 and reads the student's ``z_c``, and keeps per-row running sums with an online log-sum-exp
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cachebrew.cache.exact_logits import ExactLogits, LMHead
+from cachebrew.cache.logits.exact import ExactLogits, LMHead
 from cachebrew.errors import ConfigError
 
 EXACT_KD_LOSSES: tuple[str, ...] = ("ce", "kl", "mse")

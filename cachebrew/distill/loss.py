@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
-from cachebrew.cache.exact_logits import ExactLogits
-from cachebrew.cache.sparse_logits import SparseLogits
+from cachebrew.cache.logits.exact import ExactLogits
+from cachebrew.cache.logits.sparse import SparseLogits
 from cachebrew.config import DistillationConfig, IntermediateMatch
 from cachebrew.distill.exact_kd import exact_kd_loss
 from cachebrew.distill.sparse_kd import sparse_kd_loss

@@ -1,6 +1,6 @@
 """KD losses on sparse teacher rows (``--logits topk:K`` / ``sample:N`` caches), never (rows, V).
 
-The teacher side is a :class:`~cachebrew.cache.sparse_logits.SparseLogits`: (rows, k) ids and
+The teacher side is a :class:`~cachebrew.cache.logits.sparse.SparseLogits`: (rows, k) ids and
 log-probabilities. The student's log-softmax is needed only at those ids, which
 ``_StudentLogprobs`` computes in row chunks with a hand-written backward that writes the
 log-sum-exp's and the gather's gradients into one buffer, so the temporaries are (chunk, V) and
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cachebrew.cache.sparse_logits import SparseLogits
+from cachebrew.cache.logits.sparse import SparseLogits
 from cachebrew.errors import ConfigError
 
 TOPK_TARGETS: tuple[str, ...] = ("tail", "renorm")

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cachebrew.cache import feature_spec_from_matches
-from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.read.reader import CacheReader
 from cachebrew.config import DistillationConfig, IntermediateMatch
 from cachebrew.errors import CacheMismatchError, ConfigError
 from cachebrew.models import TOKEN_LEVEL_KINDS, LoadedModel

@@ -8,7 +8,7 @@ or not, is never wrapped and runs locally on each rank on that rank's share of t
 What is per rank and what is global:
 
 - ``batch_size`` is the global batch; each rank reads ``batch_size / N`` examples of every
-  global batch of the one-process order (:mod:`cachebrew.cache.global_batches`), so the data
+  global batch of the one-process order (:mod:`cachebrew.cache.feed.global_batches`), so the data
   position in a checkpoint is a global batch index and a run resumes under any N.
 - Rank 0 alone writes: checkpoints (the loop), TensorBoard, the progress bar, ``config.yaml``,
   the evaluation and ``metrics.json``. Before rank 0 evaluates, :func:`reduce_trained` makes

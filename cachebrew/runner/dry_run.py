@@ -36,7 +36,7 @@ def plan_text(cfg: DistillRunConfig, resume: bool) -> str:
     """``# plan`` comment lines: features read, cache status, examples and steps."""
     spec = run_features(cfg)
     lines = [f"features read: {spec.to_cli() if spec else 'none (hard labels only)'}"]
-    from cachebrew.cache.reader import open_cache
+    from cachebrew.cache.read.reader import open_cache
 
     try:
         open_cache(cfg.cache, verify=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.read.reader import CacheReader
 from cachebrew.corpus import pad_batch
 from cachebrew.errors import ConfigError
 from cachebrew.metrics import lm_token_nll, perplexity, predict, score_predictions
@@ -64,7 +64,7 @@ class StudentEvaluator:
     def _source(self) -> Iterable[dict[str, Any]]:
         if self._batches is not None:
             return self._batches
-        from cachebrew.cache.dataset import CacheDataset
+        from cachebrew.cache.feed.dataset import CacheDataset
 
         dataset = CacheDataset(
             self.reader,

@@ -25,7 +25,7 @@ from typing import Any
 
 from safetensors.torch import save_model
 
-from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.read.reader import CacheReader
 from cachebrew.models import LoadedModel
 from cachebrew.runner.tokens import max_length
 

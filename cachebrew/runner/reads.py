@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from cachebrew.cache.spec import FeatureSpec, StoredFeature, feature_spec_from_matches
+from cachebrew.cache.format.spec import FeatureSpec, StoredFeature, feature_spec_from_matches
 from cachebrew.errors import ConfigError
 from cachebrew.runner.config import DistillRunConfig
 from cachebrew.validation import PathLike, load_config, load_yaml_mapping
@@ -23,7 +23,7 @@ SWEEP_KEYS = frozenset({"base", "grid", "runs"})
 def run_features(cfg: DistillRunConfig, **spec_kwargs: Any) -> FeatureSpec | None:
     """The features ``cfg`` reads from its cache: its KD logits and its matches' layers.
 
-    ``spec_kwargs`` go to :func:`~cachebrew.cache.spec.feature_spec_from_matches` (``dtype``,
+    ``spec_kwargs`` go to :func:`~cachebrew.cache.format.spec.feature_spec_from_matches` (``dtype``,
     ``codec``, ``topk``, ``vocab_size``). None for hard-label training (nothing is read).
     """
     distill = cfg.distill_config

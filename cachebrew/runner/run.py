@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from cachebrew import models
-from cachebrew.cache.manifest import manifest_digest
+from cachebrew.cache.format.manifest import manifest_digest
 from cachebrew.distill import BasicTrainer, GeneralDistiller
 from cachebrew.distill.base import Trainer, single_postprocess
 from cachebrew.distill.checkpoint import LATEST

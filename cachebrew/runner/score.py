@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from cachebrew import models
-from cachebrew.cache.reader import open_cache
+from cachebrew.cache.read.reader import open_cache
 from cachebrew.distill.checkpoint import (
     LATEST,
     STATE_FILE,

@@ -3,7 +3,7 @@
 :func:`setup_run` opens the cache, loads the student (``task``/``num_labels`` from the cache's
 teacher kind and logits width unless given) and, in online mode, the teacher, checks the config
 against them (:mod:`cachebrew.runner.checks`), splits off the eval examples and builds the
-:class:`~cachebrew.cache.dataset.CacheDataset`.
+:class:`~cachebrew.cache.feed.dataset.CacheDataset`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachebrew import models
-from cachebrew.cache.reader import CacheReader, open_cache
+from cachebrew.cache.read.reader import CacheReader, open_cache
 from cachebrew.config import TrainingConfig
 from cachebrew.distill.base import make_plan
 from cachebrew.distill.checkpoint import LATEST, read_state, resolve_checkpoint
@@ -69,7 +69,7 @@ def _check_run_dir(cfg: DistillRunConfig, resume: bool) -> None:
 
 def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     """Open the cache, load the models, check everything, build the dataset."""
-    from cachebrew.cache.global_batches import GlobalBatchDataset, check_global_batch
+    from cachebrew.cache.feed.global_batches import GlobalBatchDataset, check_global_batch
 
     world = current_world()
     check_global_batch(cfg.batch_size, world.world_size)  # before any model is loaded

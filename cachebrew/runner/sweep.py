@@ -289,7 +289,7 @@ def finished_metrics(cfg: DistillRunConfig) -> dict[str, Any] | None:
     metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8"))
     try:
         from cachebrew.cache import open_cache
-        from cachebrew.cache.manifest import manifest_digest
+        from cachebrew.cache.format.manifest import manifest_digest
 
         current = manifest_digest(open_cache(cfg.cache, verify=False).manifest)
     except CachebrewError:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cachebrew import models
-from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.read.reader import CacheReader
 from cachebrew.corpus import read_corpus, tokenize_records
 from cachebrew.errors import ConfigError
 from cachebrew.files import sha256_file

@@ -1,7 +1,7 @@
 """Precompute side of ``--logits exact``: the teacher's LM head, and the check that it is exact.
 
 ``exact`` stores the final hidden state ``h`` and recomputes ``W h + b`` at train time
-(:mod:`cachebrew.cache.exact_logits`). That is the teacher's distribution only if the model
+(:mod:`cachebrew.cache.logits.exact`). That is the teacher's distribution only if the model
 does nothing to its logits after the head: Gemma-2 soft-caps them (``c * tanh(z / c)``),
 Cohere scales them, and a model whose last ``hidden_states`` entry comes before its final norm
 would not match either. So on the first batch of each precompute process, the logits
@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from cachebrew.cache.exact_logits import LMHead, write_head
-from cachebrew.cache.spec import FeatureSpec
-from cachebrew.cache.storage import CacheLocation
+from cachebrew.cache.format.lm_head import write_head
+from cachebrew.cache.format.spec import FeatureSpec
+from cachebrew.cache.format.storage import CacheLocation
+from cachebrew.cache.logits.exact import LMHead
 from cachebrew.errors import ConfigError
 
 #: max |head(h) - logits| allowed, relative to max(1, max |logits|): far above fp32 rounding and

@@ -2,7 +2,7 @@
 
 For every token row of the examples ``verify`` recomputes, the teacher's fresh (rows, V) logits
 are compared with the rows the cache stores, read by the reader ``distill`` uses
-(:func:`~cachebrew.cache.collate.teacher_outputs`), so only the rows of the ``logits_mask`` count
+(:func:`~cachebrew.cache.feed.collate.teacher_outputs`), so only the rows of the ``logits_mask`` count
 (padding and masked positions are never stored):
 
 - **top-1 agreement**: teacher argmax == argmax of the reconstructed distribution;
@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cachebrew.cache.collate import reader_layout, rebuild_topk, teacher_outputs
-from cachebrew.cache.compare import kl_rows
-from cachebrew.cache.reader import CacheReader
-from cachebrew.cache.sparse_logits import SparseLogits
+from cachebrew.cache.feed.collate import reader_layout, rebuild_topk, teacher_outputs
+from cachebrew.cache.logits.sparse import SparseLogits
+from cachebrew.cache.read.reader import CacheReader
+from cachebrew.cache.tools.compare import kl_rows
 from cachebrew.config import DistillationConfig
 from cachebrew.distill.loss import DistillationLoss
 from cachebrew.distill.sparse_kd import TOPK_TARGETS

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachebrew.cache import merge_manifest, remove_cache
-from cachebrew.cache.storage import DONE, RUN_RECORD, CacheLocation, done_marker_name
+from cachebrew.cache.format.storage import DONE, RUN_RECORD, CacheLocation, done_marker_name
 from cachebrew.config import launched_world
 from cachebrew.errors import CacheError, ConfigError
 

@@ -21,9 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from cachebrew.cache import CacheWriter, FeatureSpec, parse_feature_spec
-from cachebrew.cache.codecs import DEFAULT_CODEC
-from cachebrew.cache.sparse_logits import parse_logits_mode
-from cachebrew.cache.spec import DTYPES
+from cachebrew.cache.format.codecs import DEFAULT_CODEC
+from cachebrew.cache.format.spec import DTYPES
+from cachebrew.cache.logits.sparse import parse_logits_mode
 from cachebrew.config import DistillationConfig, resolve_device
 from cachebrew.corpus import (
     Record,
@@ -89,7 +89,7 @@ class PrecomputeConfig(CorpusFields, ConfigBase):
     feature_dtypes: dict[str, str] | None = None
     codec: str = DEFAULT_CODEC
     topk: int | None = None  # alias of logits: topk:K
-    logits: str | None = None  # dense | topk:K | sample:N[@T] | exact (cache/sparse_logits.py)
+    logits: str | None = None  # dense | topk:K | sample:N[@T] | exact (cache/logits/sparse.py)
     task: str | None = None
     num_labels: int | None = None
     max_length: int | None = None  # None: 128, clipped to the teacher's positions

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cachebrew.cache import open_cache, prepare_example
-from cachebrew.cache.reader import CacheReader
+from cachebrew.cache.read.reader import CacheReader
 from cachebrew.config import resolve_device
 from cachebrew.errors import CacheMismatchError
 from cachebrew.models import LoadedModel, load_model

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cachebrew.cache.spec import FeatureSpec, feature_spec_from_matches
+from cachebrew.cache.format.spec import FeatureSpec, feature_spec_from_matches
 from cachebrew.runner.config import load_distill_config
 from cachebrew.runner.sweep import load_sweep
 from cachebrew.teacher.finetune import load_finetune_config

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from cachebrew.cache.dataset import CacheDataset
+from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.cli import main
 
 

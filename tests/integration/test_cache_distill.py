@@ -14,7 +14,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from cachebrew import DistillationConfig, GeneralDistiller, TrainingConfig
-from cachebrew.cache.dataset import CacheDataset
+from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.models import default_adaptor, load_model
 from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cachebrew.cache import open_cache
-from cachebrew.cache.dataset import CacheDataset
-from cachebrew.cache.exact_logits import ExactLogits
-from cachebrew.cache.sparse_logits import SparseLogits
+from cachebrew.cache.feed.dataset import CacheDataset
+from cachebrew.cache.logits.exact import ExactLogits
+from cachebrew.cache.logits.sparse import SparseLogits
 from cachebrew.metrics import perplexity, token_nll
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

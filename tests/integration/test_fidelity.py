@@ -18,7 +18,7 @@ import torch
 from typer.testing import CliRunner
 
 from cachebrew.cache import open_cache
-from cachebrew.cache.sparse_logits import SparseLogits
+from cachebrew.cache.logits.sparse import SparseLogits
 from cachebrew.cli import app
 from cachebrew.teacher import fidelity
 from cachebrew.teacher.verify import verify_cache

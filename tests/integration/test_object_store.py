@@ -14,7 +14,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from cachebrew.cache import open_cache
-from cachebrew.cache.dataset import CacheDataset
+from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.cli import app
 
 runner = CliRunner()

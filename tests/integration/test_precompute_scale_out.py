@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cachebrew.cache.storage import DONE, MANIFEST
+from cachebrew.cache.format.storage import DONE, MANIFEST
 from cachebrew.cli import app
 from cachebrew.errors import ConfigError
 from cachebrew.teacher.parallel import Partition, make_partition, parse_part
@@ -85,7 +85,7 @@ def test_torchrun_two_ranks_equal_one_process(
 
 _KILLED_RANK = """
 import os, signal, sys
-from cachebrew.cache import writer as writer_module
+from cachebrew.cache.write import writer as writer_module
 from cachebrew.cli import app
 
 flush = writer_module.CacheWriter._flush

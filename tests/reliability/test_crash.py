@@ -42,7 +42,7 @@ def test_disk_full_while_writing_the_manifest(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import cachebrew.cache.storage as storage
+    import cachebrew.cache.format.storage as storage
 
     real_replace = os.replace
 
@@ -120,7 +120,7 @@ def test_disk_full_while_writing_shards_by_enospc(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The same fault without a mount: the second shard's array write fails with ENOSPC."""
-    import cachebrew.cache.shard_writer as shard_writer
+    import cachebrew.cache.write.shard_writer as shard_writer
 
     real = shard_writer._write_arrays
     calls = {"n": 0}

@@ -128,8 +128,8 @@ def test_a_flipped_chunk_byte_names_shard_array_and_ids(
 def _rewrite_index(cache: Path, change: Callable[[Any, dict[str, Any]], Any]) -> None:
     """Rewrite shard 0's index through ``change(table, meta)`` and re-sign it in the manifest,
     as a crafted cache would: only the cross-checks between index and arrays can catch it."""
-    from cachebrew.cache.codecs import bytes_checksum
-    from cachebrew.cache.index import parse_index, serialize_index
+    from cachebrew.cache.format.codecs import bytes_checksum
+    from cachebrew.cache.format.index import parse_index, serialize_index
 
     path = cache / "shards/00000/index.arrow"
     table, meta = parse_index(path.read_bytes(), str(path))

@@ -15,9 +15,9 @@ import pytest
 from reliability_helpers import Outcome, precompute_args, snapshot
 
 from cachebrew.cache import FeatureSpec, parse_feature_spec
-from cachebrew.cache.ownership import LOCK, CacheLockedError, WriterLock
-from cachebrew.cache.storage import CacheLocation
-from cachebrew.cache.writer import CacheWriter, remove_cache
+from cachebrew.cache.format.storage import CacheLocation
+from cachebrew.cache.write.ownership import LOCK, CacheLockedError, WriterLock
+from cachebrew.cache.write.writer import CacheWriter, remove_cache
 from cachebrew.errors import CacheError
 
 SPEC: FeatureSpec = parse_feature_spec("logits", dtype="fp32")

@@ -62,8 +62,8 @@ def test_data_prepare_without_names_refuses_instead_of_fetching_everything(tmp_p
 
 
 def test_sizes_read_in_the_unit_that_fits() -> None:
-    from cachebrew.cache.describe import ratio_text as _ratio_text
-    from cachebrew.cache.describe import size_text as _size
+    from cachebrew.cache.tools.describe import ratio_text as _ratio_text
+    from cachebrew.cache.tools.describe import size_text as _size
 
     assert _size(512) == "512 B"
     assert _size(1_536) == "1.54 KB"

@@ -23,7 +23,7 @@ def test_top_level_names_match_textbrewer() -> None:
 
 
 def test_cache_dataset_is_exported() -> None:
-    from cachebrew.cache.dataset import CacheDataset
+    from cachebrew.cache.feed.dataset import CacheDataset
 
     assert cachebrew.CacheDataset is CacheDataset
     assert "CacheDataset" in cachebrew.__all__

@@ -1,0 +1,1 @@
+"""Batches for a student: collate, CPU/GPU batch copies, prefetch, the dataset and global batches."""

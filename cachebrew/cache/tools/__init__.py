@@ -1,0 +1,1 @@
+"""Cache tools for the command line: compare two caches, describe one."""
