@@ -35,8 +35,8 @@ class BackgroundWriter:
         self._queue.put(example)
 
     def progress_text(self) -> str:
-        written = getattr(self._writer, "bytes_written", 0)
-        raw = getattr(self._writer, "uncompressed_bytes_written", 0)
+        """The progress bar's postfix: megabytes on disk so far and the compression ratio."""
+        written, raw = self._writer.bytes_written, self._writer.uncompressed_bytes_written
         ratio = f", ratio {raw / written:.2f}x" if written else ""
         return f"{written / 1e6:.1f} MB written{ratio}"
 

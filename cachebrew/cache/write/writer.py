@@ -105,6 +105,10 @@ class CacheWriter:
         self.shard_size, self.rank, self.world_size = shard_size, rank, world_size
         self.chunk_bytes, self.overwrite = chunk_bytes, overwrite
         self.manifest: dict[str, Any] | None = None
+        # The arrays of the shards this writer wrote (not those a resumed run found): bytes on
+        # disk and before compression (precompute's progress bar shows both).
+        self.bytes_written = 0
+        self.uncompressed_bytes_written = 0
         self._loc = CacheLocation(path, storage_options)
         self._lock = WriterLock(self._loc, wait_seconds, lock_name(rank, world_size))
         self._run = run_record(
@@ -344,7 +348,11 @@ class CacheWriter:
 
     def _flush(self) -> None:
         shard, buffer = self._next_shard, self._buffer
-        write_shard(self._loc, shard, self.spec, buffer, self._label_type, self.chunk_bytes)
+        arrays = write_shard(
+            self._loc, shard, self.spec, buffer, self._label_type, self.chunk_bytes
+        )
+        self.bytes_written += sum(a["disk_bytes"] for a in arrays.values())
+        self.uncompressed_bytes_written += sum(a["nbytes"] for a in arrays.values())
         self._completed[shard] = list(buffer.ids)
         self._buffer = ShardBuffer()
         self._next_shard = self._next_free_shard(shard + self.world_size)
