@@ -17,7 +17,6 @@ class BackgroundWriter:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="cachebrew-writer", daemon=True)
-        self.examples_written = 0
 
     def __enter__(self) -> BackgroundWriter:
         self._thread.start()
@@ -55,6 +54,5 @@ class BackgroundWriter:
                     input_ids=example["input_ids"],
                     label=example["label"],
                 )
-                self.examples_written += 1
             except BaseException as error:  # re-raised in the main thread
                 self._error = error
