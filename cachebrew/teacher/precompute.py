@@ -27,6 +27,7 @@ from cachebrew.cache.format.spec import DTYPES
 from cachebrew.cache.logits.sparse import parse_logits_mode
 from cachebrew.config import DistillationConfig, resolve_device
 from cachebrew.corpus import (
+    CorpusFields,
     Record,
     length_bucketed_batches,
     pad_batch,
@@ -41,7 +42,6 @@ from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
 from cachebrew.validation import (
     ConfigBase,
-    CorpusFields,
     check_bool,
     check_choice,
     check_int,
