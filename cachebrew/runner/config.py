@@ -271,9 +271,16 @@ class DistillRunConfig(ConfigBase):
     """
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = (
-        "cache", "student", "out", "teacher", "tokenizer", "init_from_teacher.path",
-        "eval.data", "data", "data.path",
-    )  # fmt: skip
+        "cache",
+        "student",
+        "out",
+        "teacher",
+        "tokenizer",
+        "init_from_teacher.path",
+        "eval.data",
+        "data",
+        "data.path",
+    )
 
     cache: str
     student: str

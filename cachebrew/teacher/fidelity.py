@@ -241,8 +241,9 @@ class FidelityAccumulator:
         return out
 
 
-def _dense_kd(kd_loss: Callable[..., Tensor], teacher: Tensor, temperature: float,
-              student: Tensor) -> Tensor:  # fmt: skip
+def _dense_kd(
+    kd_loss: Callable[..., Tensor], teacher: Tensor, temperature: float, student: Tensor
+) -> Tensor:
     return kd_loss(student, teacher, temperature)
 
 
