@@ -2,7 +2,8 @@
 
 Atomic = written to a hidden temporary name beside the target, flushed to disk, then renamed
 over it, so a reader (or a crash) sees the old file or the new one, never half of one. The
-cache's writes to fsspec stores go through :class:`~cachebrew.cache.format.storage.Storage` instead.
+cache's writes to fsspec stores go through
+:class:`~cachebrew.cache.format.storage.CacheLocation` instead.
 """
 
 from __future__ import annotations

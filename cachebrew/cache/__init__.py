@@ -1,7 +1,7 @@
 """The teacher cache (format v1, DESIGN §4): feature spec, writer, reader.
 
-``cachebrew.cache.format.spec`` is imported eagerly (it is light: config code derives specs from it);
-the writer and reader, which pull in zarr and pyarrow, load on first use.
+Every name below loads its room on first use, so importing one room (``distill/`` imports
+``cache.logits`` only) does not load the others, nor fsspec, zarr or pyarrow.
 
 Layout::
 
@@ -16,19 +16,34 @@ Layout::
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cachebrew.cache.format.spec import (
-    CODECS,
-    DTYPES,
-    KINDS,
-    FeatureSpec,
-    StoredFeature,
-    feature_spec_from_matches,
-    parse_feature_spec,
-)
+if TYPE_CHECKING:  # the names as the type checker sees them; at run time, __getattr__ below
+    from cachebrew.cache.format.codecs import decode, encode
+    from cachebrew.cache.format.manifest import FORMAT_VERSION, merge_manifest
+    from cachebrew.cache.format.spec import (
+        CODECS,
+        DTYPES,
+        KINDS,
+        FeatureSpec,
+        StoredFeature,
+        feature_spec_from_matches,
+        parse_feature_spec,
+    )
+    from cachebrew.cache.read.reader import CacheReader, open_cache
+    from cachebrew.cache.tools.compare import compare_caches
+    from cachebrew.cache.tools.describe import describe_cache
+    from cachebrew.cache.write.prepare import prepare_example, restore_shape
+    from cachebrew.cache.write.writer import CacheWriter, remove_cache
 
 _LAZY = {
+    "CODECS": "cachebrew.cache.format.spec",
+    "DTYPES": "cachebrew.cache.format.spec",
+    "KINDS": "cachebrew.cache.format.spec",
+    "FeatureSpec": "cachebrew.cache.format.spec",
+    "StoredFeature": "cachebrew.cache.format.spec",
+    "feature_spec_from_matches": "cachebrew.cache.format.spec",
+    "parse_feature_spec": "cachebrew.cache.format.spec",
     "CacheWriter": "cachebrew.cache.write.writer",
     "remove_cache": "cachebrew.cache.write.writer",
     "CacheReader": "cachebrew.cache.read.reader",
@@ -50,7 +65,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'cachebrew.cache' has no attribute {name!r}")
 
 
-__all__ = [
+__all__ = [  # the names of _LAZY
     "CODECS",
     "DTYPES",
     "KINDS",
@@ -58,5 +73,16 @@ __all__ = [
     "StoredFeature",
     "feature_spec_from_matches",
     "parse_feature_spec",
-    *_LAZY,
+    "CacheWriter",
+    "remove_cache",
+    "CacheReader",
+    "open_cache",
+    "merge_manifest",
+    "FORMAT_VERSION",
+    "describe_cache",
+    "compare_caches",
+    "encode",
+    "decode",
+    "prepare_example",
+    "restore_shape",
 ]

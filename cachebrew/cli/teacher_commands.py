@@ -96,9 +96,14 @@ def precompute(
         raise ConfigError(f"--feature-dtype {bad}: expected KIND=DTYPE, e.g. hidden=int8")
     set_ = [f"feature_dtypes.{item}" for item in feature_dtype] + set_
     cfg = load_precompute_config(config, flags, set_)
+    runs = None
+    if cfg.from_runs is not None:  # --from: the run configs are read here, in the command layer
+        from cachebrew.runner.reads import distill_configs_of
+
+        runs = distill_configs_of(cfg.from_runs)
     partition = make_partition(part, barrier_timeout_s=barrier_timeout)
     try:
-        summary = run_precompute(cfg, progress=not quiet, partition=partition)
+        summary = run_precompute(cfg, progress=not quiet, partition=partition, runs=runs)
     except CacheUpToDateError as done:
         typer.echo(str(done))
         return

@@ -14,9 +14,11 @@ from cachebrew.corpus.batching import (
     pad_batch,
     tokenize_records,
 )
+from cachebrew.corpus.fields import CorpusFields
 from cachebrew.corpus.reading import READERS, Corpus, Label, Record, read_corpus
 
 __all__ = [
+    "CorpusFields",
     "IGNORE_INDEX",
     "PAD_VALUES",
     "READERS",

@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 
 
 class BatchSource(Protocol):
-    """Where micro-batches come from (:mod:`~cachebrew.distill.sources`, :mod:`.multitask`)."""
+    """Where micro-batches come from (:class:`~cachebrew.distill.sources.SingleSource`,
+    :class:`~cachebrew.distill.sources.MultiTaskSource`)."""
 
     def begin_epoch(self, epoch: int) -> None: ...
 

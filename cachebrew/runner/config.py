@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from cachebrew.config import DistillationConfig, TrainingConfig
+from cachebrew.corpus.fields import CorpusFields
 from cachebrew.errors import ConfigError
 from cachebrew.metrics import METRICS, metrics_for_task
 from cachebrew.validation import (
     ConfigBase,
-    CorpusFields,
     check_bool,
     check_choice,
     check_int,
@@ -271,9 +271,16 @@ class DistillRunConfig(ConfigBase):
     """
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = (
-        "cache", "student", "out", "teacher", "tokenizer", "init_from_teacher.path",
-        "eval.data", "data", "data.path",
-    )  # fmt: skip
+        "cache",
+        "student",
+        "out",
+        "teacher",
+        "tokenizer",
+        "init_from_teacher.path",
+        "eval.data",
+        "data",
+        "data.path",
+    )
 
     cache: str
     student: str

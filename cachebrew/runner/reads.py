@@ -1,19 +1,21 @@
-"""What runs read from their cache: the feature spec of one run, of every run of a file.
+"""What runs read from their cache: the feature spec of one run, the runs of a file.
 
-``cachebrew precompute --from FILE`` stores the union of what the runs of ``FILE`` (a run
-config or a sweep file) read, so a cache and the sweeps that use it cannot drift apart; the
-dry run (``distill --dry-run``) prints what one run reads.
+The features a distillation config reads are worked out beside the feature spec
+(:mod:`cachebrew.cache.format.reads`); this module loads the runs. ``cachebrew precompute --from
+FILE`` stores the union of what the runs of ``FILE`` (a run config or a sweep file) read: the
+command layer loads them with :func:`distill_configs_of`. The dry run (``distill --dry-run``)
+prints what one run reads (:func:`run_features`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Mapping
 from typing import Any
 
-from cachebrew.cache.format.spec import FeatureSpec, StoredFeature, feature_spec_from_matches
-from cachebrew.errors import ConfigError
+from cachebrew.cache.format.reads import distill_features
+from cachebrew.cache.format.spec import FeatureSpec
+from cachebrew.config import DistillationConfig
 from cachebrew.runner.config import DistillRunConfig
 from cachebrew.validation import PathLike, load_config, load_yaml_mapping
 
@@ -21,43 +23,13 @@ SWEEP_KEYS = frozenset({"base", "grid", "runs"})
 
 
 def run_features(cfg: DistillRunConfig, **spec_kwargs: Any) -> FeatureSpec | None:
-    """The features ``cfg`` reads from its cache: its KD logits and its matches' layers.
+    """The features ``cfg`` reads from its cache; None for hard-label training (nothing is read).
 
-    ``spec_kwargs`` go to :func:`~cachebrew.cache.format.spec.feature_spec_from_matches` (``dtype``,
-    ``codec``, ``topk``, ``vocab_size``). None for hard-label training (nothing is read).
+    ``spec_kwargs`` go to :func:`~cachebrew.cache.format.reads.distill_features`.
     """
-    distill = cfg.distill_config
-    if distill is None:
+    if cfg.distill_config is None:
         return None
-    scheduler = distill.temperature_scheduler
-    return feature_spec_from_matches(
-        distill.kd_loss_type,
-        scheduler if isinstance(scheduler, str) else scheduler[0],
-        [m.to_dict() for m in distill.intermediate_matches],
-        **spec_kwargs,
-    )
-
-
-def merge_specs(specs: Iterable[FeatureSpec]) -> FeatureSpec:
-    """The union of feature specs: each kind once, with every layer any spec stores.
-
-    Raw logits serve both reductions (``log_softmax`` is taken at read time), so they win over
-    ``logprobs``; dtype, codec and top-k come from the first spec that names the kind.
-
-    Raises:
-        ConfigError: ``specs`` is empty (the spec would store nothing).
-    """
-    merged: dict[str, StoredFeature] = {}
-    for spec in specs:
-        for feature in spec:
-            known = merged.get(feature.kind)
-            if known is None:
-                merged[feature.kind] = feature
-                continue
-            reduction = "raw" if "raw" in (known.reduction, feature.reduction) else known.reduction
-            layers = tuple(set(known.layers) | set(feature.layers))
-            merged[feature.kind] = replace(known, layers=layers, reduction=reduction)
-    return FeatureSpec(tuple(merged.values()))
+    return distill_features(cfg.distill_config, **spec_kwargs)
 
 
 def load_runs(path: PathLike, defaults: Mapping[str, Any] | None = None) -> list[DistillRunConfig]:
@@ -77,22 +49,15 @@ def load_runs(path: PathLike, defaults: Mapping[str, Any] | None = None) -> list
     return [load_config(DistillRunConfig, path, {}, defaults=defaults)]
 
 
-def features_read_by(path: PathLike, **spec_kwargs: Any) -> FeatureSpec | None:
-    """The union of what every run of ``path`` (:func:`load_runs`) reads; None if no run
-    reads anything from the teacher (all train on hard labels).
+def distill_configs_of(path: PathLike) -> dict[str, DistillationConfig]:
+    """The distillation config of every run of ``path`` (:func:`load_runs`) that reads from
+    the teacher, by label (``PATH: run NAME``); runs on hard labels alone are left out.
 
     Raises:
-        ConfigError: as :func:`load_runs`, or a run's matches are invalid (named by run).
+        ConfigError: as :func:`load_runs`.
     """
-    specs, problems = [], []
-    for cfg in load_runs(path, defaults={"cache": "-", "out": "-"}):
-        try:
-            spec = run_features(cfg, **spec_kwargs)
-        except ConfigError as error:
-            problems += [f"{path}: run {cfg.run_dir.name}: {p}" for p in error.problems]
-            continue
-        if spec is not None:
-            specs.append(spec)
-    if problems:
-        raise ConfigError(problems)
-    return merge_specs(specs) if specs else None
+    return {
+        f"{path}: run {cfg.run_dir.name}": cfg.distill_config
+        for cfg in load_runs(path, defaults={"cache": "-", "out": "-"})
+        if cfg.distill_config is not None
+    }

@@ -51,11 +51,33 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 METRICS_KEYS = (
-    "run", "status", "student", "kd", "mode", "cache", "cache_manifest_sha256", "examples",
-    "steps", "steps_this_run", "resumed_from_step", "final_loss", "loss_curve", "loss_terms",
-    "examples_trained", "examples_per_s", "data_wait_share", "teacher_forwards", "params",
-    "seconds", "train_seconds", "metric", "value", "eval_examples", "eval_metrics", "eval_curve",
-)  # fmt: skip
+    "run",
+    "status",
+    "student",
+    "kd",
+    "mode",
+    "cache",
+    "cache_manifest_sha256",
+    "examples",
+    "steps",
+    "steps_this_run",
+    "resumed_from_step",
+    "final_loss",
+    "loss_curve",
+    "loss_terms",
+    "examples_trained",
+    "examples_per_s",
+    "data_wait_share",
+    "teacher_forwards",
+    "params",
+    "seconds",
+    "train_seconds",
+    "metric",
+    "value",
+    "eval_examples",
+    "eval_metrics",
+    "eval_curve",
+)
 
 
 def run_distill(
@@ -146,9 +168,13 @@ def _evaluator(setup: RunSetup) -> StudentEvaluator | None:
     if setup.cfg.eval is None:
         return None
     return StudentEvaluator(
-        setup.cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,
+        setup.cfg,
+        setup.reader,
+        setup.student,
+        setup.tokens,
+        setup.eval_ids,
         setup.train_config.resolved_device(),
-    )  # fmt: skip
+    )
 
 
 def _monitor(setup: RunSetup, evaluator: StudentEvaluator | None) -> RunMonitor:

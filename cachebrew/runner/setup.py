@@ -104,9 +104,19 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     plan = make_plan(train_config, dataset, cfg.num_epochs, cfg.num_steps)
     start_step = checkpoint_step(train_config) if resume else 0
     return RunSetup(
-        cfg, reader, student, tokens, teacher, train_ids, eval_ids, dataset,
-        train_config, plan, start_step, world,
-    )  # fmt: skip
+        cfg,
+        reader,
+        student,
+        tokens,
+        teacher,
+        train_ids,
+        eval_ids,
+        dataset,
+        train_config,
+        plan,
+        start_step,
+        world,
+    )
 
 
 def _split(

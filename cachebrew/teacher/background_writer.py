@@ -17,7 +17,6 @@ class BackgroundWriter:
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="cachebrew-writer", daemon=True)
-        self.examples_written = 0
 
     def __enter__(self) -> BackgroundWriter:
         self._thread.start()
@@ -35,8 +34,8 @@ class BackgroundWriter:
         self._queue.put(example)
 
     def progress_text(self) -> str:
-        written = getattr(self._writer, "bytes_written", 0)
-        raw = getattr(self._writer, "uncompressed_bytes_written", 0)
+        """The progress bar's postfix: megabytes on disk so far and the compression ratio."""
+        written, raw = self._writer.bytes_written, self._writer.uncompressed_bytes_written
         ratio = f", ratio {raw / written:.2f}x" if written else ""
         return f"{written / 1e6:.1f} MB written{ratio}"
 
@@ -55,6 +54,5 @@ class BackgroundWriter:
                     input_ids=example["input_ids"],
                     label=example["label"],
                 )
-                self.examples_written += 1
             except BaseException as error:  # re-raised in the main thread
                 self._error = error

@@ -25,8 +25,8 @@ are compared with the rows the cache stores, read by the reader ``distill`` uses
 
 Reconstruction hook: :data:`RECONSTRUCTIONS` maps a mode's kind (the part of ``--logits`` before
 the first ``:``) to a function (stored rows as the reader returns them, V) -> (rows, V) float64
-log-probabilities at T = 1, built densely for the sampled rows only. A new mode registers its own
-with :func:`register_reconstruction`; rows read as a dense tensor (``dense``, raw or log-probs)
+log-probabilities at T = 1, built densely for the sampled rows only. A new mode adds its own
+to that dict; rows read as a dense tensor (``dense``, raw or log-probs)
 are log-softmaxed, and so are the logits of rows with a ``dense()`` method (rows that rebuild
 their full (rows, V) logits) when no function is registered. Memory: one example's (rows, V)
 float64 at a time.
@@ -71,17 +71,6 @@ def _sample_logprobs(rows: SparseLogits, num_classes: int) -> Tensor:
 
 
 RECONSTRUCTIONS: dict[str, Reconstruct] = {"topk": _topk_logprobs, "sample": _sample_logprobs}
-
-
-def register_reconstruction(kind: str, reconstruct: Reconstruct) -> None:
-    """Let the fidelity report judge a new ``--logits`` mode (module docstring).
-
-    Args:
-        kind: the mode's name before the first ``:`` (``exact``, ``topk`` ...).
-        reconstruct: (stored rows as the cache's reader returns them, V) -> (rows, V) float64
-            log-probabilities at T = 1.
-    """
-    RECONSTRUCTIONS[kind] = reconstruct
 
 
 def logits_mode_name(reader: CacheReader) -> str | None:
@@ -193,8 +182,8 @@ class FidelityAccumulator:
         if callable(dense):
             return torch.log_softmax(torch.as_tensor(dense()).double(), dim=-1)
         self._skipped = (
-            f"no reconstruction for --logits {self.mode}: register one with "
-            "cachebrew.teacher.fidelity.register_reconstruction"
+            f"no reconstruction for --logits {self.mode}: add one to "
+            "cachebrew.teacher.fidelity.RECONSTRUCTIONS"
         )
         return None
 
@@ -252,8 +241,9 @@ class FidelityAccumulator:
         return out
 
 
-def _dense_kd(kd_loss: Callable[..., Tensor], teacher: Tensor, temperature: float,
-              student: Tensor) -> Tensor:  # fmt: skip
+def _dense_kd(
+    kd_loss: Callable[..., Tensor], teacher: Tensor, temperature: float, student: Tensor
+) -> Tensor:
     return kd_loss(student, teacher, temperature)
 
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cachebrew.corpus.fields import CorpusFields
 from cachebrew.files import write_json_atomic
 from cachebrew.validation import (
     ConfigBase,
-    CorpusFields,
     check_bool,
     check_choice,
     check_int,

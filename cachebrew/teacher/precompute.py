@@ -20,12 +20,14 @@ from typing import Any, ClassVar
 import torch
 from tqdm.auto import tqdm
 
-from cachebrew.cache import CacheWriter, FeatureSpec, parse_feature_spec
+from cachebrew.cache import CacheWriter, FeatureSpec
 from cachebrew.cache.format.codecs import DEFAULT_CODEC
+from cachebrew.cache.format.reads import features_to_store
 from cachebrew.cache.format.spec import DTYPES
 from cachebrew.cache.logits.sparse import parse_logits_mode
 from cachebrew.config import DistillationConfig, resolve_device
 from cachebrew.corpus import (
+    CorpusFields,
     Record,
     length_bucketed_batches,
     pad_batch,
@@ -34,14 +36,12 @@ from cachebrew.corpus import (
 )
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model
-from cachebrew.runner.config import DistillRunConfig
 from cachebrew.teacher.background_writer import BackgroundWriter
 from cachebrew.teacher.exact_head import is_exact, with_final_hidden, write_teacher_head
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
 from cachebrew.validation import (
     ConfigBase,
-    CorpusFields,
     check_bool,
     check_choice,
     check_int,
@@ -52,7 +52,6 @@ from cachebrew.validation import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FEATURES = "logits"
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: On CUDA each example's features carry a ``torch.cuda.Event`` under this key: the features are
 #: pinned host tensors still being copied, which the writer thread waits for before reading.
@@ -145,49 +144,36 @@ def load_precompute_config(
     return load_config(PrecomputeConfig, config_path, flags, overrides)
 
 
-def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> FeatureSpec:
-    """What to store: the union of ``features``, what ``distill_config`` and the runs of
-    ``from_runs`` read; only ``logits`` when none is given.
+def resolve_feature_spec(
+    cfg: PrecomputeConfig,
+    vocab_size: int | None,
+    runs: Mapping[str, DistillationConfig] | None = None,
+) -> FeatureSpec:
+    """What to store (:func:`~cachebrew.cache.format.reads.features_to_store`): ``features``,
+    what ``distill_config`` and the runs of ``from_runs`` read; only ``logits`` without them.
 
-    Each kind gets ``cfg.feature_dtypes[kind]`` if given, else ``cfg.dtype``; ``logits``
-    gets ``cfg.logits`` (``--topk K`` is ``topk:K``) and ``vocab_size`` for its id width.
-    """
-    from cachebrew.runner.reads import features_read_by, merge_specs, run_features
-
-    mode = cfg.logits or (f"topk:{cfg.topk}" if cfg.topk else None)
-    # Parsed with a dtype every kind takes; the real dtypes are set per kind below.
-    kwargs: dict[str, Any] = {"dtype": "fp32", "codec": cfg.codec}
-    specs: list[FeatureSpec | None] = []
-    if cfg.distill_config is not None:
-        distill = DistillationConfig.from_yaml(cfg.distill_config)
-        run = DistillRunConfig(cache="-", student="-", out="-", distill=distill)
-        specs.append(run_features(run, vocab_size=vocab_size, **kwargs))
-    if cfg.from_runs is not None:  # None when every run trains on the labels alone
-        specs.append(features_read_by(cfg.from_runs, vocab_size=vocab_size, **kwargs))
-    given = [s for s in specs if s is not None]
-    if cfg.features is not None or not given:
-        given.append(parse_feature_spec(cfg.features or DEFAULT_FEATURES, **kwargs))
-    spec = merge_specs(given)
-    logits = spec.get("logits")
-    if mode is not None and logits is not None:
-        logits = replace(logits, logits_mode=mode, vocab_size=vocab_size)
-        spec = FeatureSpec((logits, *(f for f in spec if f.kind != "logits")))
-    return with_feature_dtypes(spec, cfg.dtype, cfg.feature_dtypes or {})
-
-
-def with_feature_dtypes(spec: FeatureSpec, dtype: str, per_kind: Mapping[str, str]) -> FeatureSpec:
-    """``spec`` with every kind stored as ``per_kind[kind]`` if given, else as ``dtype``.
+    ``runs``: the distillation configs of ``from_runs``'s runs, by label, as the command layer
+    loads them (:func:`cachebrew.runner.reads.distill_configs_of`); needed iff ``from_runs``.
 
     Raises:
-        ConfigError: a kind the spec does not store, or a dtype a kind cannot take.
+        ConfigError: ``from_runs`` without ``runs``; invalid matches; unknown feature dtypes.
     """
-    stored = [feature.kind for feature in spec]
-    unknown = sorted(set(per_kind) - set(stored))
-    if unknown:
+    if cfg.from_runs is not None and runs is None:
         raise ConfigError(
-            f"feature_dtypes names {unknown}, which this cache does not store; it stores {stored}"
+            f"from_runs {cfg.from_runs}: pass its runs too, "
+            "runs=cachebrew.runner.reads.distill_configs_of(from_runs)"
         )
-    return FeatureSpec(tuple(replace(f, dtype=per_kind.get(f.kind, dtype)) for f in spec))
+    distill = cfg.distill_config
+    return features_to_store(
+        features=cfg.features,
+        distill=None if distill is None else DistillationConfig.from_yaml(distill),
+        runs=runs if cfg.from_runs is not None else None,
+        logits_mode=cfg.logits or (f"topk:{cfg.topk}" if cfg.topk else None),
+        vocab_size=vocab_size,
+        codec=cfg.codec,
+        dtype=cfg.dtype,
+        feature_dtypes=cfg.feature_dtypes,
+    )
 
 
 @dataclass
@@ -209,11 +195,16 @@ class PrecomputeSummary:
 
 
 def run_precompute(
-    cfg: PrecomputeConfig, *, progress: bool = True, partition: Partition | None = None
+    cfg: PrecomputeConfig,
+    *,
+    progress: bool = True,
+    partition: Partition | None = None,
+    runs: Mapping[str, DistillationConfig] | None = None,
 ) -> PrecomputeSummary:
     """Run the teacher over the corpus once and write the cache at ``cfg.out``.
 
     ``partition`` (:mod:`cachebrew.teacher.parallel`): compute only this rank's shard windows.
+    ``runs``: what the runs of ``cfg.from_runs`` read (:func:`resolve_feature_spec`).
 
     Raises:
         ConfigError: bad teacher, corpus fields, features or layers not produced by the teacher.
@@ -227,7 +218,7 @@ def run_precompute(
         raise ConfigError(f"teacher {cfg.teacher}: no tokenizer.json next to the weights")
     cfg = replace(cfg, max_length=resolve_max_length(cfg.max_length, teacher, cfg.teacher))
     corpus = read_corpus(cfg.data, **cfg.corpus_fields())
-    spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None))
+    spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None), runs)
     check_layers_exist(spec, getattr(teacher.model.config, "num_hidden_layers", None))
     device = resolve_device(rank_device(cfg.device, part))
     teacher.model.to(device)

@@ -58,8 +58,11 @@ def verify_cache(
     """
     reader = open_cache(path)
     report: dict[str, Any] = {
-        "checksums": reader.verify_all(), "values": None, "fidelity": None, "sampled": []
-    }  # fmt: skip
+        "checksums": reader.verify_all(),
+        "values": None,
+        "fidelity": None,
+        "sampled": [],
+    }
     if teacher is not None:
         fidelity = FidelityAccumulator(reader, temperature=temperature, seed=seed)  # checks T
         loaded = load_model(teacher, role="teacher")

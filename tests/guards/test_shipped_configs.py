@@ -17,6 +17,7 @@ import pytest
 
 from cachebrew.cache.format.spec import FeatureSpec, feature_spec_from_matches
 from cachebrew.runner.config import load_distill_config
+from cachebrew.runner.reads import distill_configs_of
 from cachebrew.runner.sweep import load_sweep
 from cachebrew.teacher.finetune import load_finetune_config
 from cachebrew.teacher.precompute import load_precompute_config, resolve_feature_spec
@@ -96,7 +97,8 @@ def test_sweep_runs_read_only_what_their_cache_stores(sweep: Path) -> None:
     precompute = load_precompute_config(str(sweep.parent / "precompute.yaml"), {})
     assert precompute.from_runs is not None, "derive the cache from a sweep: from_runs: sweep.yaml"
     assert Path(precompute.from_runs).parent == sweep.parent
-    cached = _stored(resolve_feature_spec(precompute, vocab_size=None))
+    runs = distill_configs_of(precompute.from_runs)
+    cached = _stored(resolve_feature_spec(precompute, vocab_size=None, runs=runs))
     for run in load_sweep(sweep):
         distill = run.config("sweep-dir").distill_config
         if distill is None:  # hard labels only: reads no teacher feature

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from cachebrew.cache import open_cache
 from cachebrew.cli import app
 from cachebrew.errors import ConfigError
+from cachebrew.runner.reads import distill_configs_of
 from cachebrew.runner.sweep import load_sweep
 from cachebrew.teacher.precompute import load_precompute_config, resolve_feature_spec
 from cachebrew.validation import resolve_path
@@ -107,7 +108,8 @@ def test_precompute_from_adds_features_and_flags_stay_relative_to_the_working_di
         str(project / "configs" / "precompute.yaml"), {"features": "hidden:1", "out": "other"}
     )
     assert cfg.out == "other" and cfg.from_runs == str(project / "configs" / "run.yaml")
-    assert resolve_feature_spec(cfg, vocab_size=None).to_cli() == "logits:logprobs,hidden:1,2"
+    spec = resolve_feature_spec(cfg, vocab_size=None, runs=distill_configs_of(cfg.from_runs))
+    assert spec.to_cli() == "logits:logprobs,hidden:1,2"
 
 
 def test_sweep_paths_dry_run_and_duplicate_runs(

@@ -244,7 +244,7 @@ def test_a_registered_reconstruction_is_used(
     assert report["fidelity"]["top1_agreement"] < 0.5  # argmax of a flat row: id 0
     monkeypatch.delitem(fidelity.RECONSTRUCTIONS, "topk")
     skipped = _verify(lm, "topk")["fidelity"]
-    assert "register_reconstruction" in skipped["skipped"]
+    assert "add one to cachebrew.teacher.fidelity.RECONSTRUCTIONS" in skipped["skipped"]
     # no function registered: rows that rebuild their own full logits (``dense()``) are used
     flat = lambda rows: torch.zeros(rows.ids.shape[0], 200)  # noqa: E731
     monkeypatch.setattr(SparseLogits, "dense", flat, raising=False)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cachebrew.corpus.fields import CORPUS_FIELD_NAMES, CorpusFields
 from cachebrew.errors import ConfigError
 from cachebrew.runner.config import DataConfig, EvalConfig, load_distill_config
 from cachebrew.teacher.finetune import FinetuneConfig, load_finetune_config
 from cachebrew.teacher.precompute import PrecomputeConfig, load_precompute_config
-from cachebrew.validation import CORPUS_FIELD_NAMES, CorpusFields, load_config
+from cachebrew.validation import load_config
 
 PIPELINES = Path(__file__).parents[2] / "pipelines"
 CORPUS_CONFIGS = (PrecomputeConfig, FinetuneConfig, DataConfig, EvalConfig)

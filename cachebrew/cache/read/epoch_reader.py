@@ -41,7 +41,7 @@ class ChunkCache:
 
     Each chunk is decoded into its own buffer from ``blocks``: a buffer is decoded into again
     only after its chunk was evicted and no example or batch still holds a view of it. With a
-    ``pool``, :meth:`load` only submits the decodes and :meth:`rows` waits for the chunk it
+    ``pool``, :meth:`load` only submits the decodes and :meth:`columns` waits for the chunk it
     needs, so chunks of the next read group decode while the caller copies this one's.
     """
 
@@ -49,7 +49,6 @@ class ChunkCache:
         self.budget_bytes = budget_bytes
         self.pool = pool
         self.blocks = BufferPool(per_key=_REUSED_BLOCKS) if blocks is None else blocks
-        self.decoded_chunks = 0
         self._chunks: OrderedDict[tuple[int, str, int], np.ndarray | Future[np.ndarray]] = (
             OrderedDict()
         )
@@ -74,7 +73,6 @@ class ChunkCache:
                 part = self.pool.submit(shard.read_rows, name, lo, hi, blocks=self.blocks)
             self._chunks[(shard.index, name, chunk)] = part
             self._bytes += (hi - lo) * info["width"] * itemsize
-            self.decoded_chunks += 1
 
     def columns(
         self,

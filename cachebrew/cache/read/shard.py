@@ -121,14 +121,13 @@ class ShardReader:
         start: int,
         stop: int,
         *,
-        pool: Any = None,
         blocks: BufferPool | None = None,
     ) -> np.ndarray:
         """Stored rows [start, stop) of an array (stored dtype), verifying chunks on first touch.
 
-        ``pool`` (an executor) decodes the chunks of one read in parallel: the codecs release
-        the GIL. None decodes them in the calling thread. ``blocks`` supplies reused memory
-        for the decoded chunks (None: fresh memory).
+        The chunks are decoded in the calling thread (to decode in parallel, call it per chunk
+        from a pool, as :class:`~cachebrew.cache.read.epoch_reader.ChunkCache` does).
+        ``blocks`` supplies reused memory for the decoded chunks (None: fresh memory).
 
         **Checksums once per reader.** A chunk's crc32 is checked the first time this reader
         decodes it; later reads (the next epochs) skip the check while the chunk file is the
@@ -148,7 +147,7 @@ class ShardReader:
         first, last = start // chunk_rows, (stop - 1) // chunk_rows
         decoder = self._decoder(name)
         if decoder is not None:
-            block = self._decode_range(name, decoder, first, last, pool, blocks)
+            block = self._decode_range(name, decoder, first, last, blocks)
             return block[start - first * chunk_rows : stop - first * chunk_rows]
         if not self.verify or self._verified[name][first : last + 1].all():
             return self._zarr_read(name, start, stop)
@@ -178,7 +177,6 @@ class ShardReader:
         decoder: ChunkDecoder,
         first: int,
         last: int,
-        pool: Any,
         blocks: BufferPool | None,
     ) -> np.ndarray:
         """Chunks [first, last] decoded (and checked) into one (n * chunk_rows, width) block."""
@@ -188,8 +186,7 @@ class ShardReader:
         shape = ((last - first + 1) * chunk_rows, info["width"])
         key = ("chunks", chunk_rows, info["width"])  # one chunk's buffers serve its size again
         block = np.empty(shape, dtype) if blocks is None else blocks.take(key, shape, dtype)
-
-        def one(chunk: int) -> None:
+        for chunk in range(first, last + 1):
             part = block[(chunk - first) * chunk_rows : (chunk - first + 1) * chunk_rows]
             try:
                 signature = decode_chunk(self._loc, decoder, chunk, part)
@@ -202,13 +199,6 @@ class ShardReader:
                 self._verified[name][chunk] = False
                 self._check_chunk(name, chunk, part[:real])
                 self._signatures[(name, chunk)] = signature
-
-        chunks = range(first, last + 1)
-        if pool is None or len(chunks) == 1:
-            for chunk in chunks:
-                one(chunk)
-        else:
-            list(pool.map(one, chunks))
         return block
 
     def _zarr_read(self, name: str, start: int, stop: int) -> np.ndarray:

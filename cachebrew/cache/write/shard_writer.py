@@ -62,8 +62,9 @@ def write_shard(
     buffer: ShardBuffer,
     label_type: str | None,
     chunk_bytes: int,
-) -> None:
-    """Write ``buffer`` as shard ``shard`` and publish it.
+) -> dict[str, Any]:
+    """Write ``buffer`` as shard ``shard`` and publish it; returns what the manifest records
+    of each array (``disk_bytes``, ``nbytes`` uncompressed, chunking, checksums).
 
     Raises:
         CacheError: an OSError (disk full, permissions ...) while writing; names the shard and
@@ -95,6 +96,7 @@ def write_shard(
         _discard(loc, staging)
         raise
     logger.debug("wrote shard %d (%d examples) to %s", shard, len(buffer), loc.path)
+    return arrays_meta
 
 
 def _write_arrays(

@@ -34,27 +34,14 @@ import numpy as np
 
 from cachebrew.cache.format.codecs import encode
 from cachebrew.cache.format.index import normalize_label
-from cachebrew.cache.format.manifest import (
-    FORMAT_VERSION,
-    merge_manifest,
-    published_shards,
-    read_shard_index,
-    run_differences,
-    run_record,
-)
+from cachebrew.cache.format.manifest import FORMAT_VERSION, merge_manifest, run_record
 from cachebrew.cache.format.spec import FeatureSpec
-from cachebrew.cache.format.storage import (
-    DONE,
-    MANIFEST,
-    RUN_RECORD,
-    STAGING,
-    CacheLocation,
-    done_marker_name,
-)
+from cachebrew.cache.format.storage import DONE, CacheLocation, done_marker_name
 from cachebrew.cache.write.ownership import WriterLock, check_owned, lock_name, remove_owned
 from cachebrew.cache.write.prepare import prepare_example
+from cachebrew.cache.write.resume import find_published, prepare_directory
 from cachebrew.cache.write.shard_writer import ShardBuffer, write_shard
-from cachebrew.errors import CacheError, CacheMismatchError, CacheUpToDateError, ConfigError
+from cachebrew.errors import CacheError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +92,10 @@ class CacheWriter:
         self.shard_size, self.rank, self.world_size = shard_size, rank, world_size
         self.chunk_bytes, self.overwrite = chunk_bytes, overwrite
         self.manifest: dict[str, Any] | None = None
+        # The arrays of the shards this writer wrote (not those a resumed run found): bytes on
+        # disk and before compression (precompute's progress bar shows both).
+        self.bytes_written = 0
+        self.uncompressed_bytes_written = 0
         self._loc = CacheLocation(path, storage_options)
         self._lock = WriterLock(self._loc, wait_seconds, lock_name(rank, world_size))
         self._run = run_record(
@@ -129,7 +120,9 @@ class CacheWriter:
         with contextlib.ExitStack() as undo:
             self._lock.__enter__()
             undo.callback(self._lock.__exit__, None, None, None)
-            self._prepare_directory()
+            prepare_directory(
+                self._loc, self._run, overwrite=self.overwrite, world_size=self.world_size
+            )
             # The marker means "this rank's latest run finished"; rewritten on a clean exit.
             marker = done_marker_name(self.rank, self.world_size)
             self._loc.remove(self._loc.join(DONE, marker))
@@ -157,54 +150,12 @@ class CacheWriter:
         finally:
             self._lock.__exit__(None, None, None)
 
-    def _prepare_directory(self) -> None:
-        loc = self._loc
-        check_owned(loc, "write a cache")
-        if self.overwrite:
-            remove_owned(loc)
-        elif loc.exists(loc.join(MANIFEST)):
-            self._raise_if_up_to_date(loc.read_json(loc.join(MANIFEST)) or {})
-            raise CacheError(
-                f"{loc.path} already holds a complete cache (manifest.json exists); "
-                "pass --overwrite (overwrite=True) to replace it"
-            )
-        previous = loc.read_json(loc.join(RUN_RECORD))
-        if previous is None:
-            loc.write_json_atomic(loc.join(RUN_RECORD), self._run)
-            return
-        differences = run_differences(previous, self._run)
-        if differences:
-            lines = "\n".join(f"  - {d}" for d in differences)
-            raise CacheMismatchError(
-                f"cannot resume {loc.path}: it was started with a different configuration:\n"
-                f"{lines}\npass --overwrite (overwrite=True) to start over"
-            )
-
-    def _raise_if_up_to_date(self, manifest: dict[str, Any]) -> None:
-        same = not run_differences(manifest, self._run)
-        if same and manifest.get("extra") == self._run["extra"] and self.world_size == 1:
-            raise CacheUpToDateError(
-                f"{self._loc.path} already holds a complete cache of the same teacher, corpus "
-                "and features: it is up to date, nothing to do (pass --overwrite to recompute it)"
-            )
-
     def _load_completed(self) -> None:
-        for shard in published_shards(self._loc):
-            table, meta, _ = read_shard_index(self._loc, shard)
-            ids = table.column("example_id").to_pylist()
-            self._completed[shard] = ids
-            self._seen.update(ids)
-            for name in self.spec.data_arrays:
-                self._widths.setdefault(name, meta["arrays"][name]["width"])
-            self._label_type = self._label_type or meta["label_type"]
-        for name in self._loc.listdir(self._loc.join(STAGING)):
-            # Leftovers of a killed run: only this rank's own shards (others may be writing).
-            if name.split(".")[0].isdigit() and self.owns_shard(int(name.split(".")[0])):
-                self._loc.remove(self._loc.join(STAGING, name))
-        if self._completed:
-            logger.info(
-                "resuming %s: %d shards already written", self._loc.path, len(self._completed)
-            )
+        published = find_published(self._loc, self.spec, self.owns_shard)
+        self._completed = published.shards
+        self._seen.update(i for ids in published.shards.values() for i in ids)
+        self._widths.update(published.widths)
+        self._label_type = self._label_type or published.label_type
 
     def _finish(self) -> None:
         if self._state != "open":
@@ -344,7 +295,11 @@ class CacheWriter:
 
     def _flush(self) -> None:
         shard, buffer = self._next_shard, self._buffer
-        write_shard(self._loc, shard, self.spec, buffer, self._label_type, self.chunk_bytes)
+        arrays = write_shard(
+            self._loc, shard, self.spec, buffer, self._label_type, self.chunk_bytes
+        )
+        self.bytes_written += sum(a["disk_bytes"] for a in arrays.values())
+        self.uncompressed_bytes_written += sum(a["nbytes"] for a in arrays.values())
         self._completed[shard] = list(buffer.ids)
         self._buffer = ShardBuffer()
         self._next_shard = self._next_free_shard(shard + self.world_size)
