@@ -22,7 +22,8 @@ callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
   a typed ``lr_schedule(step) -> factor`` (a ``LambdaLR`` over every param group, projection
   groups included); step ``s`` (0-based) trains with ``base_lr * lr_schedule(s)``.
 - **Progress** is the caller's to draw: the loop logs, counts (:class:`Throughput`) and calls
-  its :class:`TrainObserver`; it draws no bar.
+  its :class:`TrainObserver`; it draws no bar. The observer may end training early
+  (:meth:`TrainObserver.should_stop`, checked after each step and its checkpoint).
 """
 
 from __future__ import annotations
@@ -212,6 +213,11 @@ class TrainingRun:
                 if self.plan.should_save(self.state):
                     self.save_checkpoint()
                     self._run_callback()
+                if self.observer.should_stop():
+                    logger.info(
+                        "stopped at global step %d: the observer asked", self.state.global_step
+                    )
+                    break
         finally:
             self.throughput.finished = time.perf_counter()
             self.observer.on_train_end()

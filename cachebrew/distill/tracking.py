@@ -84,9 +84,8 @@ class TrainObserver:
     Every method is a no-op here. The loop calls them on every rank (check the rank yourself
     before drawing anything), in this order: :meth:`on_train_begin`, then per optimizer step
     :meth:`on_epoch` (epoch mode, when an epoch starts), one :meth:`on_micro_batch` per
-    micro-batch and :meth:`on_step`, then :meth:`on_save` when a checkpoint was written;
-    :meth:`on_train_end` always follows a begin, also when
-    training raises.
+    micro-batch and :meth:`on_step`, then :meth:`on_save` when a checkpoint was written, then
+    :meth:`should_stop`; :meth:`on_train_end` always follows a begin, also when training raises.
     """
 
     def on_train_begin(self, total_steps: int, start_step: int, throughput: Throughput) -> None:
@@ -112,8 +111,16 @@ class TrainObserver:
     def on_save(self, step: int, path: Path) -> None:
         """A full checkpoint of global step ``step`` was written to ``path`` (rank 0 only)."""
 
+    def should_stop(self) -> bool:
+        """Asked after every optimizer step (and its checkpoint): True ends training there.
+
+        Early stopping (``cachebrew finetune``) answers through this hook instead of raising
+        out of the loop; under DDP every rank must give the same answer.
+        """
+        return False
+
     def on_train_end(self) -> None:
-        """Training ended (finished or raised)."""
+        """Training ended (finished, stopped or raised)."""
 
 
 class MetricsLogger:

@@ -60,6 +60,10 @@ class Observers(TrainObserver):
         for observer in self.observers:
             observer.on_save(step, path)
 
+    def should_stop(self) -> bool:
+        """True when any observer asks to stop (each one is asked)."""
+        return any([observer.should_stop() for observer in self.observers])
+
     def on_train_end(self) -> None:
         """Forwarded (every observer, even when one raises)."""
         errors = []
