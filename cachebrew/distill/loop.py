@@ -45,7 +45,7 @@ from cachebrew.distill.batches import count_examples, split_batch
 from cachebrew.distill.loss import scheduled_weights
 from cachebrew.distill.objectives import Objective
 from cachebrew.distill.plan import TrainPlan
-from cachebrew.distill.tracking import MetricsLogger, Throughput, TrainObserver
+from cachebrew.distill.tracking import MetricsLogger, ScalarSink, Throughput, TrainObserver
 from cachebrew.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ class TrainJob:
     """Everything one ``train()`` call needs; built by the distiller façades.
 
     ``lr_schedule`` (``step -> factor``, exclusive with ``scheduler_class``/``scheduler``) is
-    the typed way to schedule the learning rate; ``observer`` receives the loop's progress.
+    the typed way to schedule the learning rate; ``observer`` receives the loop's progress;
+    ``metrics_sink`` is a TensorBoard writer shared with the caller (default: the loop's own
+    for ``train_config.log_dir``).
     """
 
     objective: Objective
@@ -90,6 +92,7 @@ class TrainJob:
     log_flush_steps: int = 20
     lr_schedule: Callable[[int], float] | None = None
     observer: TrainObserver | None = None
+    metrics_sink: ScalarSink | None = None
 
 
 @dataclass
@@ -170,6 +173,7 @@ class TrainingRun:
             self.config.log_dir if self.rank == 0 else None,
             flush_every=job.log_flush_steps,
             throughput=self.throughput,
+            sink=job.metrics_sink if self.rank == 0 else None,
         )
         if resume_from is not None:
             path = ckpt.resolve_checkpoint(resume_from, self.config.output_dir)
