@@ -24,7 +24,7 @@ from cachebrew.cache import CacheWriter, FeatureSpec, parse_feature_spec
 from cachebrew.cache.format.codecs import DEFAULT_CODEC
 from cachebrew.cache.format.spec import DTYPES
 from cachebrew.cache.logits.sparse import parse_logits_mode
-from cachebrew.config import DistillationConfig, resolve_device
+from cachebrew.config import DistillationConfig
 from cachebrew.corpus import (
     Record,
     length_bucketed_batches,
@@ -38,7 +38,7 @@ from cachebrew.runner.config import DistillRunConfig
 from cachebrew.teacher.background_writer import BackgroundWriter
 from cachebrew.teacher.exact_head import is_exact, with_final_hidden, write_teacher_head
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
-from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
+from cachebrew.teacher.parallel import Partition, begin, publish
 from cachebrew.validation import (
     ConfigBase,
     CorpusFields,
@@ -49,6 +49,7 @@ from cachebrew.validation import (
     raise_if_any,
     set_field,
 )
+from cachebrew.world import rank_device
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def run_precompute(
     corpus = read_corpus(cfg.data, **cfg.corpus_fields())
     spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None))
     check_layers_exist(spec, getattr(teacher.model.config, "num_hidden_layers", None))
-    device = resolve_device(rank_device(cfg.device, part))
+    device = rank_device(cfg.device, part.world)
     teacher.model.to(device)
     records = list(corpus)
     writer = CacheWriter(
