@@ -39,7 +39,8 @@ from cachebrew.corpus import (
     read_corpus,
     tokenize_records,
 )
-from cachebrew.distill.tracking import Throughput, TrainObserver
+from cachebrew.distill import BasicTrainer
+from cachebrew.distill.tracking import TrainObserver
 from cachebrew.errors import ConfigError
 from cachebrew.metrics import evaluate_model, is_better
 from cachebrew.models import (
@@ -249,8 +250,6 @@ def _train(
     summary: FinetuneSummary,
 ) -> dict[str, torch.Tensor]:
     """Run BasicTrainer epochs with dev evaluation; return the best epoch's state dict."""
-    from cachebrew.distill import BasicTrainer
-
     pad_id = loaded.tokenizer.pad_token_id or 0
     sampler = BucketBatchSampler(
         [len(i["input_ids"]) for i in train_items], cfg.batch_size, cfg.seed
@@ -268,6 +267,7 @@ def _train(
     )  # fmt: skip
     tracker = _EpochTracker(cfg, summary, loaded.model, dev_items, pad_id, len(sampler))
     optimizer = torch.optim.AdamW(adamw_param_groups(loaded.model, cfg.weight_decay), lr=cfg.lr)
+    start = time.perf_counter()
     try:
         BasicTrainer(train_config, loaded.model, loaded.adaptor).train(
             optimizer,
@@ -279,8 +279,7 @@ def _train(
         )
     finally:
         shutil.rmtree(checkpoints, ignore_errors=True)
-    summary.stopped_early = tracker.stopped_early
-    summary.train_seconds = tracker.seconds
+        summary.train_seconds = time.perf_counter() - start
     if tracker.best_state is None:
         raise ConfigError("training ended before the first epoch's evaluation")
     return tracker.best_state
@@ -304,17 +303,7 @@ class _EpochTracker(TrainObserver):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_value: float | None = None
         self.epochs_without_gain = 0
-        self.stopped_early = False
-        self.throughput = Throughput()
-
-    def on_train_begin(self, total_steps: int, start_step: int, throughput: Throughput) -> None:
-        """Keep the loop's counters (training seconds)."""
-        self.throughput = throughput
-
-    @property
-    def seconds(self) -> float:
-        """Training wall time, evaluations included."""
-        return self.throughput.seconds
+        self.start = time.perf_counter()
 
     def on_step(self, step: int, lr: float) -> None:
         """Evaluate after the last step of an epoch."""
@@ -334,7 +323,7 @@ class _EpochTracker(TrainObserver):
                 "step": step,
                 "dev": metrics,
                 "eval_seconds": round(time.perf_counter() - eval_start, 2),
-                "elapsed_seconds": round(self.seconds, 2),
+                "elapsed_seconds": round(time.perf_counter() - self.start, 2),
             }
         )
         if improved:
@@ -352,11 +341,11 @@ class _EpochTracker(TrainObserver):
             logger.info(
                 "early stop: no dev %s gain in %d epochs", self.cfg.metric, self.cfg.patience
             )
-            self.stopped_early = True
+            self.summary.stopped_early = True
 
     def should_stop(self) -> bool:
         """True once ``patience`` epochs passed without a dev gain."""
-        return self.stopped_early
+        return self.summary.stopped_early
 
 
 def evaluate(
