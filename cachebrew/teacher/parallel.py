@@ -48,35 +48,6 @@ class Partition:
     world: World = field(default_factory=World)
     barrier_timeout_s: float = DEFAULT_BARRIER_TIMEOUT_S
 
-    @property
-    def rank(self) -> int:
-        """r, this process's index."""
-        return self.world.rank
-
-    @property
-    def world_size(self) -> int:
-        """N, the number of ranks or parts."""
-        return self.world.world_size
-
-    @property
-    def kind(self) -> str:
-        """How the processes were started: ``single``, ``torchrun`` or ``part``."""
-        return self.world.launcher
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 (or the only process): the one that logs progress and publishes."""
-        return self.world.is_main
-
-    @property
-    def label(self) -> str:
-        """``part 1/3``, ``rank 1 of 2`` or ``single process`` for messages."""
-        return self.world.label
-
-    def owns(self, window: int) -> bool:
-        """Whether shard window ``window`` is computed (and its shard written) here."""
-        return self.world.owns(window)
-
 
 def parse_part(text: str) -> tuple[int, int]:
     """``"I/N"`` -> ``(I, N)`` with 0 <= I < N (0-based, like ``$SLURM_ARRAY_TASK_ID``).
@@ -128,17 +99,17 @@ def begin(partition: Partition, out: str, overwrite: bool) -> bool:
         ConfigError: ``overwrite`` with ``--part`` (a part cannot know what the others wrote).
         CacheError: a rank did not reach the barrier in time.
     """
-    if partition.kind == "part":
+    if partition.world.launcher == "part":
         if overwrite:
             raise ConfigError(
                 "--overwrite with --part: parts would delete each other's shards; remove the old "
                 "cache first (`rm -r` or delete the prefix) and start the parts without it"
             )
         return False
-    if partition.kind != "torchrun":
+    if partition.world.launcher != "torchrun":
         return overwrite
     _init_process_group(partition)
-    if overwrite and partition.is_main:
+    if overwrite and partition.world.is_main:
         remove_cache(out)
     barrier(partition, "clearing the output")
     return False
@@ -160,14 +131,14 @@ def barrier(partition: Partition, what: str) -> None:
     """
     import torch.distributed as dist
 
-    if partition.kind != "torchrun":
+    if partition.world.launcher != "torchrun":
         return
     timeout = datetime.timedelta(seconds=partition.barrier_timeout_s)
     try:
         dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
     except RuntimeError as error:
         raise CacheError(
-            f"{partition.label}: not every rank reached the barrier after {what} within "
+            f"{partition.world.label}: not every rank reached the barrier after {what} within "
             f"{partition.barrier_timeout_s:g} s ({str(error).splitlines()[0]}); no manifest was "
             "written; rerun precompute (with any number of ranks) to resume"
         ) from error
@@ -180,24 +151,24 @@ def publish(partition: Partition, out: str) -> dict[str, Any] | None:
     last barrier so no rank exits (and no launcher tears the job down) before the manifest is
     there. Part: publishes if every part is done, else logs which parts are missing.
     """
-    if partition.kind == "single":
+    if partition.world.launcher == "single":
         return None
-    if partition.kind == "torchrun":
+    if partition.world.launcher == "torchrun":
         barrier(partition, "writing its shards")
-        manifest = _merge(out, partition.world_size) if partition.is_main else None
+        manifest = _merge(out, partition.world.world_size) if partition.world.is_main else None
         barrier(partition, "publishing the manifest")
         return manifest
-    missing = missing_parts(out, partition.world_size)
+    missing = missing_parts(out, partition.world.world_size)
     if missing:
         logger.info(
             "%s done; waiting for parts %s of %d before the manifest is published (the last "
             "part to finish, or `cachebrew precompute --finalize`, publishes it)",
-            partition.label,
+            partition.world.label,
             missing,
-            partition.world_size,
+            partition.world.world_size,
         )
         return None
-    return _merge(out, partition.world_size)
+    return _merge(out, partition.world.world_size)
 
 
 def missing_parts(out: str, world_size: int) -> list[int]:

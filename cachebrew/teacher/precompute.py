@@ -243,16 +243,16 @@ def run_precompute(
         overwrite=begin(part, cfg.out, cfg.overwrite),
         wait_seconds=float("inf") if cfg.wait else 0.0,
         extra={"max_length": cfg.max_length, "label_names": corpus.label_names},
-        rank=part.rank,
-        world_size=part.world_size,
+        rank=part.world.rank,
+        world_size=part.world.world_size,
     )
     pass_start = time.perf_counter()
     with writer, BackgroundWriter(writer) as sink:
-        write_teacher_head(teacher.model, spec, cfg.out, part.is_main)  # --logits exact
+        write_teacher_head(teacher.model, spec, cfg.out, part.world.is_main)  # --logits exact
         skipped = set(writer.completed_shards())
-        todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if part.owns(k)]
+        todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if part.world.owns(k)]
         todo = [k for k in todo if k not in skipped]
-        show = progress and part.is_main
+        show = progress and part.world.is_main
         bar = tqdm(total=len(records), disable=not show, unit="ex", desc="precompute")
         bar.update(len(records) - sum(len(_window(records, k, cfg.shard_size)) for k in todo))
         for k in todo:
