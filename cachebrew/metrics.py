@@ -20,7 +20,9 @@ Values are fractions in [0, 1]; an empty selection gives 0.0.
   batches of text and returns those NLLs with their targets.
 
 :func:`predict` is the one argmax loop that turns a model and labelled batches into the
-``(predictions, labels)`` these functions take (runner eval, finetune dev eval, pipeline reports).
+``(predictions, labels)`` these functions take, and :func:`evaluate_model` the one evaluation
+built on it; :data:`TASK_METRICS` is the one task -> metrics table (runner eval, ``cachebrew
+eval``, finetune's dev epochs, pipeline reports).
 """
 
 from __future__ import annotations
@@ -268,6 +270,36 @@ def predict(
     if not predictions:
         return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
     return torch.cat(predictions), torch.cat(labels)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    adaptor: Callable[[Any, Any], Mapping[str, Any]] | None,
+    batches: Iterable[Mapping[str, Any]],
+    task: str,
+    *,
+    names: Iterable[str] | None = None,
+    device: torch.device | str = "cpu",
+    outside_label: int | None = None,
+) -> dict[str, float]:
+    """``{name: value}`` of a ``task`` model on labelled batches: the one evaluation of the
+    runner's eval, ``cachebrew finetune``'s dev epochs and pipelines.
+
+    Args:
+        model, adaptor, batches, device: as :func:`predict` (a causal LM: as :func:`lm_token_nll`).
+        task: a key of :data:`TASK_METRICS`.
+        names: the metrics (keys of :data:`METRICS`); None: every one of the task's.
+        outside_label: the ``O`` tag id, for ``token_f1``.
+
+    Returns:
+        a causal LM: ``{"perplexity": ...}`` over every next token; otherwise every name in
+        ``names`` over the argmax predictions.
+    """
+    if task == "causal_lm":
+        return {"perplexity": perplexity(*lm_token_nll(model, batches, device))}
+    predictions, labels = predict(model, adaptor, batches, device)
+    chosen = metrics_for_task(task) if names is None else tuple(names)
+    return score_predictions(chosen, predictions, labels, outside_label=outside_label)
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ _LAZY = {
     "encode": "cachebrew.cache.format.codecs",
     "decode": "cachebrew.cache.format.codecs",
     "prepare_example": "cachebrew.cache.write.prepare",
-    "restore_shape": "cachebrew.cache.write.prepare",
+    "restore_shape": "cachebrew.cache.format.shapes",
 }
 
 

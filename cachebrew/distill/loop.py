@@ -22,7 +22,8 @@ callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
   a typed ``lr_schedule(step) -> factor`` (a ``LambdaLR`` over every param group, projection
   groups included); step ``s`` (0-based) trains with ``base_lr * lr_schedule(s)``.
 - **Progress** is the caller's to draw: the loop logs, counts (:class:`Throughput`) and calls
-  its :class:`TrainObserver`; it draws no bar.
+  its :class:`TrainObserver`; it draws no bar. The observer may end training early
+  (:meth:`TrainObserver.should_stop`, checked after each step and its checkpoint).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from cachebrew.distill.batches import count_examples, split_batch
 from cachebrew.distill.loss import scheduled_weights
 from cachebrew.distill.objectives import Objective
 from cachebrew.distill.plan import TrainPlan
-from cachebrew.distill.tracking import MetricsLogger, Throughput, TrainObserver
+from cachebrew.distill.tracking import MetricsLogger, ScalarSink, Throughput, TrainObserver
 from cachebrew.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class TrainJob:
     """Everything one ``train()`` call needs; built by the distiller façades.
 
     ``lr_schedule`` (``step -> factor``, exclusive with ``scheduler_class``/``scheduler``) is
-    the typed way to schedule the learning rate; ``observer`` receives the loop's progress.
+    the typed way to schedule the learning rate; ``observer`` receives the loop's progress;
+    ``metrics_sink`` is a TensorBoard writer shared with the caller (default: the loop's own
+    for ``train_config.log_dir``).
     """
 
     objective: Objective
@@ -90,6 +93,7 @@ class TrainJob:
     log_flush_steps: int = 20
     lr_schedule: Callable[[int], float] | None = None
     observer: TrainObserver | None = None
+    metrics_sink: ScalarSink | None = None
 
 
 @dataclass
@@ -170,6 +174,7 @@ class TrainingRun:
             self.config.log_dir if self.rank == 0 else None,
             flush_every=job.log_flush_steps,
             throughput=self.throughput,
+            sink=job.metrics_sink if self.rank == 0 else None,
         )
         if resume_from is not None:
             path = ckpt.resolve_checkpoint(resume_from, self.config.output_dir)
@@ -213,6 +218,11 @@ class TrainingRun:
                 if self.plan.should_save(self.state):
                     self.save_checkpoint()
                     self._run_callback()
+                if self.observer.should_stop():
+                    logger.info(
+                        "stopped at global step %d: the observer asked", self.state.global_step
+                    )
+                    break
         finally:
             self.throughput.finished = time.perf_counter()
             self.observer.on_train_end()

@@ -84,9 +84,8 @@ class TrainObserver:
     Every method is a no-op here. The loop calls them on every rank (check the rank yourself
     before drawing anything), in this order: :meth:`on_train_begin`, then per optimizer step
     :meth:`on_epoch` (epoch mode, when an epoch starts), one :meth:`on_micro_batch` per
-    micro-batch and :meth:`on_step`, then :meth:`on_save` when a checkpoint was written;
-    :meth:`on_train_end` always follows a begin, also when
-    training raises.
+    micro-batch and :meth:`on_step`, then :meth:`on_save` when a checkpoint was written, then
+    :meth:`should_stop`; :meth:`on_train_end` always follows a begin, also when training raises.
     """
 
     def on_train_begin(self, total_steps: int, start_step: int, throughput: Throughput) -> None:
@@ -112,8 +111,54 @@ class TrainObserver:
     def on_save(self, step: int, path: Path) -> None:
         """A full checkpoint of global step ``step`` was written to ``path`` (rank 0 only)."""
 
+    def should_stop(self) -> bool:
+        """Asked after every optimizer step (and its checkpoint): True ends training there.
+
+        Early stopping (``cachebrew finetune``) answers through this hook instead of raising
+        out of the loop; under DDP every rank must give the same answer.
+        """
+        return False
+
     def on_train_end(self) -> None:
-        """Training ended (finished or raised)."""
+        """Training ended (finished, stopped or raised)."""
+
+
+class ScalarSink:
+    """The one TensorBoard writer of a run directory: every scalar of a run goes through it.
+
+    The loop's :class:`MetricsLogger` writes the training scalars (``scalar/``, ``throughput/``)
+    and the command layer's observers (``eval/`` in :mod:`cachebrew.runner.monitor`) write
+    theirs into the same event file. The writer opens on the first scalar and reopens after
+    :meth:`close` (a new event file in the same directory).
+
+    Args:
+        log_dir: TensorBoard directory; None: a sink that writes nothing.
+    """
+
+    def __init__(self, log_dir: str | None):
+        self.log_dir = log_dir
+        self._writer: Any = None
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        """Write one scalar (nothing without a ``log_dir``)."""
+        if self.log_dir is None:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir)
+        self._writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        """Flush the event file to disk."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the writer (a later scalar opens it again)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class MetricsLogger:
@@ -124,6 +169,8 @@ class MetricsLogger:
         enabled: False on non-zero ranks: nothing is collected or written.
         flush_every: optimizer steps between host transfers.
         throughput: the loop's counters, read for ``throughput/examples_per_s``.
+        sink: write through this shared :class:`ScalarSink` (its owner closes it) instead of
+            one of the logger's own for ``log_dir``.
 
     Attributes:
         history: one dict per flushed optimizer step: ``{'step': s, 'total_loss': ...,
@@ -136,15 +183,13 @@ class MetricsLogger:
         enabled: bool = True,
         flush_every: int = 20,
         throughput: Throughput | None = None,
+        sink: ScalarSink | None = None,
     ):
         self.enabled = enabled
         self.throughput = throughput if throughput is not None else Throughput()
         self.flush_every = max(1, int(flush_every))
-        self.writer: Any = None
-        if enabled and log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=log_dir)
+        self._owns_sink = sink is None
+        self.sink = sink if sink is not None else ScalarSink(log_dir if enabled else None)
         self.history: list[dict[str, float]] = []
         self._sums: dict[str, Tensor] = {}
         self._counts: dict[str, int] = {}
@@ -196,25 +241,22 @@ class MetricsLogger:
             row["step"] = step
             self.history.append(row)
             self._write(step, row)
-        if self.writer is not None and elapsed > 0:
+        if elapsed > 0:
             last_step = self._pending[-1][0]
             rate = (self.throughput.examples - self._window_examples) / elapsed
-            self.writer.add_scalar("throughput/examples_per_s", rate, last_step)
+            self.sink.add_scalar("throughput/examples_per_s", rate, last_step)
         self._pending = []
         self._window_examples = self.throughput.examples
         self._window_start = time.perf_counter()
 
     def _write(self, step: int, row: dict[str, float]) -> None:
-        if self.writer is None:
-            return
         for name, value in row.items():
             if name != "step":
-                self.writer.add_scalar(f"scalar/{name}", value, step)
+                self.sink.add_scalar(f"scalar/{name}", value, step)
 
     def close(self) -> None:
-        """Flush, then flush and close the TensorBoard writer."""
+        """Flush, then flush the sink (and close it when it is the logger's own)."""
         self.flush()
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-            self.writer = None
+        self.sink.flush()
+        if self._owns_sink:
+            self.sink.close()

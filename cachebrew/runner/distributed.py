@@ -1,5 +1,8 @@
 """``torchrun ... -m cachebrew distill``: the run's DDP world (DESIGN §6).
 
+The world record and the rank -> device rule are :mod:`cachebrew.world`'s, shared with
+``cachebrew precompute``.
+
 Under torchrun (``WORLD_SIZE`` > 1) :func:`join_world` starts the process group: NCCL when
 the training device is CUDA (one GPU per rank, ``cuda:LOCAL_RANK``), gloo on CPU. The loop
 then wraps the student (and each projection) in ``DistributedDataParallel``; a teacher, online
@@ -21,44 +24,24 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from cachebrew.config import TrainingConfig, launched_world, resolve_device
+from cachebrew.config import TrainingConfig, launched_world
 from cachebrew.distill.tracking import Throughput
-from cachebrew.errors import ConfigError
+from cachebrew.world import World, launched, rank_device
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 1800.0
 
 
-@dataclass(frozen=True)
-class World:
-    """This process's place in the run: rank, number of ranks, local rank (GPU index)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = -1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 (or the only process): the one that writes and evaluates."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        """True with more than one rank."""
-        return self.world_size > 1
-
-
 def current_world() -> World:
     """The world this process joined (:func:`join_world`); a single process otherwise."""
     if not (dist.is_available() and dist.is_initialized()):
         return World()
-    return World(dist.get_rank(), dist.get_world_size(), launched_world()[2])
+    return World(dist.get_rank(), dist.get_world_size(), launched_world()[2], "torchrun")
 
 
 def join_world(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
@@ -70,24 +53,20 @@ def join_world(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
         timeout_s: how long a collective waits for a missing rank.
 
     Raises:
-        ConfigError: a CUDA device asked for on a machine without enough GPUs for the ranks.
+        ConfigError: a CUDA device asked for on a machine without enough GPUs for the ranks
+            (:func:`cachebrew.world.rank_device`: no two ranks share a GPU).
     """
-    rank, world_size, local_rank = launched_world()
-    if world_size <= 1 or (dist.is_available() and dist.is_initialized()):
+    world = launched()
+    if not world.distributed or (dist.is_available() and dist.is_initialized()):
         return current_world()
-    on_cuda = resolve_device(device, local_rank).type == "cuda"
+    on_cuda = rank_device(device, world).type == "cuda"  # refuses a rank without its own GPU
     if on_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(
-                f"torchrun: local rank {local_rank} has no GPU ({torch.cuda.device_count()} "
-                "visible); start at most one process per GPU, or set training.device=cpu"
-            )
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(world.local_rank)
     backend = "nccl" if on_cuda else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
-    dist.init_process_group(backend, timeout=timeout, rank=rank, world_size=world_size)
-    logger.info("distill: rank %d of %d (%s)", rank, world_size, backend)
-    return World(rank, world_size, local_rank)
+    dist.init_process_group(backend, timeout=timeout, rank=world.rank, world_size=world.world_size)
+    logger.info("distill: %s (%s)", world.label, backend)
+    return world
 
 
 def leave_world(world: World) -> None:

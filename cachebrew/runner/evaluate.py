@@ -22,7 +22,7 @@ import torch
 from cachebrew.cache.read.reader import CacheReader
 from cachebrew.corpus import pad_batch
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import lm_token_nll, perplexity, predict, score_predictions
+from cachebrew.metrics import evaluate_model
 from cachebrew.models import LoadedModel
 from cachebrew.runner.config import DataConfig, DistillRunConfig, EvalConfig
 from cachebrew.runner.tokens import StudentTokens, max_length, student_items
@@ -79,14 +79,14 @@ class StudentEvaluator:
     def __call__(self) -> dict[str, float]:
         """``{metric: value}`` of the student as it is now (its train/eval mode is kept); a
         causal LM student: its ``perplexity`` on the eval texts."""
-        if self.student.kind == "causal_lm":
-            nll, targets = lm_token_nll(self.student.model, self._source(), self.device)
-            return {"perplexity": perplexity(nll, targets)}
-        predictions, labels = predict(
-            self.student.model, self.student.adaptor, self._source(), self.device
-        )
-        return score_predictions(
-            self.names, predictions, labels, outside_label=self.eval_cfg.outside_label
+        return evaluate_model(
+            self.student.model,
+            self.student.adaptor,
+            self._source(),
+            self.student.kind,
+            names=self.names,
+            device=self.device,
+            outside_label=self.eval_cfg.outside_label,
         )
 
 

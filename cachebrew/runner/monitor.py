@@ -3,7 +3,8 @@
 :class:`RunMonitor` is the runner's second :class:`~cachebrew.distill.tracking.TrainObserver`
 (beside the progress bar; :class:`Observers` hands every hook to both). With
 ``eval.every_steps: N`` it scores the student every N optimizer steps and at every checkpoint
-(TensorBoard ``eval/<metric>`` under RUN_DIR/tb, and the curve for ``metrics.json``). After each
+(TensorBoard ``eval/<metric>`` through the run's one :class:`~cachebrew.distill.tracking.ScalarSink`
+on RUN_DIR/tb, and the curve for ``metrics.json``). After each
 checkpoint it applies ``keep_checkpoints`` (:func:`~cachebrew.distill.checkpoint.prune_checkpoints`):
 the latest, then the best by the primary eval metric among the checkpoints scored in this
 process, then the newest. A resumed run does not know the scores of the checkpoints it did not
@@ -18,12 +19,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 
 from cachebrew.distill.checkpoint import prune_checkpoints
-from cachebrew.distill.tracking import Throughput, TrainObserver
+from cachebrew.distill.tracking import ScalarSink, Throughput, TrainObserver
 from cachebrew.metrics import is_better
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class Observers(TrainObserver):
         for observer in self.observers:
             observer.on_save(step, path)
 
+    def should_stop(self) -> bool:
+        """True when any observer asks to stop (each one is asked)."""
+        return any([observer.should_stop() for observer in self.observers])
+
     def on_train_end(self) -> None:
         """Forwarded (every observer, even when one raises)."""
         errors = []
@@ -81,7 +85,8 @@ class RunMonitor(TrainObserver):
         every_steps: evaluate every this many optimizer steps (None: only at the end).
         checkpoint_dir: the loop's ``output_dir``.
         keep: ``keep_checkpoints``.
-        log_dir: TensorBoard directory for ``eval/<metric>``, or None.
+        sink: the run's one TensorBoard writer (shared with the loop) for ``eval/<metric>``,
+            or None.
 
     Attributes:
         curve: one ``{"step": s, <metric>: value, ...}`` per evaluation during training.
@@ -94,15 +99,14 @@ class RunMonitor(TrainObserver):
         every_steps: int | None,
         checkpoint_dir: str | Path,
         keep: int,
-        log_dir: str | None = None,
+        sink: ScalarSink | None = None,
     ):
         self.evaluate, self.primary = evaluate, primary
         self.every_steps = every_steps if evaluate is not None else None
-        self.checkpoint_dir, self.keep, self.log_dir = Path(checkpoint_dir), keep, log_dir
+        self.checkpoint_dir, self.keep, self.sink = Path(checkpoint_dir), keep, sink
         self.curve: list[dict[str, float]] = []
         self._scores: dict[int, float] = {}  # step -> primary value
         self._saved: set[int] = set()
-        self._writer: Any = None
 
     def on_step(self, step: int, lr: float) -> None:
         """Evaluate when ``step`` is a multiple of ``every_steps``."""
@@ -139,24 +143,13 @@ class RunMonitor(TrainObserver):
         self._write(step, scores)
 
     def _write(self, step: int, scores: dict[str, float]) -> None:
-        if self.log_dir is None:
+        if self.sink is None:
             return
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=self.log_dir)
         for name, value in scores.items():
-            self._writer.add_scalar(f"eval/{name}", value, step)
-        self._writer.flush()
+            self.sink.add_scalar(f"eval/{name}", value, step)
+        self.sink.flush()
 
     def log_final(self, step: int, scores: dict[str, float]) -> None:
         """Write the after-training scores to TensorBoard at ``step`` (if not there yet)."""
         if not self.curve or self.curve[-1]["step"] != step:
             self._write(step, scores)
-            self.on_train_end()
-
-    def on_train_end(self) -> None:
-        """Close the TensorBoard writer (reopened if :meth:`log_final` writes later)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None

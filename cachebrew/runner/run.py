@@ -35,7 +35,7 @@ from cachebrew.distill.checkpoint import LATEST
 from cachebrew.distill.loss import match_name
 from cachebrew.distill.runtime import global_rank
 from cachebrew.distill.sources import SingleSource
-from cachebrew.distill.tracking import Throughput
+from cachebrew.distill.tracking import ScalarSink, Throughput
 from cachebrew.files import write_json_atomic
 from cachebrew.runner.config import DistillRunConfig, OptimizerConfig
 from cachebrew.runner.distributed import join_world, leave_world, reduce_trained
@@ -101,13 +101,17 @@ def run_distill(
         (cfg.run_dir / CONFIG_FILE).write_text(config_text)
     # Only rank 0 evaluates and prunes checkpoints (they share RUN_DIR with the other ranks).
     evaluator = _evaluator(setup) if world.is_main else None
-    monitor = _monitor(setup, evaluator) if world.is_main else None
-    trained = train_student(setup, progress, monitor)
-    if not world.is_main:  # rank 0 evaluates and writes the metrics
-        return _metrics(setup, trained)
-    scores = evaluator() if evaluator is not None else {}
-    if scores and monitor is not None:
-        monitor.log_final(setup.plan.total_steps, scores)
+    sink = ScalarSink(setup.train_config.log_dir if world.is_main else None)  # RUN_DIR/tb
+    monitor = _monitor(setup, evaluator, sink) if world.is_main else None
+    try:
+        trained = train_student(setup, progress, monitor, sink)
+        if not world.is_main:  # rank 0 evaluates and writes the metrics
+            return _metrics(setup, trained)
+        scores = evaluator() if evaluator is not None else {}
+        if scores and monitor is not None:
+            monitor.log_final(setup.plan.total_steps, scores)
+    finally:
+        sink.close()
     save_final(cfg.run_dir, setup.student, setup.tokens.tokenizer, setup.reader)
     metrics = _metrics(setup, trained)
     metric = evaluator.names[0] if evaluator is not None else None
@@ -177,7 +181,7 @@ def _evaluator(setup: RunSetup) -> StudentEvaluator | None:
     )
 
 
-def _monitor(setup: RunSetup, evaluator: StudentEvaluator | None) -> RunMonitor:
+def _monitor(setup: RunSetup, evaluator: StudentEvaluator | None, sink: ScalarSink) -> RunMonitor:
     """Evaluation during training (rank 0) and ``keep_checkpoints``."""
     cfg, train_config = setup.cfg, setup.train_config
     rank0 = global_rank(train_config) == 0
@@ -187,13 +191,19 @@ def _monitor(setup: RunSetup, evaluator: StudentEvaluator | None) -> RunMonitor:
         cfg.eval.every_steps if cfg.eval is not None else None,
         train_config.output_dir,
         cfg.keep_checkpoints,
-        log_dir=train_config.log_dir if rank0 else None,
+        sink=sink if rank0 else None,
     )
 
 
-def train_student(setup: RunSetup, progress: bool, monitor: RunMonitor | None = None) -> Trained:
+def train_student(
+    setup: RunSetup,
+    progress: bool,
+    monitor: RunMonitor | None = None,
+    sink: ScalarSink | None = None,
+) -> Trained:
     """Train with the run's plan, LR schedule and progress bar (rank 0, on a terminal);
-    ``monitor`` evaluates during training and prunes checkpoints."""
+    ``monitor`` evaluates during training and prunes checkpoints; ``sink`` is the run's one
+    TensorBoard writer (None: the loop's own for ``training.log_dir``)."""
     cfg = setup.cfg
     distiller = _distiller(setup)
     # A bar is for a person watching: not on other ranks, not into a log file (sweep).
@@ -210,6 +220,7 @@ def train_student(setup: RunSetup, progress: bool, monitor: RunMonitor | None = 
         max_grad_norm=cfg.max_grad_norm,
         postprocess=single_postprocess(postprocess),
         observer=observer,
+        metrics_sink=sink,
     )
     try:
         run = distiller.run_job(job, resume_from=LATEST if setup.start_step > 0 else None)

@@ -69,7 +69,8 @@ def _check_run_dir(cfg: DistillRunConfig, resume: bool) -> None:
 
 def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     """Open the cache, load the models, check everything, build the dataset."""
-    from cachebrew.cache.feed.global_batches import GlobalBatchDataset, check_global_batch
+    from cachebrew.cache.feed.dataset import CacheDataset
+    from cachebrew.cache.feed.global_batches import check_global_batch
 
     world = current_world()
     check_global_batch(cfg.batch_size, world.world_size)  # before any model is loaded
@@ -86,11 +87,12 @@ def setup_run(cfg: DistillRunConfig, resume: bool) -> RunSetup:
     check_run(cfg, reader, student, student_items=tokens.items, teacher_config=teacher_config)
     train_ids, eval_ids = _split(cfg, reader, tokens)
     device = train_config.resolved_device()
-    dataset = GlobalBatchDataset(  # the one-process order, each rank its share of a batch
+    dataset = CacheDataset(  # the one-process order, each rank its share of a batch
         reader,
         batch_size=cfg.batch_size,
         rank=world.rank,
         world_size=world.world_size,
+        partition="global_batches",
         seed=train_config.seed or 0,
         shuffle=True,
         buffer_size=cfg.shuffle_buffer,

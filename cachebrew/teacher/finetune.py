@@ -3,13 +3,16 @@
 The model comes from a local HF directory (a pretrained backbone such as MiniLM gets a fresh
 head); training runs through :class:`~cachebrew.distill.BasicTrainer` (the model's own loss)
 with AdamW, linear warmup then linear decay, and length-bucketed shuffled batches. After
-every epoch the model is evaluated on the dev file (accuracy and macro-F1 for sequence
-classification, token accuracy on first sub-tokens for tagging, perplexity for a causal LM,
-which trains on the next-token loss of its text and may start from an HF config JSON with fresh
-weights and a separate ``tokenizer``); the best epoch's weights are kept, and training stops after ``patience`` epochs without improvement. The best model is
-saved to ``out`` as an HF directory (safetensors, config with ``id2label``, the source
-directory's tokenizer files), ready to be the teacher of ``cachebrew precompute``, together
-with ``finetune_metrics.json`` (per-epoch dev metrics, best epoch, seconds). The config and the
+every epoch (the loop's observer hook, :class:`~cachebrew.distill.tracking.TrainObserver`) the
+model is evaluated on the dev file with every metric of its task in
+:data:`~cachebrew.metrics.TASK_METRICS` (the table ``cachebrew eval`` and the runner use:
+accuracy and macro-F1 for sequences; token F1, accuracy and macro-F1 on first sub-tokens for
+tagging; perplexity for a causal LM, which trains on the next-token loss of its text and may
+start from an HF config JSON with fresh weights and a separate ``tokenizer``); the best epoch's
+weights are kept, and the observer stops training after ``patience`` epochs without
+improvement. The best model is saved to ``out`` as an HF directory (safetensors, config with
+``id2label``, the source directory's tokenizer files), ready to be the teacher of ``cachebrew
+precompute``, with ``finetune_metrics.json`` (per-epoch dev metrics, best epoch, seconds). The config and the
 summary live in :mod:`cachebrew.teacher.finetune_config` and are re-exported here.
 """
 
@@ -36,8 +39,10 @@ from cachebrew.corpus import (
     read_corpus,
     tokenize_records,
 )
+from cachebrew.distill import BasicTrainer
+from cachebrew.distill.tracking import TrainObserver
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import accuracy, is_better, lm_token_nll, macro_f1, perplexity, predict
+from cachebrew.metrics import evaluate_model, is_better
 from cachebrew.models import (
     LoadedModel,
     adamw_param_groups,
@@ -91,10 +96,6 @@ class BucketBatchSampler:
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
-
-
-class _EarlyStop(Exception):
-    """Raised from the epoch callback to leave the training loop."""
 
 
 def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
@@ -249,8 +250,6 @@ def _train(
     summary: FinetuneSummary,
 ) -> dict[str, torch.Tensor]:
     """Run BasicTrainer epochs with dev evaluation; return the best epoch's state dict."""
-    from cachebrew.distill import BasicTrainer
-
     pad_id = loaded.tokenizer.pad_token_id or 0
     sampler = BucketBatchSampler(
         [len(i["input_ids"]) for i in train_items], cfg.batch_size, cfg.seed
@@ -260,9 +259,13 @@ def _train(
     )
     total_steps = len(sampler) * cfg.epochs
     schedule = partial(lr_factor, warmup=int(cfg.warmup_ratio * total_steps), total=total_steps)
-    checkpoints = Path(cfg.out) / _CHECKPOINT_DIR  # the loop saves every epoch; not kept
-    train_config = TrainingConfig(output_dir=str(checkpoints), device=cfg.device, seed=cfg.seed)
-    tracker = _EpochTracker(cfg, summary, dev_items, pad_id, len(sampler), checkpoints)
+    # the loop saves a checkpoint at the end of the last epoch; it is not kept
+    checkpoints = Path(cfg.out) / _CHECKPOINT_DIR
+    train_config = TrainingConfig(
+        output_dir=str(checkpoints), device=cfg.device, seed=cfg.seed,
+        ckpt_epoch_frequency=cfg.epochs,
+    )  # fmt: skip
+    tracker = _EpochTracker(cfg, summary, loaded.model, dev_items, pad_id, len(sampler))
     optimizer = torch.optim.AdamW(adamw_param_groups(loaded.model, cfg.weight_decay), lr=cfg.lr)
     start = time.perf_counter()
     try:
@@ -272,10 +275,8 @@ def _train(
             num_epochs=cfg.epochs,
             scheduler_class=torch.optim.lr_scheduler.LambdaLR,
             scheduler_args={"lr_lambda": schedule},
-            callback=tracker,
+            observer=tracker,
         )
-    except _EarlyStop:
-        summary.stopped_early = True
     finally:
         shutil.rmtree(checkpoints, ignore_errors=True)
         summary.train_seconds = time.perf_counter() - start
@@ -284,33 +285,35 @@ def _train(
     return tracker.best_state
 
 
-class _EpochTracker:
-    """The epoch-end callback: evaluate, remember the best weights, stop after ``patience``."""
+class _EpochTracker(TrainObserver):
+    """The loop's observer: at each epoch's last step evaluate on dev, remember the best
+    weights, and ask the loop to stop after ``patience`` epochs without a gain."""
 
     def __init__(
         self,
         cfg: FinetuneConfig,
         summary: FinetuneSummary,
+        model: torch.nn.Module,
         dev_items: list[dict[str, Any]],
         pad_id: int,
         steps_per_epoch: int,
-        checkpoints: Path,
     ):
-        self.cfg, self.summary, self.dev_items = cfg, summary, dev_items
-        self.pad_id, self.steps_per_epoch, self.checkpoints = pad_id, steps_per_epoch, checkpoints
+        self.cfg, self.summary, self.model, self.dev_items = cfg, summary, model, dev_items
+        self.pad_id, self.steps_per_epoch = pad_id, steps_per_epoch
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_value: float | None = None
         self.epochs_without_gain = 0
         self.start = time.perf_counter()
 
-    def __call__(self, model: torch.nn.Module, step: int) -> None:
-        for old in self.checkpoints.glob("checkpoint-gs*"):
-            shutil.rmtree(old, ignore_errors=True)
+    def on_step(self, step: int, lr: float) -> None:
+        """Evaluate after the last step of an epoch."""
+        if step % self.steps_per_epoch:
+            return
         epoch = step // self.steps_per_epoch
-        device = next(model.parameters()).device
+        device = next(self.model.parameters()).device
         eval_start = time.perf_counter()
         metrics = evaluate(
-            model, self.dev_items, self.cfg.task, self.cfg.eval_batch_size, self.pad_id, device
+            self.model, self.dev_items, self.cfg.task, self.cfg.eval_batch_size, self.pad_id, device
         )
         value = metrics[str(self.cfg.metric)]
         improved = is_better(str(self.cfg.metric), value, self.best_value)
@@ -326,7 +329,7 @@ class _EpochTracker:
         if improved:
             self.best_value, self.epochs_without_gain = value, 0
             self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
             }
             self.summary.best_epoch = epoch
         else:
@@ -338,7 +341,11 @@ class _EpochTracker:
             logger.info(
                 "early stop: no dev %s gain in %d epochs", self.cfg.metric, self.cfg.patience
             )
-            raise _EarlyStop
+            self.summary.stopped_early = True
+
+    def should_stop(self) -> bool:
+        """True once ``patience`` epochs passed without a dev gain."""
+        return self.summary.stopped_early
 
 
 def evaluate(
@@ -352,21 +359,18 @@ def evaluate(
     """Dev metrics of ``model`` on tokenized ``items`` (with ``labels``).
 
     Returns:
-        sequence classification: ``accuracy``, ``macro_f1``; token classification:
-        ``token_accuracy`` over labelled positions (first sub-tokens; -100 skipped); causal
-        LM: ``perplexity`` over every next token (``items`` need no labels).
+        every metric of ``task`` in :data:`~cachebrew.metrics.TASK_METRICS`
+        (:func:`~cachebrew.metrics.evaluate_model`): sequence classification ``accuracy``,
+        ``macro_f1``; token classification ``token_f1``, ``accuracy``, ``macro_f1`` over
+        labelled positions (first sub-tokens; -100 skipped); causal LM ``perplexity`` over
+        every next token (``items`` need no labels).
     """
     lengths = [len(item["input_ids"]) for item in items]
     batches = (
         pad_batch([items[i] for i in indices], pad_id)
         for indices in length_bucketed_batches(lengths, batch_size)
     )
-    if task == "causal_lm":
-        return {"perplexity": perplexity(*lm_token_nll(model, batches, device))}
-    pred, gold = predict(model, None, batches, device)
-    if task == "token_classification":
-        return {"token_accuracy": accuracy(pred, gold)}
-    return {"accuracy": accuracy(pred, gold), "macro_f1": macro_f1(pred, gold)}
+    return evaluate_model(model, None, batches, task, device=device)
 
 
 def save_model_dir(loaded: LoadedModel, source: str, out: Path, label_names: list[str]) -> None:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from cachebrew.corpus.fields import CorpusFields
 from cachebrew.files import write_json_atomic
+from cachebrew.metrics import TASK_METRICS, metrics_for_task
 from cachebrew.validation import (
     ConfigBase,
     check_bool,
@@ -25,13 +26,14 @@ from cachebrew.validation import (
     set_field,
 )
 
-TASKS = ("sequence_classification", "token_classification", "causal_lm")
-# task -> (default text field, default label field, metric that picks the best epoch); a causal
-# LM learns its own tokens (no label column) and keeps the epoch of lowest dev perplexity
-TASK_DEFAULTS: dict[str, tuple[str, str | None, str]] = {
-    "sequence_classification": ("text", "label", "accuracy"),
-    "token_classification": ("tokens", "tags", "token_accuracy"),
-    "causal_lm": ("text", None, "perplexity"),
+TASKS = tuple(TASK_METRICS)
+# task -> (default text field, default label field); a causal LM learns its own tokens (no
+# label column). The metric that picks the best epoch defaults to the task's first in the one
+# task -> metrics table, :data:`cachebrew.metrics.TASK_METRICS` (for a causal LM: perplexity).
+TASK_DEFAULTS: dict[str, tuple[str, str | None]] = {
+    "sequence_classification": ("text", "label"),
+    "token_classification": ("tokens", "tags"),
+    "causal_lm": ("text", None),
 }
 METRICS_FILE = "finetune_metrics.json"
 
@@ -41,7 +43,8 @@ class FinetuneConfig(CorpusFields, ConfigBase):
     """Everything ``cachebrew finetune`` needs; YAML keys and CLI flags share these names.
 
     ``text_field`` / ``label_field`` / ``metric`` default by task (``text``/``label``/
-    ``accuracy`` for sequences, ``tokens``/``tags``/``token_accuracy`` for tagging); the
+    ``accuracy`` for sequences, ``tokens``/``tags``/``token_f1`` for tagging; the metric is
+    one of the task's in :data:`~cachebrew.metrics.TASK_METRICS`); the
     other corpus keys (``text_pair_field``, ``id_field``, ``split``) are :class:`CorpusFields`'.
     ``label_names`` is a JSON list file; by default ``label_names.json`` beside ``train`` when
     present. ``tokenizer``: a ``tokenizer.json`` (or its directory) for a ``model`` that has
@@ -108,20 +111,15 @@ class FinetuneConfig(CorpusFields, ConfigBase):
         if isinstance(self.warmup_ratio, float) and self.warmup_ratio > 1:
             problems.append(f"warmup_ratio: expected a fraction in [0, 1], got {self.warmup_ratio}")
         if self.task in TASK_DEFAULTS:
-            text, label, metric = TASK_DEFAULTS[self.task]
+            text, label = TASK_DEFAULTS[self.task]
+            names = metrics_for_task(self.task)
             set_field(self, "text_field", self.text_field or text)
             set_field(self, "label_field", None if label is None else self.label_field or label)
-            set_field(self, "metric", self.metric or metric)
-            check_choice(problems, "metric", self.metric, _metric_names(self.task), "metric")
+            set_field(self, "metric", self.metric or names[0])
+            check_choice(problems, "metric", self.metric, names, "metric")
             self.check_corpus_fields(problems)
         check_bool(problems, "overwrite", self.overwrite)
         raise_if_any(problems)
-
-
-def _metric_names(task: str) -> tuple[str, ...]:
-    if task == "causal_lm":
-        return ("perplexity",)
-    return ("accuracy", "macro_f1") if task == "sequence_classification" else ("token_accuracy",)
 
 
 def load_finetune_config(

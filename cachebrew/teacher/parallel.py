@@ -11,7 +11,9 @@ cache content does not depend on N. The manifest is published once every rank or
 - **parts** (``--part I/N``, no shared launcher): each part tries to publish after it finishes;
   the last one to finish succeeds. ``--finalize`` publishes, or names the missing parts.
 
-A killed rank or part leaves its finished shards; a rerun with any N skips them.
+A killed rank or part leaves its finished shards; a rerun with any N skips them. The process
+record and its device (one GPU per torchrun rank, refused rather than shared) are
+:mod:`cachebrew.world`'s, shared with ``cachebrew distill``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from __future__ import annotations
 import datetime
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cachebrew.cache import merge_manifest, remove_cache
 from cachebrew.cache.format.storage import DONE, RUN_RECORD, CacheLocation, done_marker_name
-from cachebrew.config import launched_world
 from cachebrew.errors import CacheError, ConfigError
+from cachebrew.world import World, launched
 
 logger = logging.getLogger(__name__)
 
@@ -38,32 +40,13 @@ class Partition:
     """Which shard windows this process computes, and how the manifest gets published.
 
     Args:
-        rank: this process's index r in [0, world_size).
-        world_size: N, the number of ranks or parts.
-        kind: ``"single"`` (one process), ``"torchrun"`` or ``"part"``.
+        world: this process among the job's (:class:`~cachebrew.world.World`: rank r of N,
+            launched as ``"single"``, ``"torchrun"`` or ``"part"``).
         barrier_timeout_s: torchrun only: how long a rank waits for the others at a barrier.
     """
 
-    rank: int = 0
-    world_size: int = 1
-    kind: str = "single"
+    world: World = field(default_factory=World)
     barrier_timeout_s: float = DEFAULT_BARRIER_TIMEOUT_S
-
-    def owns(self, window: int) -> bool:
-        """Whether shard window ``window`` is computed (and its shard written) here."""
-        return window % self.world_size == self.rank
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 (or the only process): the one that logs progress and publishes."""
-        return self.rank == 0
-
-    @property
-    def label(self) -> str:
-        """``part 1/3``, ``rank 1 of 2`` or ``single process`` for messages."""
-        if self.kind == "part":
-            return f"part {self.rank}/{self.world_size}"
-        return f"rank {self.rank} of {self.world_size}" if self.world_size > 1 else "single process"
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -94,29 +77,16 @@ def make_partition(
     """
     if barrier_timeout_s <= 0:
         raise ConfigError(f"barrier timeout {barrier_timeout_s!r}: expected seconds > 0")
-    rank, world_size, _ = launched_world()
+    world = launched()
     if part is not None:
-        if world_size > 1:
+        if world.distributed:
             raise ConfigError(
-                f"--part {part} under torchrun (WORLD_SIZE={world_size}): use either torchrun's "
-                "ranks or --part, not both"
+                f"--part {part} under torchrun (WORLD_SIZE={world.world_size}): use either "
+                "torchrun's ranks or --part, not both"
             )
         index, count = parse_part(part)
-        return Partition(index, count, "part", barrier_timeout_s)
-    if world_size > 1:
-        return Partition(rank, world_size, "torchrun", barrier_timeout_s)
-    return Partition(barrier_timeout_s=barrier_timeout_s)
-
-
-def rank_device(device: str, partition: Partition) -> str:
-    """One GPU per torchrun rank: ``auto``/``cuda`` become ``cuda:<LOCAL_RANK>`` when CUDA exists."""
-    import torch
-
-    if partition.kind != "torchrun" or device not in ("auto", "cuda"):
-        return device
-    if not torch.cuda.is_available():
-        return "cpu" if device == "auto" else device
-    return f"cuda:{launched_world()[2] % torch.cuda.device_count()}"
+        return Partition(World(index, count, launcher="part"), barrier_timeout_s)
+    return Partition(world, barrier_timeout_s)
 
 
 def begin(partition: Partition, out: str, overwrite: bool) -> bool:
@@ -129,17 +99,17 @@ def begin(partition: Partition, out: str, overwrite: bool) -> bool:
         ConfigError: ``overwrite`` with ``--part`` (a part cannot know what the others wrote).
         CacheError: a rank did not reach the barrier in time.
     """
-    if partition.kind == "part":
+    if partition.world.launcher == "part":
         if overwrite:
             raise ConfigError(
                 "--overwrite with --part: parts would delete each other's shards; remove the old "
                 "cache first (`rm -r` or delete the prefix) and start the parts without it"
             )
         return False
-    if partition.kind != "torchrun":
+    if partition.world.launcher != "torchrun":
         return overwrite
     _init_process_group(partition)
-    if overwrite and partition.is_main:
+    if overwrite and partition.world.is_main:
         remove_cache(out)
     barrier(partition, "clearing the output")
     return False
@@ -161,14 +131,14 @@ def barrier(partition: Partition, what: str) -> None:
     """
     import torch.distributed as dist
 
-    if partition.kind != "torchrun":
+    if partition.world.launcher != "torchrun":
         return
     timeout = datetime.timedelta(seconds=partition.barrier_timeout_s)
     try:
         dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
     except RuntimeError as error:
         raise CacheError(
-            f"{partition.label}: not every rank reached the barrier after {what} within "
+            f"{partition.world.label}: not every rank reached the barrier after {what} within "
             f"{partition.barrier_timeout_s:g} s ({str(error).splitlines()[0]}); no manifest was "
             "written; rerun precompute (with any number of ranks) to resume"
         ) from error
@@ -181,24 +151,24 @@ def publish(partition: Partition, out: str) -> dict[str, Any] | None:
     last barrier so no rank exits (and no launcher tears the job down) before the manifest is
     there. Part: publishes if every part is done, else logs which parts are missing.
     """
-    if partition.kind == "single":
+    if partition.world.launcher == "single":
         return None
-    if partition.kind == "torchrun":
+    if partition.world.launcher == "torchrun":
         barrier(partition, "writing its shards")
-        manifest = _merge(out, partition.world_size) if partition.is_main else None
+        manifest = _merge(out, partition.world.world_size) if partition.world.is_main else None
         barrier(partition, "publishing the manifest")
         return manifest
-    missing = missing_parts(out, partition.world_size)
+    missing = missing_parts(out, partition.world.world_size)
     if missing:
         logger.info(
             "%s done; waiting for parts %s of %d before the manifest is published (the last "
             "part to finish, or `cachebrew precompute --finalize`, publishes it)",
-            partition.label,
+            partition.world.label,
             missing,
-            partition.world_size,
+            partition.world.world_size,
         )
         return None
-    return _merge(out, partition.world_size)
+    return _merge(out, partition.world.world_size)
 
 
 def missing_parts(out: str, world_size: int) -> list[int]:

@@ -25,7 +25,7 @@ from cachebrew.cache.format.codecs import DEFAULT_CODEC
 from cachebrew.cache.format.reads import features_to_store
 from cachebrew.cache.format.spec import DTYPES
 from cachebrew.cache.logits.sparse import parse_logits_mode
-from cachebrew.config import DistillationConfig, resolve_device
+from cachebrew.config import DistillationConfig
 from cachebrew.corpus import (
     CorpusFields,
     Record,
@@ -39,7 +39,7 @@ from cachebrew.models import LoadedModel, load_model
 from cachebrew.teacher.background_writer import BackgroundWriter
 from cachebrew.teacher.exact_head import is_exact, with_final_hidden, write_teacher_head
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
-from cachebrew.teacher.parallel import Partition, begin, publish, rank_device
+from cachebrew.teacher.parallel import Partition, begin, publish
 from cachebrew.validation import (
     ConfigBase,
     check_bool,
@@ -49,6 +49,7 @@ from cachebrew.validation import (
     raise_if_any,
     set_field,
 )
+from cachebrew.world import rank_device
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def run_precompute(
     corpus = read_corpus(cfg.data, **cfg.corpus_fields())
     spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None), runs)
     check_layers_exist(spec, getattr(teacher.model.config, "num_hidden_layers", None))
-    device = resolve_device(rank_device(cfg.device, part))
+    device = rank_device(cfg.device, part.world)
     teacher.model.to(device)
     records = list(corpus)
     writer = CacheWriter(
@@ -233,16 +234,16 @@ def run_precompute(
         overwrite=begin(part, cfg.out, cfg.overwrite),
         wait_seconds=float("inf") if cfg.wait else 0.0,
         extra={"max_length": cfg.max_length, "label_names": corpus.label_names},
-        rank=part.rank,
-        world_size=part.world_size,
+        rank=part.world.rank,
+        world_size=part.world.world_size,
     )
     pass_start = time.perf_counter()
     with writer, BackgroundWriter(writer) as sink:
-        write_teacher_head(teacher.model, spec, cfg.out, part.is_main)  # --logits exact
+        write_teacher_head(teacher.model, spec, cfg.out, part.world.is_main)  # --logits exact
         skipped = set(writer.completed_shards())
-        todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if part.owns(k)]
+        todo = [k for k in range(_num_windows(len(records), cfg.shard_size)) if part.world.owns(k)]
         todo = [k for k in todo if k not in skipped]
-        show = progress and part.is_main
+        show = progress and part.world.is_main
         bar = tqdm(total=len(records), disable=not show, unit="ex", desc="precompute")
         bar.update(len(records) - sum(len(_window(records, k, cfg.shard_size)) for k in todo))
         for k in todo:

@@ -20,6 +20,7 @@ from cachebrew.cache.format.storage import DONE, MANIFEST
 from cachebrew.cli import app
 from cachebrew.errors import ConfigError
 from cachebrew.teacher.parallel import Partition, make_partition, parse_part
+from cachebrew.world import World
 
 runner = CliRunner()
 TIMEOUT_S = 240
@@ -159,8 +160,8 @@ def test_part_arguments() -> None:
     for bad in ("3/3", "1", "-1/2", "a/b", "0/0"):
         with pytest.raises(ConfigError, match="--part"):
             parse_part(bad)
-    assert make_partition("1/3") == Partition(1, 3, "part")
-    assert [Partition(1, 3).owns(k) for k in range(7)] == [k % 3 == 1 for k in range(7)]
+    assert make_partition("1/3") == Partition(World(1, 3, launcher="part"))
+    assert [World(1, 3).owns(k) for k in range(7)] == [k % 3 == 1 for k in range(7)]
 
 
 def test_part_refuses_overwrite(

@@ -102,3 +102,20 @@ def test_predict_uses_the_adaptor_first_head_and_token_labels() -> None:
     assert pred.tolist() == [0, 0]  # argmax of -logits for token 2: classes 0 and 1 tie at 0
     empty_pred, empty_gold = predict(model, None, [])
     assert empty_pred.numel() == empty_gold.numel() == 0
+
+
+def test_one_task_metrics_table_for_finetune_eval_and_the_runner() -> None:
+    """finetune, `cachebrew eval` and the runner read metrics.TASK_METRICS (issue 20)."""
+    from cachebrew.metrics import TASK_METRICS, metrics_for_task
+    from cachebrew.runner.config import EvalConfig
+    from cachebrew.runner.score import metric_names
+    from cachebrew.teacher.finetune_config import TASKS, FinetuneConfig
+
+    assert TASKS == tuple(TASK_METRICS)
+    for task, names in TASK_METRICS.items():
+        assert set(names) <= set(METRICS)
+        cfg = FinetuneConfig(model="m", train="t", dev="d", out="o", task=task)
+        assert cfg.metric == names[0]
+        assert metric_names(task, None) is names
+        assert EvalConfig(fraction=0.5).metric_names(task) is names
+        assert metrics_for_task(task) is names

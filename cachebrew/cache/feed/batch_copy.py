@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cachebrew.cache.format.codecs import torch_values
+from cachebrew.cache.format.shapes import ArrayShape, array_shape, example_region, padded_shape
 from cachebrew.cache.read.buffers import BufferPool
 
 # torch's at::internal::GRAIN_SIZE: a TensorIterator copy of fewer elements runs inline.
@@ -43,29 +45,13 @@ def copy_pool(pool: Any, features: Sequence[Mapping[str, np.ndarray]], names: Se
     return pool if sum(f[names[0]].nbytes for f in features) >= PARALLEL_MIN_BYTES else None
 
 
-def padded_shape(
-    name: str, rows: Sequence[np.ndarray], lengths: Sequence[int], width: int
-) -> tuple[int, ...]:
-    """hidden (B, L, D), hidden_cls (B, D), attention (B, H, L, L), attention_sum/mean
-    (B, L, L), with L = ``width``."""
-    kind = name.split(".", 1)[0]
-    if kind == "hidden_cls":
-        return (len(rows), rows[0].shape[1])
-    if kind == "hidden":
-        return (len(rows), width, rows[0].shape[1])
-    if kind == "attention":
-        heads = rows[0].size // (lengths[0] * lengths[0])
-        return (len(rows), heads, width, width)
-    return (len(rows), width, width)
-
-
 def scale_rows(features: Sequence[Mapping[str, np.ndarray]], name: str) -> list[np.ndarray] | None:
     """Per example the (rows_b, 1) ``<name>.scale`` rows of an int8 array, or None."""
     key = f"{name}.scale"
     return [f[key] for f in features] if key in features[0] else None
 
 
-def pad_batch(
+def pad_stored_rows(
     name: str,
     rows: Sequence[np.ndarray],
     lengths: Sequence[int],
@@ -74,7 +60,10 @@ def pad_batch(
     scales: Sequence[np.ndarray] | None = None,
     buffers: BufferPool | None = None,
 ) -> torch.Tensor:
-    """The zero-padded float32 batch of one array (:func:`padded_shape`), cast in the copy.
+    """The zero-padded float32 batch of one array, cast in the copy.
+
+    Its shape is :func:`~cachebrew.cache.format.shapes.padded_shape`; the cast is
+    :func:`~cachebrew.cache.format.codecs.torch_values` (int8: times its row scales, in numpy).
 
     Args:
         name: the stored array's name (its kind decides the shape).
@@ -88,38 +77,34 @@ def pad_batch(
 
     Returns:
         The same values, bit for bit, as the previous per-example padding path (kept as the
-        reference in ``tests/unit/test_cache_batch_copy.py``).
+        reference in ``tests/unit/cache/feed/test_cache_batch_copy.py``).
     """
     shape = padded_shape(name, rows, lengths, width)
-    kind = name.split(".", 1)[0]
+    rule = array_shape(name)
     out = (
         buffers.take(name, shape, np.float32)
         if buffers is not None
         else np.empty(shape, np.float32)
     )
-    is_bf16 = dtype == "bf16" and rows[0].dtype == np.uint16
     for b, (value, n) in enumerate(zip(rows, lengths, strict=True)):
         target = out[b]
-        if kind == "hidden_cls":  # one row (1, D), no padding
-            region = out[b : b + 1]
-        elif kind == "hidden":  # (L, D): the first n rows
-            region = target[:n]
-            target[n:] = 0
-        else:  # (H, L, L) or (L, L): the top-left n x n of each head
-            region = target[..., :n, :n]
-            target[..., :n, n:] = 0
-            target[..., n:, :] = 0
+        region = target[example_region(name, target.shape, n)]
+        _zero_padding(target, rule, n)
         value = value.reshape(region.shape)
-        if scales is not None and value.dtype == np.int8:
-            np.multiply(value, scales[b].reshape(-1, 1), out=region)
+        if scales is not None and value.dtype == np.int8:  # one scale per stored row
+            np.multiply(value, scales[b].reshape(region.shape[:-1] + (1,)), out=region)
         else:
-            _cast_copy(torch.from_numpy(region), _as_tensor(value, is_bf16))
+            _cast_copy(torch.from_numpy(region), torch_values(torch.from_numpy(value), dtype))
     return torch.from_numpy(out)
 
 
-def _as_tensor(value: np.ndarray, is_bf16: bool) -> torch.Tensor:
-    tensor = torch.from_numpy(value)
-    return tensor.view(torch.int16).view(torch.bfloat16) if is_bf16 else tensor
+def _zero_padding(target: np.ndarray, rule: ArrayShape | None, n: int) -> None:
+    """Zero the padding of one example's slot, and only the padding."""
+    if rule is not None and rule.token_axes == 1:  # (L, D): the rows after n
+        target[n:] = 0
+    elif rule is not None and rule.token_axes == 2:  # (H, L, L) or (L, L): beyond n x n
+        target[..., :n, n:] = 0
+        target[..., n:, :] = 0
 
 
 def _cast_copy(target: torch.Tensor, source: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cachebrew.cache.feed.batch_copy import copy_pool, pad_batch, scale_rows
+from cachebrew.cache.feed.batch_copy import copy_pool, pad_stored_rows, scale_rows
 from cachebrew.cache.feed.gpu_feed import PinnedPool, packed_layer_list
 from cachebrew.cache.format.codecs import decode
 from cachebrew.cache.format.spec import FeatureSpec
@@ -390,7 +390,9 @@ def _layer_list(
     def pad(name: str) -> torch.Tensor:
         rows = [f[name] for f in features]
         dtype = layout.dtypes.get(name, "fp32")
-        return pad_batch(name, rows, lengths, width, dtype, scale_rows(features, name), buffers)
+        return pad_stored_rows(
+            name, rows, lengths, width, dtype, scale_rows(features, name), buffers
+        )
 
     names = list(arrays.values())
     pool = copy_pool(pool, features, names)

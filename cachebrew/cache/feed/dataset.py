@@ -51,6 +51,7 @@ import torch
 
 from cachebrew.cache.feed.collate import CollateOptions, collate_examples, reader_layout
 from cachebrew.cache.feed.gpu_feed import PinnedPool
+from cachebrew.cache.feed.partition import cache_partition
 from cachebrew.cache.feed.prefetch import Prefetcher
 from cachebrew.cache.read.buffers import BufferPool
 from cachebrew.cache.read.epoch_reader import ChunkCache, EpochReader
@@ -82,7 +83,10 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         with_token_type_ids: add ``token_type_ids`` to the model inputs.
         teacher_cache: False = online mode: no ``teacher_cache`` and no feature decoding; the
             ``teacher`` part holds the teacher's model inputs so a live teacher sees the same.
-        rank, world_size: this process's share of the shards (shard i to rank i % world_size).
+        rank, world_size: this process's place among the data-parallel ranks.
+        partition: how the ranks share the cache (:mod:`cachebrew.cache.feed.partition`):
+            ``"shards"`` (shard i to rank i % world_size, each rank in its own order) or
+            ``"global_batches"`` (each rank its share of every batch of the one-process order).
         num_classes: the logits width V to rebuild top-k rows to (default: the cache's
             ``vocab_size``).
         window_bytes: decoded bytes per contiguous run (the unit of within-shard shuffling).
@@ -126,6 +130,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         teacher_cache: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        partition: str = "shards",
         num_classes: int | None = None,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
         prefetch: int = 0,
@@ -133,6 +138,8 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         decode_threads: int | None = None,
     ):
         _check_arguments(batch_size, seed, buffer_size, rank, world_size, window_bytes, prefetch)
+        self.partition = cache_partition(partition, rank, world_size)
+        local_batch = self.partition.local_batch(batch_size)
         device = None if device is None else str(torch.device(device))
         on_gpu = device is not None and device.startswith("cuda")
         if decode_threads is None:
@@ -143,9 +150,12 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         if with_token_type_ids and sep_id is None:
             raise ConfigError("with_token_type_ids=True needs sep_id (the [SEP] token id)")
         self.reader = cache if isinstance(cache, CacheReader) else open_cache(cache)
-        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.batch_size, self.seed, self.shuffle = local_batch, seed, shuffle
         self.buffer_size, self.drop_last = buffer_size, drop_last
-        self.rank, self.world_size, self.window_bytes = rank, world_size, window_bytes
+        self.global_batch_size = batch_size  # the partition's cut reads batches of this size
+        # the rank whose selection and order are computed (rank 0 of 1 for global batches)
+        self.rank, self.world_size = self.partition.order_rank()
+        self.window_bytes = window_bytes
         self.prefetch = prefetch
         self.layout = reader_layout(self.reader, num_classes) if teacher_cache else None
         # The packed CUDA path's reused pinned buffers: two batches' arrays in flight.
@@ -236,6 +246,9 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """This rank's order of ``epoch`` (default: the current one), from the index alone."""
+        return self.partition.cut(self._order(epoch), self.global_batch_size, self._num_batches)
+
+    def _order(self, epoch: int | None) -> EpochPlan:
         return plan_epoch(
             self._selections,
             seed=self.seed,

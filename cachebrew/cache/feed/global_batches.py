@@ -2,8 +2,9 @@
 
 :class:`CacheDataset` with ``rank``/``world_size`` gives each rank its own shards (shard i to
 rank ``i % world_size``) and its own order: fine for throughput, but the examples that train
-together depend on the number of ranks. :class:`GlobalBatchDataset` is what DDP training needs
-(``torchrun ... cachebrew distill``): the order of one process, cut the same way for any N.
+together depend on the number of ranks. ``CacheDataset(..., partition="global_batches")``
+(:mod:`cachebrew.cache.feed.partition`) is what DDP training needs (``torchrun ... cachebrew
+distill``): the order of one process, cut the same way for any N. This module is its arithmetic.
 
 - **Order.** The epoch order is the one-process order (``rank=0, world_size=1``): a pure
   function of ``(seed, epoch)``, so it does not depend on N.
@@ -24,14 +25,9 @@ rank's tokens by its own count (as any DDP), so they agree only approximately.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import numpy as np
 
-from cachebrew.cache.feed.dataset import CacheDataset
-from cachebrew.cache.read.order import EpochPlan, plan_epoch
-from cachebrew.cache.read.reader import CacheReader
+from cachebrew.cache.read.order import EpochPlan
 from cachebrew.errors import ConfigError
 
 
@@ -75,61 +71,3 @@ def split_plan(
     ]
     order = np.concatenate(shares) if shares else plan.order[:0]
     return EpochPlan(stream=plan.stream, group_starts=plan.group_starts, order=order)
-
-
-class GlobalBatchDataset(CacheDataset):
-    """A :class:`CacheDataset` whose ``batch_size`` is global, shared by ``world_size`` ranks.
-
-    Yields ``len(self)`` batches per epoch on every rank (the one-process count), each this
-    rank's share of the global batch with the same index (module docstring). Takes every
-    keyword of :class:`CacheDataset`.
-
-    Args:
-        cache: a cache path / fsspec URL, or an open :class:`CacheReader`.
-        batch_size: the global batch B (divisible by ``world_size``).
-        rank, world_size: this process's DDP rank and the number of ranks.
-
-    Raises:
-        ConfigError: ``batch_size`` not divisible by ``world_size``, or an invalid argument.
-    """
-
-    def __init__(
-        self,
-        cache: str | os.PathLike[str] | CacheReader,
-        *,
-        batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        **options: Any,
-    ):
-        if not isinstance(world_size, int) or world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(
-                f"GlobalBatchDataset: rank={rank!r}, world_size={world_size!r}: expected "
-                "0 <= rank < world_size"
-            )
-        local_batch = check_global_batch(batch_size, world_size)
-        super().__init__(cache, batch_size=batch_size, rank=0, world_size=1, **options)
-        self.global_batch_size = batch_size
-        self.batch_size = local_batch  # what __iter__ slices this rank's plan by
-        self.rank, self.world_size = rank, world_size
-
-    def plan(self, epoch: int | None = None) -> EpochPlan:
-        """This rank's share of the one-process order of ``epoch`` (default: the current one)."""
-        one_process = plan_epoch(
-            self._selections,
-            seed=self.seed,
-            epoch=self.epoch if epoch is None else epoch,
-            rank=0,
-            shuffle=self.shuffle,
-            buffer_size=self.buffer_size,
-            num_examples=self.num_examples,
-        )
-        return split_plan(
-            one_process, self.global_batch_size, self.rank, self.world_size, len(self)
-        )
-
-    def example_order(self, epoch: int | None = None) -> list[str]:
-        """The example ids this rank yields in ``epoch``, in order (no data is decoded)."""
-        plan = self.plan(epoch)
-        items = plan.stream[plan.order]
-        return [self.reader.shard(s).example_ids[r] for s, r in items.tolist()]

@@ -26,7 +26,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cachebrew.cache.feed.batch_copy import copy_pool, padded_shape, scale_rows
+from cachebrew.cache.feed.batch_copy import copy_pool, scale_rows
+from cachebrew.cache.format.codecs import decode_tensor
+from cachebrew.cache.format.shapes import array_shape, padded_shape
 
 
 class CopyEvent(Protocol):
@@ -130,14 +132,15 @@ def valid_mask(
     name: str, lengths: torch.Tensor, shape: tuple[int, ...], device: torch.device | str
 ) -> torch.Tensor:
     """The (broadcastable) boolean mask of the real (unpadded) positions of a padded batch."""
-    kind = name.split(".", 1)[0]
-    width = shape[-1] if kind.startswith("attention") else shape[1]
+    rule = array_shape(name)
+    if rule is None or rule.token_axes == 0:
+        raise ValueError(f"array {name!r} is not padded")
+    width = shape[-1] if rule.token_axes == 2 else shape[1]
     valid = torch.arange(width, device=device) < lengths[:, None]  # (B, L)
-    if kind == "hidden":
-        return valid[:, :, None]  # (B, L, 1)
-    if kind == "attention":
-        return (valid[:, :, None] & valid[:, None, :])[:, None]  # (B, 1, L, L)
-    return valid[:, :, None] & valid[:, None, :]  # attention_sum / mean (B, L, L)
+    if rule.token_axes == 1:
+        return valid[:, :, None]  # hidden (B, L, 1)
+    maps = valid[:, :, None] & valid[:, None, :]  # (B, L, L)
+    return maps[:, None] if rule.heads else maps  # attention (B, 1, L, L), sum / mean (B, L, L)
 
 
 def unpack(
@@ -157,12 +160,11 @@ def unpack(
         dtype: the storage dtype name (``"bf16"`` marks 16-bit integers as bf16 bits).
         scales: the packed (rows,) float32 per-row scales of int8 rows (hidden kinds).
     """
-    if dtype == "bf16" and packed.dtype in (torch.int16, torch.uint16):
-        packed = packed.view(torch.int16).view(torch.bfloat16)
-    values = packed.to(torch.float32, copy=True)
-    if scales is not None and packed.dtype == torch.int8:
-        values = values.view(scales.numel(), -1).mul_(scales[:, None]).view(-1)
-    if name.startswith("hidden_cls."):  # one row per example: nothing to pad
+    rows = scales.numel() if scales is not None else 1
+    scale = scales[:, None] if scales is not None else None
+    values = decode_tensor(packed.view(rows, -1), dtype, scale).view(-1)
+    rule = array_shape(name)
+    if rule is not None and rule.token_axes == 0:  # hidden_cls: one row per example, no padding
         return values.view(shape)
     out = torch.zeros(shape, dtype=torch.float32, device=packed.device)
     return out.masked_scatter_(valid_mask(name, lengths, shape, packed.device), values)

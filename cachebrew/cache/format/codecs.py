@@ -203,14 +203,45 @@ def _decode_torch(
     torch: Any, stored: np.ndarray, scale: np.ndarray | None, dtype: str
 ) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(stored))
-    if dtype == "bf16":
-        tensor = tensor.view(torch.int16).view(torch.bfloat16)
-    out = tensor.float()
+    scales = torch.from_numpy(np.ascontiguousarray(scale)) if scale is not None else None
+    return decode_tensor(tensor, dtype, scales).numpy()  # type: ignore[no-any-return]
+
+
+def torch_values(stored: Any, dtype: str) -> Any:
+    """A view of stored values that torch casts to their float32 values exactly.
+
+    The one reading of a storage dtype as torch values (:func:`decode_tensor`, and the padding
+    copies of :mod:`cachebrew.cache.feed`): bf16 bits stored as 16-bit integers are viewed as
+    ``torch.bfloat16``; every other tensor (fp32, fp16, int8 before its scale) is returned.
+
+    Args:
+        stored: a torch tensor in the stored dtype (:func:`stored_dtype`).
+        dtype: the storage dtype name.
+    """
+    torch = sys.modules["torch"]  # a tensor was passed: torch is loaded
+    if dtype == "bf16" and stored.dtype in (torch.int16, torch.uint16):
+        return stored.view(torch.int16).view(torch.bfloat16)
+    return stored
+
+
+def decode_tensor(stored: Any, dtype: str, scale: Any = None) -> Any:
+    """Stored values -> a new float32 tensor on their device (:func:`decode` for tensors).
+
+    Args:
+        stored: (rows, width) torch tensor in the stored dtype (any shape without ``scale``).
+        dtype: the storage dtype name.
+        scale: int8 only: the (rows, 1) float32 per-row scales.
+
+    Raises:
+        CacheError: int8 values without their scales.
+    """
+    torch = sys.modules["torch"]
+    values = torch_values(stored, dtype).to(torch.float32, copy=True)
     if dtype == "int8":
         if scale is None:
             raise CacheError("int8 array without its .scale companion")
-        out *= torch.from_numpy(np.ascontiguousarray(scale))
-    return out.numpy()  # type: ignore[no-any-return]
+        values.mul_(scale)
+    return values
 
 
 def _fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:

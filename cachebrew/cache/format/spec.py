@@ -19,7 +19,7 @@ kind                    stored array(s)             rows per example, width
 ======================  ==========================  ===============================================
 
 Attention is stored flat (width 1) because its natural width, L, differs between examples;
-``restore_shape`` in :mod:`cachebrew.cache.write.prepare` turns rows back into ``(H, L, L)``.
+``restore_shape`` in :mod:`cachebrew.cache.format.shapes` turns rows back into ``(H, L, L)``.
 ``int8`` arrays carry a companion ``<array>.scale`` array ``[rows, 1]`` (fp32 per-row absmax / 127).
 
 Logit reductions: ``raw`` keeps the logits (needed by ``kd mse`` and the ``flsw`` temperature);

@@ -1,4 +1,4 @@
-"""Turn one example's teacher features into the 2-D arrays a cache stores, and back.
+"""Turn one example's teacher features into the 2-D arrays a cache stores.
 
 The writer calls :func:`prepare_example` on what :meth:`CacheWriter.add` receives:
 
@@ -12,7 +12,9 @@ The writer calls :func:`prepare_example` on what :meth:`CacheWriter.add` receive
 - ``attention_sum.<l>`` / ``attention_mean.<l>``: (H, L, L) (reduced over heads here) or an
   already reduced (L, L).
 
-Any array-like works (numpy, CPU torch tensors); values are cast to float32.
+Any array-like works (numpy, CPU torch tensors); values are cast to float32. The stored form
+of each kind (and the way back, ``restore_shape``) is the table in
+:mod:`cachebrew.cache.format.shapes`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cachebrew.cache.format.shapes import stored_rows
 from cachebrew.cache.format.spec import FeatureSpec, StoredFeature
 from cachebrew.cache.logits.exact import HIDDEN_ARRAY
 from cachebrew.cache.logits.sparse import check_vocab_ids, parse_logits_mode, sparse_arrays
@@ -64,22 +67,21 @@ def prepare_example(
 def _prepare_one(
     feature: StoredFeature, name: str, value: np.ndarray, length: int
 ) -> dict[str, np.ndarray]:
+    """Check one input against its kind's accepted shapes, then store it by the shape table."""
     kind = feature.kind
     if kind == "logits":
         return _prepare_logits(feature, value)
     if kind == "hidden":
         _expect(value.ndim == 2 and len(value) == length, f"expected (L={length}, D)")
-        return {name: value}
-    if kind == "hidden_cls":
+    elif kind == "hidden_cls":
         _expect(value.ndim in (1, 2) and value.size > 0, "expected (D,), (1, D) or (L, D)")
-        return {name: value.reshape(-1, value.shape[-1])[:1]}
-    if kind == "attention":
+    elif kind == "attention":
         _expect(value.shape[-2:] == (length, length) and value.ndim == 3, "expected (H, L, L)")
-        return {name: value.reshape(-1, 1)}
-    _expect(value.shape[-2:] == (length, length) and value.ndim in (2, 3), "expected (H, L, L)")
-    if value.ndim == 3:
-        value = value.sum(axis=0) if kind == "attention_sum" else value.mean(axis=0)
-    return {name: value.reshape(-1, 1)}
+    else:  # attention_sum / attention_mean: reduced over heads here if they are not yet
+        _expect(value.shape[-2:] == (length, length) and value.ndim in (2, 3), "expected (H, L, L)")
+        if value.ndim == 3:
+            value = value.sum(axis=0) if kind == "attention_sum" else value.mean(axis=0)
+    return {name: stored_rows(name, value)}
 
 
 def _expect(condition: bool, message: str) -> None:
@@ -120,19 +122,3 @@ def _logsumexp(logits: np.ndarray) -> np.ndarray:
     peak = logits.max(axis=1, keepdims=True)
     summed = np.exp((logits - peak).astype(np.float64)).sum(axis=1, keepdims=True)
     return (peak + np.log(summed)).astype(np.float32)
-
-
-def restore_shape(name: str, array: np.ndarray, length: int) -> np.ndarray:
-    """Inverse reshape of a stored (rows, width) array for an example of ``length`` tokens.
-
-    ``attention.<l>`` -> (H, L, L); ``attention_sum/mean.<l>`` -> (L, L); ``hidden_cls.<l>``
-    -> (D,); ``logits`` of a sequence head stay (1, C); everything else unchanged.
-    """
-    kind = name.split(".", 1)[0]
-    if kind == "attention":
-        return array.reshape(-1, length, length)
-    if kind in ("attention_sum", "attention_mean"):
-        return array.reshape(length, length)
-    if kind == "hidden_cls":
-        return array.reshape(-1)
-    return array

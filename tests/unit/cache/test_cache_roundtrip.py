@@ -11,7 +11,8 @@ import pytest
 from synthetic_cache import synthetic_examples, write_examples
 
 from cachebrew.cache import CacheWriter, describe_cache, open_cache, parse_feature_spec
-from cachebrew.cache.write.prepare import prepare_example, restore_shape
+from cachebrew.cache.format.shapes import restore_shape
+from cachebrew.cache.write.prepare import prepare_example
 
 SPEC_TEXT = "logits:logprobs,hidden:0,2,hidden_cls:2,attention:1,attention_sum:1,attention_mean:1"
 # Max error relative to the row's largest |value| (fp16/bf16: half an ulp; int8: half a step).

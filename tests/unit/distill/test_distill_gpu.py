@@ -10,7 +10,7 @@ import torch
 from synthetic_cache import synthetic_examples, write_examples
 
 from cachebrew.cache import CacheWriter, parse_feature_spec
-from cachebrew.cache.feed.global_batches import GlobalBatchDataset
+from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.distill.batches import move_to_device, upcast_floats
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -47,9 +47,9 @@ def test_host_tensors_reach_cuda_through_pinned_non_blocking_copies() -> None:
 
 @needs_cuda
 def test_the_dataset_on_cuda_yields_the_cpu_batches(cache: pathlib.Path) -> None:
-    kwargs = {"batch_size": 4, "rank": 1, "world_size": 2, "seed": 1}
-    on_cpu = list(GlobalBatchDataset(cache, **kwargs))
-    on_gpu = list(GlobalBatchDataset(cache, device="cuda", **kwargs))
+    kwargs = {"batch_size": 4, "rank": 1, "world_size": 2, "seed": 1, "partition": "global_batches"}
+    on_cpu = list(CacheDataset(cache, **kwargs))
+    on_gpu = list(CacheDataset(cache, device="cuda", **kwargs))
     assert len(on_cpu) == len(on_gpu) == 5
     for cpu_batch, gpu_batch in zip(on_cpu, on_gpu, strict=True):
         assert cpu_batch["example_ids"] == gpu_batch["example_ids"]

@@ -313,6 +313,21 @@ def test_observer_gets_every_micro_batch_and_step_in_order(tmp_path):
     assert counters.finished is not None and 0 <= counters.data_wait <= counters.seconds
 
 
+def test_observer_stops_training_after_a_step(tmp_path):
+    """Early stopping goes through the observer (finetune's dev epochs), not an exception."""
+
+    class StopAtTwo(RecordingObserver):
+        def should_stop(self):
+            return any(event[:2] == ("step", 2) for event in self.events)
+
+    teacher, student = teacher_and_student()
+    observer = StopAtTwo()
+    distiller = general(tmp_path, teacher, student)
+    distiller.train(sgd(student), batches(3), num_epochs=3, observer=observer)
+    assert [e[1] for e in observer.events if e[0] == "step"] == [1, 2]
+    assert observer.events[-1] == ("end",) and len(distiller.loss_history) == 2
+
+
 def test_observer_sees_the_end_when_training_fails(tmp_path):
     teacher, student = teacher_and_student()
     observer = RecordingObserver()

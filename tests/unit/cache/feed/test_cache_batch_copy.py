@@ -13,7 +13,7 @@ from synthetic_cache import synthetic_examples, write_examples
 
 import cachebrew.cache.feed.collate as collate_module
 from cachebrew.cache import CacheWriter, parse_feature_spec
-from cachebrew.cache.feed.batch_copy import PARALLEL_MIN_BYTES, copy_pool, pad_batch
+from cachebrew.cache.feed.batch_copy import PARALLEL_MIN_BYTES, copy_pool, pad_stored_rows
 from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.cache.format.codecs import encode
 from cachebrew.cache.read.buffers import BufferPool
@@ -91,7 +91,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("kind", "dtype"), CASES)
-def test_pad_batch_equals_pad_feature_across_reused_buffers(kind: str, dtype: str) -> None:
+def test_pad_stored_rows_equals_pad_feature_across_reused_buffers(kind: str, dtype: str) -> None:
     pool = BufferPool()
     name = f"{kind}.3"
     # wide then narrow batches: a reused buffer holds stale values where the padding goes
@@ -102,7 +102,7 @@ def test_pad_batch_equals_pad_feature_across_reused_buffers(kind: str, dtype: st
             rows, scales = stored_rows(kind, dtype, lengths, seed=step)
         width = max(lengths) + step % 2  # sometimes wider than the longest example
         want = pad_feature(name, rows, lengths, width, dtype, scales)
-        got = pad_batch(name, rows, lengths, width, dtype, scales, pool)
+        got = pad_stored_rows(name, rows, lengths, width, dtype, scales, pool)
         assert got.dtype == want.dtype and got.shape == want.shape
         assert torch.equal(got.view(torch.int32), want.view(torch.int32))
     assert pool.allocations < 8  # the buffers were reused
@@ -155,7 +155,7 @@ def test_dataset_batches_equal_the_previous_path_bit_for_bit(
         rows = [np.array(r, copy=True) for r in rows]  # per-example copies, as before
         return pad_feature(name, rows, lengths, width, dtype, scales)
 
-    monkeypatch.setattr(collate_module, "pad_batch", previous)
+    monkeypatch.setattr(collate_module, "pad_stored_rows", previous)
     expected = list(dataset())
     assert [b["example_ids"] for b in streamed] == [b["example_ids"] for b in expected]
     for got in (streamed, held):

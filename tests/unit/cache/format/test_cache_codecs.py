@@ -10,8 +10,9 @@ import pytest
 
 import cachebrew.cache
 from cachebrew.cache.format.codecs import chunk_checksums, decode, encode
+from cachebrew.cache.format.shapes import restore_shape
 from cachebrew.cache.format.spec import parse_feature_spec
-from cachebrew.cache.write.prepare import prepare_example, restore_shape
+from cachebrew.cache.write.prepare import prepare_example
 from cachebrew.errors import CacheError
 
 

@@ -19,6 +19,7 @@ from cachebrew.models import load_model
 from cachebrew.teacher.exact_head import check_head
 from cachebrew.teacher.parallel import Partition
 from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
+from cachebrew.world import World
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +112,13 @@ def test_a_changed_head_is_refused_by_reading_and_verify(lm_dir: Path, tmp_path:
 
 def test_parts_publish_with_the_head_part_zero_wrote(lm_dir: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "parts")
-    _precompute(lm_dir, out, partition=Partition(1, 2, "part"))  # not the head's writer
+    _precompute(
+        lm_dir, out, partition=Partition(World(1, 2, launcher="part"))
+    )  # not the head's writer
     assert not (tmp_path / "parts" / HEAD_FILE).exists()
-    _precompute(lm_dir, out, partition=Partition(0, 2, "part"))  # writes it, then publishes
+    _precompute(
+        lm_dir, out, partition=Partition(World(0, 2, launcher="part"))
+    )  # writes it, then publishes
     reader = open_cache(out)
     assert reader.manifest["lm_head"]["sha256"] == open_cache(
         str(lm_dir / "cache")
