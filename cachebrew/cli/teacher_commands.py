@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from cachebrew.cli.app import _exit_on_error, app
+from cachebrew.cli.app import app
 from cachebrew.errors import CacheUpToDateError, ConfigError
 
 # precompute options that are not PrecomputeConfig fields (how to run, not what to compute)
@@ -165,10 +165,9 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compare two caches example by example; exit 1 naming the first difference."""
-    with _exit_on_error():
-        from cachebrew.cache.tools.compare import compare_caches, describe_comparison
+    from cachebrew.cache.tools.compare import compare_caches, describe_comparison
 
-        report = compare_caches(cache_a, cache_b, atol=atol)
+    report = compare_caches(cache_a, cache_b, atol=atol)
     typer.echo(
         json.dumps(report, indent=2, sort_keys=True) if as_json else describe_comparison(report)
     )
