@@ -39,6 +39,7 @@ from cachebrew.cache.format.manifest import (
     merge_manifest,
     published_shards,
     read_shard_index,
+    rerun_differences,
     run_differences,
     run_record,
 )
@@ -163,11 +164,7 @@ class CacheWriter:
         if self.overwrite:
             remove_owned(loc)
         elif loc.exists(loc.join(MANIFEST)):
-            self._raise_if_up_to_date(loc.read_json(loc.join(MANIFEST)) or {})
-            raise CacheError(
-                f"{loc.path} already holds a complete cache (manifest.json exists); "
-                "pass --overwrite (overwrite=True) to replace it"
-            )
+            self._refuse_complete_cache(loc.read_json(loc.join(MANIFEST)) or {})
         previous = loc.read_json(loc.join(RUN_RECORD))
         if previous is None:
             loc.write_json_atomic(loc.join(RUN_RECORD), self._run)
@@ -180,13 +177,20 @@ class CacheWriter:
                 f"{lines}\npass --overwrite (overwrite=True) to start over"
             )
 
-    def _raise_if_up_to_date(self, manifest: dict[str, Any]) -> None:
-        same = not run_differences(manifest, self._run)
-        if same and manifest.get("extra") == self._run["extra"] and self.world_size == 1:
+    def _refuse_complete_cache(self, manifest: dict[str, Any]) -> None:
+        """Up to date (same content, however paths were spelled), or say what differs."""
+        differences = rerun_differences(manifest, self._run)
+        if not differences and self.world_size == 1:
             raise CacheUpToDateError(
                 f"{self._loc.path} already holds a complete cache of the same teacher, corpus "
                 "and features: it is up to date, nothing to do (pass --overwrite to recompute it)"
             )
+        head = " that differs from this run:" if differences else " (manifest.json exists)"
+        what = "".join(f"\n  - {d}" for d in differences)
+        raise CacheError(
+            f"{self._loc.path} already holds a complete cache{head}{what}\n"
+            "pass --overwrite (overwrite=True) to replace it"
+        )
 
     def _load_completed(self) -> None:
         for shard in published_shards(self._loc):
