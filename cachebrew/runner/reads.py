@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from cachebrew.cache.format.spec import FeatureSpec, StoredFeature, feature_spec_from_matches
+from cachebrew.config import DistillationConfig
 from cachebrew.errors import ConfigError
 from cachebrew.runner.config import DistillRunConfig
 from cachebrew.validation import PathLike, load_config, load_yaml_mapping
@@ -26,9 +27,13 @@ def run_features(cfg: DistillRunConfig, **spec_kwargs: Any) -> FeatureSpec | Non
     ``spec_kwargs`` go to :func:`~cachebrew.cache.format.spec.feature_spec_from_matches` (``dtype``,
     ``codec``, ``topk``, ``vocab_size``). None for hard-label training (nothing is read).
     """
-    distill = cfg.distill_config
-    if distill is None:
-        return None
+    return (
+        None if cfg.distill_config is None else distill_features(cfg.distill_config, **spec_kwargs)
+    )
+
+
+def distill_features(distill: DistillationConfig, **spec_kwargs: Any) -> FeatureSpec:
+    """The features a :class:`~cachebrew.config.DistillationConfig` reads (:func:`run_features`)."""
     scheduler = distill.temperature_scheduler
     return feature_spec_from_matches(
         distill.kd_loss_type,
@@ -36,6 +41,27 @@ def run_features(cfg: DistillRunConfig, **spec_kwargs: Any) -> FeatureSpec | Non
         [m.to_dict() for m in distill.intermediate_matches],
         **spec_kwargs,
     )
+
+
+def distill_config_features(path: PathLike, **spec_kwargs: Any) -> FeatureSpec:
+    """What the DistillationConfig YAML at ``path`` reads (``precompute --distill-config``).
+
+    Raises:
+        ConfigError: the file is a run config or a sweep file (use ``--from``), or not a valid
+            DistillationConfig.
+    """
+    data = load_yaml_mapping(path)
+    run_only = {f.name for f in fields(DistillRunConfig)} - {
+        f.name for f in fields(DistillationConfig)
+    }
+    telling = sorted(set(data) & run_only)
+    if telling or (data and set(data) <= SWEEP_KEYS):
+        kind = "run config" if telling else "sweep file"
+        raise ConfigError(
+            f"distill_config: {path} looks like a {kind} (it has {telling or sorted(data)}), "
+            f"not a DistillationConfig: use --from {path} to store what its runs read"
+        )
+    return distill_features(DistillationConfig.from_yaml(path), **spec_kwargs)
 
 
 def merge_specs(specs: Iterable[FeatureSpec]) -> FeatureSpec:

@@ -24,7 +24,7 @@ from cachebrew.cache import CacheWriter, FeatureSpec, parse_feature_spec
 from cachebrew.cache.format.codecs import DEFAULT_CODEC
 from cachebrew.cache.format.spec import DTYPES
 from cachebrew.cache.logits.sparse import parse_logits_mode
-from cachebrew.config import DistillationConfig, resolve_device
+from cachebrew.config import resolve_device
 from cachebrew.corpus import (
     Record,
     length_bucketed_batches,
@@ -34,7 +34,6 @@ from cachebrew.corpus import (
 )
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model
-from cachebrew.runner.config import DistillRunConfig
 from cachebrew.teacher.background_writer import BackgroundWriter
 from cachebrew.teacher.exact_head import is_exact, with_final_hidden, write_teacher_head
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
@@ -153,16 +152,14 @@ def resolve_feature_spec(cfg: PrecomputeConfig, vocab_size: int | None) -> Featu
     Each kind gets ``cfg.feature_dtypes[kind]`` if given, else ``cfg.dtype``; ``logits``
     gets ``cfg.logits`` (``--topk K`` is ``topk:K``) and ``vocab_size`` for its id width.
     """
-    from cachebrew.runner.reads import features_read_by, merge_specs, run_features
+    from cachebrew.runner.reads import distill_config_features, features_read_by, merge_specs
 
     mode = cfg.logits or (f"topk:{cfg.topk}" if cfg.topk else None)
     # Parsed with a dtype every kind takes; the real dtypes are set per kind below.
     kwargs: dict[str, Any] = {"dtype": "fp32", "codec": cfg.codec}
     specs: list[FeatureSpec | None] = []
     if cfg.distill_config is not None:
-        distill = DistillationConfig.from_yaml(cfg.distill_config)
-        run = DistillRunConfig(cache="-", student="-", out="-", distill=distill)
-        specs.append(run_features(run, vocab_size=vocab_size, **kwargs))
+        specs.append(distill_config_features(cfg.distill_config, vocab_size=vocab_size, **kwargs))
     if cfg.from_runs is not None:  # None when every run trains on the labels alone
         specs.append(features_read_by(cfg.from_runs, vocab_size=vocab_size, **kwargs))
     given = [s for s in specs if s is not None]
