@@ -46,7 +46,7 @@ from cachebrew.metrics import (
     score_predictions,
 )
 from cachebrew.runner.config import EvalConfig, load_distill_config
-from cachebrew.runner.evaluate import corpus_eval_batches
+from cachebrew.runner.evaluate import check_label_range, corpus_eval_batches
 from cachebrew.runner.export import FINAL_DIR
 from cachebrew.runner.setup import load_student
 from cachebrew.runner.tokens import DEFAULT_MAX_LENGTH, StudentTokens, resolve_student_tokens
@@ -172,6 +172,7 @@ def score_model(
     fields = {**(fields or {}), "label_field": None} if causal else fields or {}
     eval_cfg = EvalConfig(data=data, batch_size=batch_size, **fields)
     batches, count = corpus_eval_batches(eval_cfg, StudentTokens(scored.tokenizer), length)
+    check_label_range(batches, scored.loaded, data)  # as finetune: no label outside the classes
     target = models.resolve_device(device)
     scored.loaded.model.to(target)
     extra: dict[str, Any] = {}

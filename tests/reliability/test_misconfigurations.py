@@ -89,3 +89,16 @@ def test_a_dry_run_with_eval_data_without_its_label_column_exits_1(
     config.write_text(yaml.safe_dump(run))
     ok = cli("distill", "--config", config, "--dry-run")
     assert ok.code == 0 and "dry run: 1 run(s) checked" in ok.out, ok.err
+
+
+def test_eval_refuses_labels_outside_the_models_classes_as_finetune_does(
+    cli: Callable[..., Outcome], tiny_teacher_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "test.jsonl"
+    rows = [{"text": "the cat sat", "label": label} for label in (0, 1, 2, 5, 12)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = cli("eval", tiny_teacher_dir, "--data", data)
+    assert result.code == 1, result.out
+    assert "labels [5, 12] out of range for the model's 3 classes (0..2)" in result.error_line
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows[:3]))
+    assert cli("eval", tiny_teacher_dir, "--data", data).code == 0
