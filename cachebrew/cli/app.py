@@ -1,4 +1,10 @@
-"""The Typer app, its global options and what every command shares (error mapping, quiet logs)."""
+"""The Typer app, its global options and what every command shares (error mapping, quiet logs).
+
+Every command, ``cachebrew data ...`` included, runs inside :class:`ErrorMappingGroup.invoke`:
+the one place where a library error (:class:`~cachebrew.errors.CachebrewError`) or an
+``OSError`` that escaped the library (a full disk, a permission) becomes
+``error: <message> (rerun with --debug for the traceback)`` on stderr and exit code 1.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,44 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from cachebrew.errors import CachebrewError
 
+# Set by the global --debug flag: library errors then propagate with their traceback.
+_DEBUG = {"on": False}
+DEBUG_HINT = "(rerun with --debug for the traceback)"
+
+
+def error_line(error: BaseException) -> str:
+    """The one line (or block, for several config problems) every command's error prints."""
+    return f"error: {error} {DEBUG_HINT}"
+
+
+class ErrorMappingGroup(TyperGroup):
+    """The ``cachebrew`` group: every subcommand is invoked inside its error mapping."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (CachebrewError, OSError) as error:
+            if _DEBUG["on"]:
+                raise
+            typer.echo(error_line(error), err=True)
+            raise typer.Exit(code=1) from None
+
+
 app = typer.Typer(
     name="cachebrew",
+    cls=ErrorMappingGroup,
     help="Distill NLP models with a teacher that runs once: precompute a cache, then distill from it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-# Set by the global --debug flag: library errors then propagate with their traceback.
-_DEBUG = {"on": False}
 
 
 def _print_version(value: bool) -> None:
@@ -62,18 +93,6 @@ def _global_options(
     """
     _DEBUG["on"] = debug
     _third_party_logs(verbose)
-
-
-@contextlib.contextmanager
-def _exit_on_error() -> Iterator[None]:
-    """A library error becomes ``error: <message>`` on stderr and exit code 1."""
-    try:
-        yield
-    except CachebrewError as error:
-        if _DEBUG["on"]:
-            raise
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from None
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from cachebrew.cli.app import _exit_on_error, app
+from cachebrew.cli.app import app
 from cachebrew.errors import CacheUpToDateError, ConfigError
 
 # precompute options that are not PrecomputeConfig fields (how to run, not what to compute)
@@ -96,11 +96,12 @@ def precompute(
         raise ConfigError(f"--feature-dtype {bad}: expected KIND=DTYPE, e.g. hidden=int8")
     set_ = [f"feature_dtypes.{item}" for item in feature_dtype] + set_
     cfg = load_precompute_config(config, flags, set_)
-    runs = None
-    if cfg.from_runs is not None:  # --from: the run configs are read here, in the command layer
-        from cachebrew.runner.reads import distill_configs_of
+    # the run configs are read here, in the command layer (teacher/ never imports runner/)
+    from cachebrew.runner.reads import check_distill_config_file, distill_configs_of
 
-        runs = distill_configs_of(cfg.from_runs)
+    if cfg.distill_config is not None:
+        check_distill_config_file(cfg.distill_config)
+    runs = None if cfg.from_runs is None else distill_configs_of(cfg.from_runs)
     partition = make_partition(part, barrier_timeout_s=barrier_timeout)
     try:
         summary = run_precompute(cfg, progress=not quiet, partition=partition, runs=runs)
@@ -170,10 +171,9 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compare two caches example by example; exit 1 naming the first difference."""
-    with _exit_on_error():
-        from cachebrew.cache.tools.compare import compare_caches, describe_comparison
+    from cachebrew.cache.tools.compare import compare_caches, describe_comparison
 
-        report = compare_caches(cache_a, cache_b, atol=atol)
+    report = compare_caches(cache_a, cache_b, atol=atol)
     typer.echo(
         json.dumps(report, indent=2, sort_keys=True) if as_json else describe_comparison(report)
     )

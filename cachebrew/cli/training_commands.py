@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from cachebrew.cli.app import _DRY_RUN_HELP, _exit_on_error, _quiet_logs, app
+from cachebrew.cli.app import _DRY_RUN_HELP, _quiet_logs, app
 
 
 @app.command()
@@ -39,7 +39,7 @@ def distill(
     dry_run: bool = typer.Option(False, "--dry-run", help=_DRY_RUN_HELP),
 ) -> None:
     """Train a student from a cache (flags override the YAML, --set overrides both)."""
-    with _exit_on_error(), _quiet_logs(quiet):
+    with _quiet_logs(quiet):
         from cachebrew.runner.config import load_distill_config
         from cachebrew.runner.run import run_distill
 
@@ -71,7 +71,7 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help=_DRY_RUN_HELP),
 ) -> None:
     """Train many students over one cache; write results.csv and results.md."""
-    with _exit_on_error(), _quiet_logs(quiet):
+    with _quiet_logs(quiet):
         from cachebrew.runner.dry_run import describe_dry_run
         from cachebrew.runner.placement import device_slots
         from cachebrew.runner.sweep import load_sweep, run_sweep
@@ -105,14 +105,13 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Score a model on a labelled corpus with every metric that fits its task."""
-    with _exit_on_error():
-        from cachebrew.runner.score import format_report, score_model
+    from cachebrew.runner.score import format_report, score_model
 
-        fields = {"text_field": text_field, "text_pair_field": text_pair_field}
-        fields |= {"label_field": label_field, "id_field": id_field, "split": split}
-        names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-        report = score_model(
-            model, data, metrics=names, fields=fields, max_length=max_length,
-            batch_size=batch_size, outside_label=outside_label, device=device,
-        )  # fmt: skip
+    fields = {"text_field": text_field, "text_pair_field": text_pair_field}
+    fields |= {"label_field": label_field, "id_field": id_field, "split": split}
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    report = score_model(
+        model, data, metrics=names, fields=fields, max_length=max_length,
+        batch_size=batch_size, outside_label=outside_label, device=device,
+    )  # fmt: skip
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -26,7 +26,7 @@ from cachebrew.models.loading import (
     load_model,
 )
 from cachebrew.models.student import adamw_param_groups, count_parameters, init_from_teacher
-from cachebrew.models.tokenizer import load_tokenizer
+from cachebrew.models.tokenizer import load_tokenizer, record_max_length, recorded_max_length
 
 __all__ = [
     "ARCHITECTURE_SUFFIXES",
@@ -43,6 +43,8 @@ __all__ = [
     "init_from_teacher",
     "load_model",
     "load_tokenizer",
+    "record_max_length",
+    "recorded_max_length",
     "model_identity",
     "resolve_device",
 ]

@@ -1,7 +1,9 @@
-"""Load a fast tokenizer from ``tokenizer.json``, checked to reproduce that file's ids."""
+"""Load a fast tokenizer from ``tokenizer.json``, checked to reproduce that file's ids; a model's
+max length, which travels with it as ``model_max_length`` in its ``tokenizer_config.json``."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -75,3 +77,30 @@ def tokenizer_next_to(directory: Path) -> Any:
         return load_tokenizer(directory)
     logger.warning("%s has no tokenizer.json; LoadedModel.tokenizer is None", directory)
     return None
+
+
+# model_max_length at or above this is transformers' "unset" sentinel (int(1e30)), not a length
+_UNSET_MAX_LENGTH = 1_000_000
+
+
+def recorded_max_length(tokenizer: Any) -> int | None:
+    """The max length a model travels with (``model_max_length`` of its tokenizer), or None.
+
+    ``finetune`` records the length it trained with, ``final/`` the length of the student's
+    cache (:func:`record_max_length`); ``eval`` and ``precompute`` use it unless given one.
+    """
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit and int(limit) < _UNSET_MAX_LENGTH else None
+
+
+def record_max_length(directory: Path, tokenizer: Any, max_length: int) -> None:
+    """Record ``max_length`` with the model in ``directory`` (HF's place: ``model_max_length`` of
+    ``tokenizer_config.json``); without that file, ``tokenizer`` is saved there with it."""
+    tokenizer.model_max_length = max_length
+    config_path = directory / "tokenizer_config.json"
+    if not config_path.is_file():
+        tokenizer.save_pretrained(directory)
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["model_max_length"] = max_length
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

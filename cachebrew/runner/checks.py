@@ -13,7 +13,8 @@ What is checked:
 - the student's label count equals the width of the cached logits (classification heads);
 - a student with another tokenizer: no token-level matches or token-level logits (teacher
   features are aligned with the teacher's tokens, DESIGN §3);
-- hard-label training and held-out evaluation need labels in the cache;
+- hard-label training, a KD loss that reads labels (``hard_label_weight`` > 0,
+  ``probability_shift``) and held-out evaluation need labels in the cache;
 - RUN_DIR is not the cache or inside it (:func:`check_out_dir`), and an online teacher is the
   cache's teacher (:func:`check_online_teacher`).
 """
@@ -204,12 +205,29 @@ def _label_problems(cfg: DistillRunConfig, reader: CacheReader, student: LoadedM
             "kd: hard-label training (no distill) needs labels, but the cache has none; "
             "precompute with --label-field"
         )
+    elif cfg.distill_config is not None and label_type is None:
+        problems += _kd_label_problems(cfg.distill_config)
     if cfg.eval is not None and cfg.eval.fraction is not None and label_type is None:
         problems.append("eval.fraction: the cache has no labels to evaluate against")
     if cfg.eval is not None and label_type in ("float", "float_list"):
         problems.append(f"eval: {label_type} labels (regression) have no metric yet")
     problems += _logit_width_problems(reader, student)
     return problems
+
+
+def _kd_label_problems(distill: DistillationConfig) -> list[str]:
+    """KD losses that read the labels, on a cache without them (they would be skipped silently)."""
+    needs = []
+    if distill.hard_label_weight != 0 or distill.hard_label_weight_scheduler != "none":
+        needs.append(f"hard_label_weight={distill.hard_label_weight:g}")
+    if distill.probability_shift:
+        needs.append("probability_shift")
+    if not needs:
+        return []
+    return [
+        f"distill.{' and '.join(needs)} needs labels, but the cache has none: precompute it "
+        "again with --label-field, or set hard_label_weight: 0 and probability_shift: false"
+    ]
 
 
 def _logit_width_problems(reader: CacheReader, student: LoadedModel) -> list[str]:

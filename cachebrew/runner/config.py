@@ -379,4 +379,18 @@ def load_distill_config(
     Raises:
         ConfigError: every problem of the merged config at once.
     """
+    overrides = run_length_overrides(overrides)
     return load_config(DistillRunConfig, config_path, flags, overrides, missing_hint=_REQUIRED_HINT)
+
+
+_RUN_LENGTH_KEYS = ("num_epochs", "num_steps")
+
+
+def run_length_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` where setting one of ``num_epochs``/``num_steps`` replaces the other: a
+    ``--set num_steps=N`` on a config that says ``num_epochs`` (as every ``config.yaml`` a run
+    writes does) means "train N steps", not "both given"."""
+    keys = {item.partition("=")[0].strip() for item in overrides}
+    cleared = [f"{other}=null" for key, other in (_RUN_LENGTH_KEYS, _RUN_LENGTH_KEYS[::-1])
+               if key in keys and other not in keys]  # fmt: skip
+    return [*cleared, *overrides]

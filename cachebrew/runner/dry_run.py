@@ -1,9 +1,10 @@
 """``cachebrew distill --dry-run`` / ``sweep --dry-run``: the resolved config and the plan.
 
 Each run's config is printed as YAML with every default filled in (what ``RUN_DIR/config.yaml``
-would hold), then its plan: the features it reads from the cache and, when the cache exists,
-the checks of a real run (config against cache and student) and the steps and epochs. Nothing
-is written.
+would hold), then its plan: the features it reads from the cache, the checks a real run makes
+before its first step (RUN_DIR, the cache opens, config against cache and student, the eval
+data reads with its columns) and the steps and epochs. Nothing is written. The first check
+that fails raises, as it would in the real run: a dry run that passes means the run will start.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ def describe_dry_run(configs: Sequence[DistillRunConfig], *, resume: bool = Fals
     """The text of a dry run over ``configs`` (one per run).
 
     Raises:
-        ConfigError: a config does not fit its existing cache or student (as a real run would).
-        CacheError: the cache exists but is corrupt or incomplete in a way a run would refuse.
+        ConfigError: a config does not fit its cache, student or eval data (as a real run would).
+        CacheError: the cache is missing, corrupt or incomplete (names the features to precompute).
     """
     blocks = []
     for cfg in configs:
@@ -33,24 +34,35 @@ def describe_dry_run(configs: Sequence[DistillRunConfig], *, resume: bool = Fals
 
 
 def plan_text(cfg: DistillRunConfig, resume: bool) -> str:
-    """``# plan`` comment lines: features read, cache status, examples and steps."""
-    spec = run_features(cfg)
-    lines = [f"features read: {spec.to_cli() if spec else 'none (hard labels only)'}"]
-    from cachebrew.cache.read.reader import open_cache
+    """``# plan`` comment lines: features read, cache status, examples and steps.
 
-    try:
-        open_cache(cfg.cache, verify=False)
-    except CacheError as error:
-        lines.append(f"cache: not checked, it cannot be opened yet ({error})")
-        lines.append("steps: unknown until the cache exists (precompute it first)")
-        return "".join(f"# plan: {line}\n" for line in lines)
+    Raises:
+        ConfigError, CacheError: the first check of a real run that fails (module docstring).
+    """
+    spec = run_features(cfg)
+    read = spec.to_cli() if spec else "none (hard labels only)"
+    from cachebrew.cache.read.reader import open_cache
+    from cachebrew.runner.evaluate import StudentEvaluator
     from cachebrew.runner.setup import _check_run_dir, setup_run
 
     _check_run_dir(cfg, resume)
+    try:
+        open_cache(cfg.cache, verify=False)
+    except CacheError as error:
+        raise CacheError(
+            f"run {cfg.run_dir.name}: {error}; the run reads the features {read}: precompute "
+            "them first (precompute --from this config stores them)"
+        ) from error
     setup = setup_run(cfg, resume)
+    if cfg.eval is not None:  # the real run reads eval.data (its columns) before step 1
+        StudentEvaluator(
+            cfg, setup.reader, setup.student, setup.tokens, setup.eval_ids,
+            setup.train_config.resolved_device(),
+        )  # fmt: skip
     num_train = len(setup.train_ids) if setup.train_ids is not None else setup.reader.num_examples
     length = f"{cfg.num_steps} steps" if cfg.num_steps else f"{cfg.num_epochs} epochs"
-    lines += [
+    lines = [
+        f"features read: {read}",
         f"cache: {cfg.cache} checked against the config and the student "
         f"({setup.reader.num_examples} examples, {num_train} trained on, "
         f"{len(setup.eval_ids or [])} held out)",

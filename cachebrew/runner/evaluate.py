@@ -22,8 +22,9 @@ import torch
 from cachebrew.cache.read.reader import CacheReader
 from cachebrew.corpus import pad_batch
 from cachebrew.errors import ConfigError
-from cachebrew.metrics import evaluate_model
+from cachebrew.metrics import IGNORE_INDEX, evaluate_model
 from cachebrew.models import LoadedModel
+from cachebrew.runner.checks import CLASSIFICATION_KINDS
 from cachebrew.runner.config import DataConfig, DistillRunConfig, EvalConfig
 from cachebrew.runner.tokens import StudentTokens, max_length, student_items
 
@@ -60,6 +61,7 @@ class StudentEvaluator:
             self._batches, self.num_examples = corpus_eval_batches(
                 eval_cfg, tokens, max_length(reader)
             )
+            check_label_range(self._batches, student, str(cfg.eval.data))
 
     def _source(self) -> Iterable[dict[str, Any]]:
         if self._batches is not None:
@@ -131,6 +133,29 @@ def corpus_eval_batches(
     size = eval_cfg.batch_size
     batches = [pad_batch(items[i : i + size], pad_id) for i in range(0, len(items), size)]
     return batches, len(items)
+
+
+def check_label_range(batches: Iterable[dict[str, Any]], model: LoadedModel, data: str) -> None:
+    """Refuse labels outside a classifier's classes (``finetune`` refuses the same file): scored,
+    they would count as errors of a class the model cannot predict and lower every metric.
+
+    Raises:
+        ConfigError: names the labels out of range (the first 10), the class count and the fix.
+    """
+    num_labels = getattr(getattr(model.model, "config", None), "num_labels", None)
+    if model.kind not in CLASSIFICATION_KINDS or num_labels is None:
+        return
+    bad = {
+        int(value)
+        for batch in batches
+        for value in batch["labels"].flatten().tolist()
+        if value != IGNORE_INDEX and not 0 <= value < num_labels
+    }
+    if bad:
+        raise ConfigError(
+            f"{data}: labels {sorted(bad)[:10]} out of range for the model's {num_labels} "
+            f"classes (0..{num_labels - 1}); fix the labels, or evaluate a model with those classes"
+        )
 
 
 def student_batches(dataset: Any) -> Iterator[dict[str, Any]]:

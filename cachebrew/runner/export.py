@@ -26,7 +26,7 @@ from typing import Any
 from safetensors.torch import save_model
 
 from cachebrew.cache.read.reader import CacheReader
-from cachebrew.models import LoadedModel
+from cachebrew.models import LoadedModel, record_max_length
 from cachebrew.runner.tokens import max_length
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,8 @@ def save_final(run_dir: Path, student: LoadedModel, tokenizer: Any, reader: Cach
     tmp.mkdir(parents=True)
     try:
         _save_model(student.model, tmp, reader)
-        if tokenizer is not None:
-            tokenizer.model_max_length = max_length(reader)
-            tokenizer.save_pretrained(tmp)
+        if tokenizer is not None:  # with the length its cache was built at (eval uses it)
+            record_max_length(tmp, tokenizer, max_length(reader))
         else:
             logger.warning("%s: no tokenizer to save (the student read the cache's ids)", final)
         if final.exists():

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 from cachebrew.cache.format.reads import distill_features
 from cachebrew.cache.format.spec import FeatureSpec
 from cachebrew.config import DistillationConfig
+from cachebrew.errors import ConfigError
 from cachebrew.runner.config import DistillRunConfig
 from cachebrew.validation import PathLike, load_config, load_yaml_mapping
 
@@ -61,3 +63,23 @@ def distill_configs_of(path: PathLike) -> dict[str, DistillationConfig]:
         for cfg in load_runs(path, defaults={"cache": "-", "out": "-"})
         if cfg.distill_config is not None
     }
+
+
+def check_distill_config_file(path: PathLike) -> None:
+    """Refuse a run config or a sweep file given where a DistillationConfig YAML belongs
+    (``precompute --distill-config``), naming ``--from``.
+
+    Raises:
+        ConfigError: the file has run-config keys (``cache``, ``student`` ...) or is a sweep.
+    """
+    data = load_yaml_mapping(path)
+    run_only = {f.name for f in fields(DistillRunConfig)} - {
+        f.name for f in fields(DistillationConfig)
+    }
+    telling = sorted(set(data) & run_only)
+    if telling or (data and set(data) <= SWEEP_KEYS):
+        kind = "run config" if telling else "sweep file"
+        raise ConfigError(
+            f"distill_config: {path} looks like a {kind} (it has {telling or sorted(data)}), "
+            f"not a DistillationConfig: use --from {path} to store what its runs read"
+        )

@@ -11,7 +11,8 @@ MODEL is any of:
 
 The corpus is read with the corpus fields (as ``eval.data`` of a run) and tokenized with the
 model's tokenizer, truncated at ``max_length`` (default: the tokenizer's ``model_max_length``,
-which ``final/`` sets to the length of the cache it was trained on; 128 when that is unset).
+which ``final/`` sets to the length of the cache it was trained on and ``finetune`` to the length
+it trained with: :func:`~cachebrew.models.recorded_max_length`; 128 when that is unset).
 Predictions come from :func:`cachebrew.metrics.predict`, so a ``final/`` scores exactly what the
 run's own evaluation did on the same file. Metrics: the names asked for, else every metric of
 :data:`~cachebrew.metrics.TASK_METRICS` for the model's task.
@@ -46,13 +47,10 @@ from cachebrew.metrics import (
     score_predictions,
 )
 from cachebrew.runner.config import EvalConfig, load_distill_config
-from cachebrew.runner.evaluate import corpus_eval_batches
+from cachebrew.runner.evaluate import check_label_range, corpus_eval_batches
 from cachebrew.runner.export import FINAL_DIR
 from cachebrew.runner.setup import load_student
 from cachebrew.runner.tokens import DEFAULT_MAX_LENGTH, StudentTokens, resolve_student_tokens
-
-# model_max_length above this is transformers' "unset" sentinel (int(1e30)), not a real limit
-_LIMIT_UNSET = 1_000_000
 
 
 @dataclass
@@ -117,8 +115,7 @@ def eval_max_length(scored: ScoredModel, max_length: int | None) -> int:
         return max_length
     if scored.max_length is not None:
         return scored.max_length
-    limit = getattr(scored.tokenizer, "model_max_length", None)
-    return int(limit) if limit and int(limit) < _LIMIT_UNSET else DEFAULT_MAX_LENGTH
+    return models.recorded_max_length(scored.tokenizer) or DEFAULT_MAX_LENGTH
 
 
 def metric_names(task: str, asked: Sequence[str] | None) -> tuple[str, ...]:
@@ -172,6 +169,7 @@ def score_model(
     fields = {**(fields or {}), "label_field": None} if causal else fields or {}
     eval_cfg = EvalConfig(data=data, batch_size=batch_size, **fields)
     batches, count = corpus_eval_batches(eval_cfg, StudentTokens(scored.tokenizer), length)
+    check_label_range(batches, scored.loaded, data)  # as finetune: no label outside the classes
     target = models.resolve_device(device)
     scored.loaded.model.to(target)
     extra: dict[str, Any] = {}

@@ -47,7 +47,7 @@ import yaml
 
 from cachebrew.errors import CachebrewError, ConfigError
 from cachebrew.runner import placement
-from cachebrew.runner.config import DistillRunConfig
+from cachebrew.runner.config import DistillRunConfig, run_length_overrides
 from cachebrew.validation import (
     ConfigBase,
     apply_overrides,
@@ -108,7 +108,9 @@ def load_sweep(
     folder = os.path.dirname(path)
     problems: list[str] = []
     base = {**(defaults or {}), **_base_mapping(spec.base, folder, problems)}
-    base = resolve_paths(apply_overrides(base, overrides), _PATHS, os.getcwd())
+    base = resolve_paths(
+        apply_overrides(base, run_length_overrides(overrides)), _PATHS, os.getcwd()
+    )
     grid = _grid_points(spec.grid, problems)
     named = _explicit_runs(spec.runs, problems)
     raise_if_any(problems)
@@ -118,7 +120,8 @@ def load_sweep(
         items = [_resolved_override(item, folder) for item in items]
         name = "_".join(p for p in (run_name, derive_name(point)) if p) or "base"
         try:
-            runs.append(SweepRun(name, tuple(items), apply_overrides(base, items)))
+            config = apply_overrides(base, run_length_overrides(items))
+            runs.append(SweepRun(name, tuple(items), config))
         except ConfigError as error:
             problems += [f"run {name}: {p}" for p in error.problems]
     problems += _run_problems(runs)

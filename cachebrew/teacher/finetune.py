@@ -11,8 +11,10 @@ tagging; perplexity for a causal LM, which trains on the next-token loss of its 
 start from an HF config JSON with fresh weights and a separate ``tokenizer``); the best epoch's
 weights are kept, and the observer stops training after ``patience`` epochs without
 improvement. The best model is saved to ``out`` as an HF directory (safetensors, config with
-``id2label``, the source directory's tokenizer files), ready to be the teacher of ``cachebrew
-precompute``, with ``finetune_metrics.json`` (per-epoch dev metrics, best epoch, seconds). The config and the
+``id2label``, the source directory's tokenizer files, ``model_max_length`` set to the
+``max_length`` it trained with, which ``eval`` and ``precompute`` then use), ready to be the
+teacher of ``cachebrew precompute``, with ``finetune_metrics.json`` (per-epoch dev metrics, best
+epoch, seconds). The config and the
 summary live in :mod:`cachebrew.teacher.finetune_config` and are re-exported here.
 """
 
@@ -49,6 +51,7 @@ from cachebrew.models import (
     count_parameters,
     load_model,
     load_tokenizer,
+    record_max_length,
 )
 from cachebrew.schedules import lr_factor
 from cachebrew.teacher.finetune_config import (
@@ -147,6 +150,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
     best_state = _train(cfg, loaded, train_items, dev_items, summary)
     loaded.model.load_state_dict(best_state)
     save_model_dir(loaded, cfg.tokenizer or cfg.model, out, label_names)
+    record_max_length(out, loaded.tokenizer, cfg.max_length)  # eval and precompute use it
     write_metrics(out, cfg, summary, finished=True)
     logger.info("%s", describe_summary(summary))
     return summary

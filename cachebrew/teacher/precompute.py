@@ -47,6 +47,7 @@ from cachebrew.validation import (
     check_int,
     load_config,
     raise_if_any,
+    resolve_path,
     set_field,
 )
 from cachebrew.world import rank_device
@@ -214,6 +215,7 @@ def run_precompute(
     """
     start = time.perf_counter()
     part = partition or Partition()
+    cfg = replace(cfg, teacher=resolve_path(cfg.teacher, "."))  # the manifest's source: any cwd
     teacher = load_model(cfg.teacher, task=cfg.task, num_labels=cfg.num_labels, role="teacher")
     if teacher.tokenizer is None:
         raise ConfigError(f"teacher {cfg.teacher}: no tokenizer.json next to the weights")

@@ -72,10 +72,9 @@ def test_a_run_config_in_one_folder_runs_from_another(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # neither the configs' folder nor the project
     configs = project / "configs"
-    missing = _cli("distill", "--config", str(configs / "run.yaml"), "--dry-run")
-    assert (
-        "cannot be opened yet" in missing and "features read: logits:logprobs,hidden:2" in missing
-    )
+    missing = runner.invoke(app, ["distill", "--config", str(configs / "run.yaml"), "--dry-run"])
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr  # the run would stop
+    assert "the features logits:logprobs,hidden:2: precompute them first" in missing.stderr
     assert not (project / "cache").exists() and not (project / "runs").exists()
 
     _cli("precompute", "--config", str(configs / "precompute.yaml"), "--quiet")

@@ -81,16 +81,45 @@ def run_record(
 
 
 def run_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """One line per identity field that differs between two run records."""
+    """One line per identity field that differs between two run records.
+
+    The teacher is compared by what it is (class, kind, config, weights and tokenizer hashes),
+    not by how its path was spelled: its ``source`` is recorded but never compared.
+    """
     lines = []
     for key in RUN_IDENTITY:
-        if old.get(key) == new.get(key):
+        a, b = old.get(key), new.get(key)
+        if key == "teacher":
+            lines += _teacher_differences(a or {}, b or {})
+        elif a == b:
             continue
-        if key == "spec":
-            lines += _spec_differences(old.get(key) or {"features": []}, new[key])
+        elif key == "spec":
+            lines += _spec_differences(a or {"features": []}, new[key])
         else:
-            lines.append(f"{key}: cache has {old.get(key)!r}, this run has {new.get(key)!r}")
+            lines.append(f"{key}: cache has {a!r}, this run has {b!r}")
     return lines
+
+
+def rerun_differences(manifest: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between a complete cache and a run asked to write it again: the identity
+    fields (:func:`run_differences`) and the recorded ``extra`` (``max_length``, ``label_names``).
+    Empty: the cache is up to date."""
+    lines = run_differences(manifest, new)
+    old_extra, new_extra = manifest.get("extra") or {}, new.get("extra") or {}
+    for key in sorted(set(old_extra) | set(new_extra)):
+        if old_extra.get(key) != new_extra.get(key):
+            lines.append(
+                f"{key}: cache has {old_extra.get(key)!r}, this run has {new_extra.get(key)!r}"
+            )
+    return lines
+
+
+def _teacher_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [
+        f"teacher.{key}: cache has {old.get(key)!r}, this run has {new.get(key)!r}"
+        for key in sorted((set(old) | set(new)) - {"source"})
+        if old.get(key) != new.get(key)
+    ]
 
 
 def _spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -13,7 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachebrew.cache.format.manifest import published_shards, read_shard_index, run_differences
+from cachebrew.cache.format.manifest import (
+    published_shards,
+    read_shard_index,
+    rerun_differences,
+    run_differences,
+)
 from cachebrew.cache.format.spec import FeatureSpec
 from cachebrew.cache.format.storage import MANIFEST, RUN_RECORD, STAGING, CacheLocation
 from cachebrew.cache.write.ownership import check_owned, remove_owned
@@ -37,11 +42,7 @@ def prepare_directory(
     if overwrite:
         remove_owned(loc)
     elif loc.exists(loc.join(MANIFEST)):
-        _raise_if_up_to_date(loc, loc.read_json(loc.join(MANIFEST)) or {}, run, world_size)
-        raise CacheError(
-            f"{loc.path} already holds a complete cache (manifest.json exists); "
-            "pass --overwrite (overwrite=True) to replace it"
-        )
+        _refuse_complete_cache(loc, loc.read_json(loc.join(MANIFEST)) or {}, run, world_size)
     previous = loc.read_json(loc.join(RUN_RECORD))
     if previous is None:
         loc.write_json_atomic(loc.join(RUN_RECORD), run)
@@ -55,15 +56,22 @@ def prepare_directory(
         )
 
 
-def _raise_if_up_to_date(
+def _refuse_complete_cache(
     loc: CacheLocation, manifest: dict[str, Any], run: dict[str, Any], world_size: int
 ) -> None:
-    same = not run_differences(manifest, run)
-    if same and manifest.get("extra") == run["extra"] and world_size == 1:
+    """Up to date (same content, however paths were spelled), or say what differs."""
+    differences = rerun_differences(manifest, run)
+    if not differences and world_size == 1:
         raise CacheUpToDateError(
             f"{loc.path} already holds a complete cache of the same teacher, corpus "
             "and features: it is up to date, nothing to do (pass --overwrite to recompute it)"
         )
+    head = " that differs from this run:" if differences else " (manifest.json exists)"
+    what = "".join(f"\n  - {d}" for d in differences)
+    raise CacheError(
+        f"{loc.path} already holds a complete cache{head}{what}\n"
+        "pass --overwrite (overwrite=True) to replace it"
+    )
 
 
 @dataclass
