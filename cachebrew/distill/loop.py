@@ -2,7 +2,7 @@
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches, each: postprocess the
 batch, forwards under autocast, loss in fp32, ``(loss / GA).backward()``. Then clip (student
-*and* projections), ``optimizer.step()``, ``scheduler.step()``, ``zero_grad()``, log, and save +
+*and* projections; the student only under ``textbrewer_compat``), ``optimizer.step()``, ``scheduler.step()``, ``zero_grad()``, log, and save +
 callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
 ``train_with_num_epochs`` / ``MultiTaskDistiller.train`` merged, with these decisions:
 
@@ -39,6 +39,7 @@ from torch import nn
 from cachebrew._version import __version__
 from cachebrew.config import DistillationConfig, TrainingConfig
 from cachebrew.distill import checkpoint as ckpt
+from cachebrew.distill import compat as compat_
 from cachebrew.distill import runtime
 from cachebrew.distill.batches import count_examples, split_batch
 from cachebrew.distill.loss import scheduled_weights
@@ -163,7 +164,10 @@ class TrainingRun:
         self.scheduler = build_scheduler(job)
         self.model = runtime.wrap_student(job.student, self.config, self.device)
         self.projections = runtime.wrap_projections(job.projections, self.config, self.device)
-        self.parameters = [*job.student.parameters(), *job.projections.parameters()]
+        compat = job.distill_config is not None and job.distill_config.textbrewer_compat
+        self.parameters = compat_.clipped_parameters(
+            job.student, job.projections, compat, job.max_grad_norm
+        )
         # Every rank keeps its loss history (the runner averages them); rank 0 alone writes.
         self.metrics = MetricsLogger(
             self.config.log_dir if self.rank == 0 else None,
