@@ -12,9 +12,13 @@ Layout under ``output_dir``::
                                 task-sampler state, plan, cachebrew version
     latest                      name of the newest complete checkpoint directory
 
-A checkpoint is written into a hidden temporary directory and renamed into place when every
-file is written, then ``latest`` is replaced (write + rename): a run killed while saving
-leaves at most a ``.tmp-*`` directory, never a ``checkpoint-gs{N}`` that looks complete.
+A checkpoint is written into a hidden temporary directory and published with
+:func:`cachebrew.files.publish_dir` when every file is written (fsynced, renamed into place,
+directories fsynced; a same-step one is swapped in atomically), then ``latest`` is replaced
+(write + fsync + rename + fsync): a run killed or a machine losing power while saving leaves
+at most a ``.tmp-*`` directory, never a ``checkpoint-gs{N}`` that looks complete, and
+``latest`` names a durable checkpoint. A save that fails (a full disk) removes its temporary
+directory and raises :class:`CheckpointError`; the previous checkpoint and ``latest`` stay.
 :func:`prune_checkpoints` keeps a chosen few (the runner's ``keep_checkpoints``); the loop
 itself never deletes one, as TextBrewer kept every ``gs{N}.pkl``.
 TextBrewer saved ``gs{N}.pkl`` (student weights only, pickled): no resume, and the trained
@@ -39,7 +43,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from cachebrew.errors import CheckpointError
-from cachebrew.files import write_json_atomic, write_text_atomic
+from cachebrew.files import make_dirs_durable, publish_dir, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -78,28 +82,36 @@ def save_checkpoint(
         The checkpoint directory.
     """
     final = checkpoint_dir(output_dir, global_step)
+    make_dirs_durable(final.parent)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    save_model(student, str(tmp / STUDENT_FILE))
-    if projections is not None and len(list(projections.parameters())) > 0:
-        save_model(projections, str(tmp / PROJECTIONS_FILE))
-    torch.save(tensors, tmp / TENSORS_FILE)
-    write_json_atomic(tmp / STATE_FILE, state, indent=1)
-    _publish(tmp, final)
-    write_text_atomic(final.parent / LATEST, final.name + "\n")
+    try:
+        tmp.mkdir()
+        save_model(student, str(tmp / STUDENT_FILE))
+        if projections is not None and len(list(projections.parameters())) > 0:
+            save_model(projections, str(tmp / PROJECTIONS_FILE))
+        torch.save(tensors, tmp / TENSORS_FILE)
+        write_json_atomic(tmp / STATE_FILE, state, indent=1)
+        publish_dir(tmp, final, replace=True)
+        write_text_atomic(final.parent / LATEST, final.name + "\n")
+    except OSError as error:
+        raise CheckpointError(_save_failure(final, error)) from error
+    except RuntimeError as error:  # torch.save and safetensors wrap a full disk in these
+        raise CheckpointError(_save_failure(final, error)) from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``, replacing an older checkpoint of the same step."""
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+def _save_failure(final: Path, error: BaseException) -> str:
+    pointer = final.parent / LATEST
+    kept = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    previous = f"{LATEST} still names {kept}" if kept else f"no {LATEST} checkpoint yet"
+    return (
+        f"could not save checkpoint {final} ({reason}); nothing was published and {previous}: "
+        "free disk space, then resume"
+    )
 
 
 def list_checkpoints(output_dir: str | os.PathLike[str]) -> dict[int, Path]:
