@@ -302,3 +302,19 @@ def test_probability_shift_negative_label_under_the_switch():
     ours = cachebrew.losses.probability_shift(logits, shifted)
     theirs = textbrewer.distiller_utils.probability_shift_(logits.clone(), labels)
     assert torch.equal(ours, theirs)
+
+
+def test_the_switch_is_reachable_from_the_run_yaml(tmp_path):
+    import yaml
+
+    from cachebrew.runner.config import load_distill_config
+
+    path = tmp_path / "run.yaml"
+    run = {"cache": "c", "student": "s.json", "out": "o", "distill": {"textbrewer_compat": True}}
+    path.write_text(yaml.safe_dump(run))
+    cfg = load_distill_config(str(path), {})
+    assert cfg.distill_config.textbrewer_compat is True
+    unset = load_distill_config(str(path), {}, ["distill.textbrewer_compat=false"])
+    assert unset.distill_config.textbrewer_compat is False
+    with pytest.raises(cachebrew.ConfigError, match="textbrewer_compat"):
+        cachebrew.DistillationConfig(textbrewer_compat="yes")
