@@ -9,7 +9,10 @@ numbers (README "Differences from TextBrewer"). The switch undoes each of them:
 - gradient clipping (``max_grad_norm > 0``): TextBrewer clips only the student's parameters in
   fp32 (cachebrew clips the projections too);
 - ``probability_shift`` on 2-D logits with a negative label: TextBrewer indexes with it, so
-  ``-1`` swaps with the last class (cachebrew ignores negative labels).
+  ``-1`` swaps with the last class (cachebrew ignores negative labels);
+- the ``len(dataloader) % gradient_accumulation_steps`` micro-batches at an epoch's end:
+  TextBrewer runs them and discards their gradients (cachebrew skips them, so the random
+  draws of later steps -- dropout -- differ); under the switch their forwards run.
 
 Not covered, because TextBrewer's value there is a crash or NaN rather than a number: masked
 losses with an all-zero mask (NaN), and the inputs on which TextBrewer raises.
@@ -42,6 +45,11 @@ DIFFERENCES = {
     "clip_projections": (
         "gradient clipping covers the projections as well as the student (TextBrewer "
         "0.2.1.post1 clips only the student's parameters)"
+    ),
+    "leftover_batches": (
+        "the len(dataloader) % gradient_accumulation_steps micro-batches left at an epoch's "
+        "end are not run (TextBrewer 0.2.1.post1 runs them and discards their gradients, so "
+        "later dropout draws differ)"
     ),
     "negative_label_shift": (
         "probability_shift ignores negative labels (TextBrewer 0.2.1.post1 swaps a 2-D row "

@@ -318,3 +318,31 @@ def test_the_switch_is_reachable_from_the_run_yaml(tmp_path):
     assert unset.distill_config.textbrewer_compat is False
     with pytest.raises(cachebrew.ConfigError, match="textbrewer_compat"):
         cachebrew.DistillationConfig(textbrewer_compat="yes")
+
+
+def test_leftover_micro_batches_are_drawn_under_the_switch(tmp_path, caplog):
+    """GA=2 over 5 batches: TextBrewer runs the 5th and drops its gradients; with dropout
+    that shifts every later draw, so the switch runs its forward too."""
+    from distill_helpers import adaptor, batches, clone, teacher_adaptor, teacher_and_student
+
+    teacher, student = teacher_and_student(dropout_S=0.1)
+    data = batches(5)
+    students = {}
+    for name, lib, flag in (
+        ("tb", textbrewer, {}),
+        ("compat", cachebrew, {"textbrewer_compat": True}),
+        ("default", cachebrew, {}),
+    ):
+        model = clone(student)
+        train_config = lib.TrainingConfig(
+            device="cpu", output_dir=str(tmp_path / name), gradient_accumulation_steps=2
+        )
+        distiller = lib.GeneralDistiller(
+            train_config, lib.DistillationConfig(**flag), teacher, model, teacher_adaptor, adaptor
+        )
+        torch.manual_seed(5)
+        with distiller:
+            distiller.train(torch.optim.AdamW(model.parameters(), lr=1e-3), data, num_epochs=3)
+        students[name] = model
+    assert max_abs_diff(students["compat"], students["tb"]) == 0
+    assert max_abs_diff(students["default"], students["tb"]) > 0
