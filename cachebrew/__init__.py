@@ -69,6 +69,11 @@ def __getattr__(name: str) -> Any:
         from cachebrew.cache.feed.dataset import CacheDataset
 
         return CacheDataset
+    if name == "utils":
+        # `import cachebrew as textbrewer; textbrewer.utils.display_parameters(...)`
+        import importlib
+
+        return importlib.import_module("cachebrew.utils")
     raise AttributeError(f"module 'cachebrew' has no attribute {name!r}")
 
 

@@ -9,7 +9,8 @@ Field names, defaults and meanings are TextBrewer's (v0.2.1). Differences:
   turned into functions by ``*_fn()`` methods; a bare ``'flsw'`` is an error, not a crash at
   train time;
 - ``TrainingConfig`` does not create ``output_dir``; ``device`` defaults to ``'auto'``;
-  ``fp16`` uses ``torch.amp``; new fields ``bf16``, ``seed`` and ``DistillationConfig.kd_t2_scale``.
+  ``fp16`` uses ``torch.amp``; new fields ``bf16``, ``seed``, ``DistillationConfig.kd_t2_scale``
+  and ``DistillationConfig.textbrewer_compat``.
 
 Names of losses, projections and schedulers are resolved against :mod:`cachebrew.presets` when a
 config is built, so names added with :func:`~cachebrew.presets.register_new` are valid.
@@ -269,7 +270,9 @@ class DistillationConfig(ConfigBase):
     Total loss = ``kd_loss * kd_loss_weight + sum(losses) * hard_label_weight +
     sum(match losses)``. Scheduler fields hold names; use the ``*_fn()`` methods to get the
     functions. ``kd_t2_scale=True`` multiplies the KD term by ``T**2`` (TextBrewer never did,
-    issue #39); the default keeps TextBrewer's behaviour.
+    issue #39); the default keeps TextBrewer's behaviour. ``textbrewer_compat=True`` undoes the
+    deliberate fixes that change numbers (:mod:`cachebrew.distill.compat`), reproducing
+    textbrewer 0.2.1.post1 exactly.
 
     Raises:
         ConfigError: listing every invalid field, including each bad intermediate match.
@@ -286,6 +289,7 @@ class DistillationConfig(ConfigBase):
     intermediate_matches: tuple[IntermediateMatch, ...] = ()
     is_caching_logits: bool = False
     kd_t2_scale: bool = False
+    textbrewer_compat: bool = False
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -297,7 +301,7 @@ class DistillationConfig(ConfigBase):
         for name in ("hard_label_weight_scheduler", "kd_loss_weight_scheduler"):
             set_field(self, name, _check_weight_scheduler(problems, name, getattr(self, name)))
         check_choice(problems, "kd_loss_type", self.kd_loss_type, presets.KD_LOSS_MAP, "KD loss")
-        for name in ("probability_shift", "is_caching_logits", "kd_t2_scale"):
+        for name in ("probability_shift", "is_caching_logits", "kd_t2_scale", "textbrewer_compat"):
             check_bool(problems, name, getattr(self, name))
         set_field(self, "intermediate_matches", _check_matches(problems, self.intermediate_matches))
         raise_if_any(problems)

@@ -12,9 +12,13 @@ Layout under ``output_dir``::
                                 task-sampler state, plan, cachebrew version
     latest                      name of the newest complete checkpoint directory
 
-A checkpoint is written into a hidden temporary directory and renamed into place when every
-file is written, then ``latest`` is replaced (write + rename): a run killed while saving
-leaves at most a ``.tmp-*`` directory, never a ``checkpoint-gs{N}`` that looks complete.
+A checkpoint is written into a hidden temporary directory and published with
+:func:`cachebrew.files.publish_dir` when every file is written (fsynced, renamed into place,
+directories fsynced; a same-step one is swapped in atomically), then ``latest`` is replaced
+(write + fsync + rename + fsync): a run killed or a machine losing power while saving leaves
+at most a ``.tmp-*`` directory, never a ``checkpoint-gs{N}`` that looks complete, and
+``latest`` names a durable checkpoint. A save that fails (a full disk) removes its temporary
+directory and raises :class:`CheckpointError`; the previous checkpoint and ``latest`` stay.
 :func:`prune_checkpoints` keeps a chosen few (the runner's ``keep_checkpoints``); the loop
 itself never deletes one, as TextBrewer kept every ``gs{N}.pkl``.
 TextBrewer saved ``gs{N}.pkl`` (student weights only, pickled): no resume, and the trained
@@ -29,7 +33,9 @@ import logging
 import os
 import re
 import shutil
+import struct
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from cachebrew.errors import CheckpointError
-from cachebrew.files import write_json_atomic, write_text_atomic
+from cachebrew.files import make_dirs_durable, publish_dir, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -78,28 +84,40 @@ def save_checkpoint(
         The checkpoint directory.
     """
     final = checkpoint_dir(output_dir, global_step)
+    make_dirs_durable(final.parent)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    save_model(student, str(tmp / STUDENT_FILE))
-    if projections is not None and len(list(projections.parameters())) > 0:
-        save_model(projections, str(tmp / PROJECTIONS_FILE))
-    torch.save(tensors, tmp / TENSORS_FILE)
-    write_json_atomic(tmp / STATE_FILE, state, indent=1)
-    _publish(tmp, final)
-    write_text_atomic(final.parent / LATEST, final.name + "\n")
+    try:
+        tmp.mkdir()
+        save_model(student, str(tmp / STUDENT_FILE))
+        if projections is not None and len(list(projections.parameters())) > 0:
+            save_model(projections, str(tmp / PROJECTIONS_FILE))
+        torch.save(tensors, tmp / TENSORS_FILE)
+        write_json_atomic(tmp / STATE_FILE, state, indent=1)
+        publish_dir(tmp, final, replace=True)
+        write_text_atomic(final.parent / LATEST, final.name + "\n")
+    except OSError as error:
+        raise CheckpointError(_save_failure(final, error)) from error
+    except RuntimeError as error:  # torch.save and safetensors wrap a full disk in these
+        raise CheckpointError(_save_failure(final, error)) from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``, replacing an older checkpoint of the same step."""
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+def _save_failure(final: Path, error: BaseException) -> str:
+    pointer = final.parent / LATEST
+    kept = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    previous = f"{LATEST} still names {kept}" if kept else f"no {LATEST} checkpoint yet"
+    try:  # torch.save reports a full disk as "unexpected pos ...": say how much room is left
+        free = f"; {shutil.disk_usage(final.parent).free // 1024} KiB free on its filesystem"
+    except OSError:
+        free = ""
+    return (
+        f"could not save checkpoint {final} ({reason}{free}); nothing was published and "
+        f"{previous}: free disk space, then resume"
+    )
 
 
 def list_checkpoints(output_dir: str | os.PathLike[str]) -> dict[int, Path]:
@@ -152,8 +170,9 @@ def resolve_checkpoint(resume_from: str | os.PathLike[str], output_dir: str) -> 
     """Find the checkpoint ``resume_from`` names.
 
     Args:
-        resume_from: ``'latest'`` (the newest under ``output_dir``), a checkpoint directory, or
-            a directory holding a ``latest`` pointer.
+        resume_from: ``'latest'`` (what ``latest`` names under ``output_dir``, or the newest
+            older readable one if that is corrupt: :func:`resolve_latest`), a checkpoint
+            directory, or a directory holding a ``latest`` pointer.
         output_dir: where ``'latest'`` looks.
 
     Returns:
@@ -161,24 +180,95 @@ def resolve_checkpoint(resume_from: str | os.PathLike[str], output_dir: str) -> 
         (so a restarted job with ``resume_from='latest'`` starts from scratch the first time).
 
     Raises:
-        CheckpointError: an explicit path that is not a complete checkpoint.
+        CheckpointError: an explicit path that is not a complete checkpoint, or no readable
+            checkpoint behind ``'latest'``.
     """
     if str(resume_from) == LATEST:
-        pointer = Path(output_dir) / LATEST
-        if not pointer.exists():
-            logger.info("resume_from='latest': no checkpoint in %s yet, starting fresh", output_dir)
-            return None
-        path = Path(output_dir) / pointer.read_text(encoding="utf-8").strip()
-    else:
-        path = Path(resume_from)
-        if (path / LATEST).is_file() and not (path / STATE_FILE).exists():
-            path = path / (path / LATEST).read_text(encoding="utf-8").strip()
+        return resolve_latest(output_dir)
+    path = Path(resume_from)
+    if (path / LATEST).is_file() and not (path / STATE_FILE).exists():
+        path = path / (path / LATEST).read_text(encoding="utf-8").strip()
     if not (path / STATE_FILE).is_file() or not (path / STUDENT_FILE).is_file():
         raise CheckpointError(
             f"resume_from={str(resume_from)!r}: {path} is not a complete cachebrew checkpoint "
             f"(needs {STUDENT_FILE} and {STATE_FILE})"
         )
     return path
+
+
+def resolve_latest(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint ``latest`` names if it is readable, else the newest older one that is.
+
+    A fallback is logged once per process as a warning naming both checkpoints.
+
+    Returns:
+        None when ``output_dir`` has no ``latest`` pointer yet (a fresh start).
+
+    Raises:
+        CheckpointError: ``latest`` exists but no kept checkpoint is readable.
+    """
+    pointer = Path(output_dir) / LATEST
+    if not pointer.exists():
+        logger.info("resume_from='latest': no checkpoint in %s yet, starting fresh", output_dir)
+        return None
+    latest = Path(output_dir) / pointer.read_text(encoding="utf-8").strip()
+    problem = unreadable_reason(latest)
+    if problem is None:
+        return latest
+    older = [path for _, path in sorted(list_checkpoints(output_dir).items(), reverse=True)]
+    for path in (p for p in older if p.name != latest.name):
+        if unreadable_reason(path) is None:
+            if (latest, path) not in _fallbacks_logged:
+                _fallbacks_logged.add((latest, path))
+                logger.warning(
+                    "latest checkpoint %s is unreadable (%s); resuming from %s instead",
+                    latest, problem, path,
+                )  # fmt: skip
+            return path
+    raise CheckpointError(
+        f"latest checkpoint {latest} is unreadable ({problem}) and no older readable "
+        f"checkpoint is kept in {output_dir}: start over without --resume"
+    )
+
+
+_fallbacks_logged: set[tuple[Path, Path]] = set()
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why checkpoint ``path`` cannot be resumed from, or None when it looks whole.
+
+    Checks without loading the tensors: every file is present, the trainer state is JSON,
+    each safetensors file is as long as its header says, and ``training_state.pt`` (a zip
+    archive) passes its CRC checks.
+    """
+    for name in (STATE_FILE, STUDENT_FILE, TENSORS_FILE):
+        if not (path / name).is_file():
+            return f"{name} is missing"
+    try:
+        read_state(path)
+    except CheckpointError:
+        return f"{STATE_FILE} is not valid JSON"
+    for name in (STUDENT_FILE, PROJECTIONS_FILE):
+        if (path / name).is_file() and not _safetensors_whole(path / name):
+            return f"{name} is truncated or corrupt"
+    try:
+        with zipfile.ZipFile(path / TENSORS_FILE) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as error:
+        return f"{TENSORS_FILE}: {error}"
+    return None if bad is None else f"{TENSORS_FILE}: {bad} fails its CRC check"
+
+
+def _safetensors_whole(file: Path) -> bool:
+    """Whether a safetensors file's header parses and its size is what the header says."""
+    try:
+        with open(file, "rb") as handle:
+            header_size = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(header_size))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return file.stat().st_size == 8 + header_size + max(ends, default=0)
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError):
+        return False
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:

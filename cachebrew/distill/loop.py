@@ -2,14 +2,15 @@
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches, each: postprocess the
 batch, forwards under autocast, loss in fp32, ``(loss / GA).backward()``. Then clip (student
-*and* projections), ``optimizer.step()``, ``scheduler.step()``, ``zero_grad()``, log, and save +
+*and* projections; the student only under ``textbrewer_compat``), ``optimizer.step()``, ``scheduler.step()``, ``zero_grad()``, log, and save +
 callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
 ``train_with_num_epochs`` / ``MultiTaskDistiller.train`` merged, with these decisions:
 
 - **Epoch mode** runs ``len(dataloader) // GA`` steps per epoch (TextBrewer's count). The
   ``len % GA`` leftover micro-batches at the end of an epoch are not read: TextBrewer ran them
   and then discarded their gradients with ``zero_grad()`` at the next epoch start, so the
-  weights are the same and the compute is saved (only their log points are gone).
+  weights are the same and the compute is saved (only their log points are gone; with dropout
+  the later random draws differ, so ``textbrewer_compat`` runs their forwards).
 - **Step mode** cycles the dataloader (accumulation groups may straddle passes, as in
   TextBrewer), calls ``set_epoch(pass)`` on each new pass, and saves every ``ckpt_steps``
   steps if set, and always at the end (TextBrewer required ``ckpt_steps``).
@@ -40,6 +41,7 @@ from torch import nn
 from cachebrew._version import __version__
 from cachebrew.config import DistillationConfig, TrainingConfig
 from cachebrew.distill import checkpoint as ckpt
+from cachebrew.distill import compat as compat_
 from cachebrew.distill import runtime
 from cachebrew.distill.batches import count_examples, split_batch
 from cachebrew.distill.loss import scheduled_weights
@@ -168,7 +170,10 @@ class TrainingRun:
         self.scheduler = build_scheduler(job)
         self.model = runtime.wrap_student(job.student, self.config, self.device)
         self.projections = runtime.wrap_projections(job.projections, self.config, self.device)
-        self.parameters = [*job.student.parameters(), *job.projections.parameters()]
+        compat = job.distill_config is not None and job.distill_config.textbrewer_compat
+        self.parameters = compat_.clipped_parameters(
+            job.student, job.projections, compat, job.max_grad_norm
+        )
         # Every rank keeps its loss history (the runner averages them); rank 0 alone writes.
         self.metrics = MetricsLogger(
             self.config.log_dir if self.rank == 0 else None,
@@ -231,6 +236,7 @@ class TrainingRun:
         if not self.plan.by_epochs:
             return
         if self.state.step_in_epoch == self.plan.steps_per_epoch:
+            self._draw_leftover_batches()
             self.state.epoch += 1
             self.state.step_in_epoch = 0
         if self.state.step_in_epoch == 0:
@@ -238,6 +244,26 @@ class TrainingRun:
             self.observer.on_epoch(self.state.epoch)
             self.job.source.begin_epoch(self.state.epoch)
             self.job.optimizer.zero_grad()
+
+    def _draw_leftover_batches(self) -> None:
+        """``textbrewer_compat``: run the epoch's leftover micro-batches forward, unused.
+
+        TextBrewer trained on them and dropped their gradients at the next epoch's
+        ``zero_grad()``; cachebrew skips them, which changes nothing but the random draws
+        (dropout) of every later step. Under the switch their forwards run (without
+        gradients, which are discarded anyway) so the draws are TextBrewer's.
+        """
+        job = self.job
+        if not self.plan.leftover_batches or job.distill_config is None:
+            return
+        if not job.distill_config.textbrewer_compat:
+            compat_.note_difference("leftover_batches")
+            return
+        for _ in range(self.plan.leftover_batches):
+            batch, task = job.source.next_micro_batch()
+            batch = job.postprocess(batch, task)
+            with torch.no_grad(), self.precision.autocast():
+                job.objective.forward(self.model, batch, task, job.forward_args)
 
     def _train_micro_batch(self, weights: Any) -> None:
         job = self.job

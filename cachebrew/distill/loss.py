@@ -16,6 +16,7 @@ Fixes, each on inputs where TextBrewer crashes:
   ``teacher_cache`` tensor is never modified;
 - a match whose feature or layer the adaptor did not return is a ConfigError naming the match.
 
+``textbrewer_compat=True`` undoes the fixes that change numbers (:mod:`.compat`).
 ``kd_t2_scale=True`` multiplies each head's KD loss by ``T**2`` (Hinton et al. 2015), keeping
 the soft and hard gradients balanced across temperatures. For a per-row tensor temperature
 (``flsw``/``cwsm``) the factor is ``mean(T**2)`` over rows, detached: a batch-level
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 from cachebrew.cache.logits.exact import ExactLogits
 from cachebrew.cache.logits.sparse import SparseLogits
 from cachebrew.config import DistillationConfig, IntermediateMatch
+from cachebrew.distill import compat as compat_
 from cachebrew.distill.exact_kd import exact_kd_loss
 from cachebrew.distill.sparse_kd import sparse_kd_loss
 from cachebrew.errors import ConfigError
@@ -184,7 +186,8 @@ class DistillationLoss:
         self.kd_loss = config.kd_loss_fn()
         self.temperature_scheduler = config.temperature_scheduler_fn()
         self.matches = config.intermediate_matches if use_matches else ()
-        self.match_losses = [match.loss_fn() for match in self.matches]
+        compat = config.textbrewer_compat
+        self.match_losses = [compat_.match_loss(m.loss_fn(), compat) for m in self.matches]
         self.require_logits = require_logits
         self.topk_target = topk_target
 
@@ -244,7 +247,8 @@ class DistillationLoss:
                 loss, temperature = self._sparse_kd(l_S, l_T, labels)
             else:
                 if labels is not None:
-                    l_T = probability_shift(l_T, labels[head])
+                    shift = compat_.shift_labels(l_T, labels[head], self.config.textbrewer_compat)
+                    l_T = probability_shift(l_T, shift)
                 temperature = self._temperature(l_S, l_T)
                 loss = self.kd_loss(l_S, l_T, temperature)
             if self.config.kd_t2_scale:

@@ -47,6 +47,8 @@ class TrainPlan:
         ckpt_steps: step-mode save interval, or None (save only at the end).
         ckpt_frequency: epoch-mode saves per eligible epoch.
         ckpt_epoch_frequency: epoch-mode save every this many epochs.
+        leftover_batches: epoch mode's ``num_batches % accumulation`` micro-batches at the end
+            of each epoch, which no optimizer step uses.
     """
 
     total_steps: int
@@ -56,6 +58,7 @@ class TrainPlan:
     ckpt_steps: int | None = None
     ckpt_frequency: int = 1
     ckpt_epoch_frequency: int = 1
+    leftover_batches: int = 0
 
     @classmethod
     def for_epochs(cls, config: TrainingConfig, num_batches: int, num_epochs: Any) -> TrainPlan:
@@ -75,6 +78,7 @@ class TrainPlan:
             num_epochs=epochs,
             ckpt_frequency=config.ckpt_frequency,
             ckpt_epoch_frequency=config.ckpt_epoch_frequency,
+            leftover_batches=num_batches % config.gradient_accumulation_steps,
         )
 
     @classmethod

@@ -6,8 +6,10 @@ corpus's ``label_names.json`` recorded in the cache manifest, else the cache tea
 ``id2label``), the weights as ``model.safetensors``, and the student's tokenizer
 (``tokenizer.json`` + ``tokenizer_config.json``, its ``model_max_length`` set to the cache's
 truncation length so scoring tokenizes as the run's evaluation did). The directory holds the
-weights the run evaluated (the last step's), and is written under a temporary name and renamed
-into place, so a ``final/`` that exists is complete.
+weights the run evaluated (the last step's), and is written under a temporary name and
+published with :func:`cachebrew.files.publish_dir` (fsynced, renamed into place; an older
+``final/`` is swapped out atomically), so a ``final/`` that exists is complete, even after a
+power cut, and a rerun never leaves a moment without one.
 
 A student that is not a ``transformers`` model (a ``module:function`` factory) gets its state
 dict as ``model.safetensors`` and no ``config.json`` (logged).
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from safetensors.torch import save_model
 
 from cachebrew.cache.read.reader import CacheReader
+from cachebrew.files import publish_dir
 from cachebrew.models import LoadedModel, record_max_length
 from cachebrew.runner.tokens import max_length
 
@@ -68,9 +70,7 @@ def save_final(run_dir: Path, student: LoadedModel, tokenizer: Any, reader: Cach
             record_max_length(tmp, tokenizer, max_length(reader))
         else:
             logger.warning("%s: no tokenizer to save (the student read the cache's ids)", final)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish_dir(tmp, final, replace=True)  # an older final/ is swapped out in one step
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("saved the final student to %s", final)

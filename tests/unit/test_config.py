@@ -67,11 +67,14 @@ def textbrewer_defaults(cls: type) -> dict[str, Any]:
 def test_distillation_defaults_equal_textbrewer() -> None:
     ours = DistillationConfig()
     theirs = textbrewer_defaults(textbrewer.DistillationConfig)
-    assert {f.name for f in dataclasses.fields(ours)} == set(theirs) | {"kd_t2_scale"}
+    assert {f.name for f in dataclasses.fields(ours)} == set(theirs) | {
+        "kd_t2_scale",
+        "textbrewer_compat",
+    }
     for name, default in theirs.items():
         expected = () if name == "intermediate_matches" else default  # TextBrewer: None -> []
         assert getattr(ours, name) == expected, name
-    assert ours.kd_t2_scale is False
+    assert ours.kd_t2_scale is False and ours.textbrewer_compat is False
     instance = textbrewer.DistillationConfig()
     for name in ("temperature", "hard_label_weight", "kd_loss_type", "kd_loss_weight"):
         assert getattr(ours, name) == getattr(instance, name)

@@ -1,4 +1,12 @@
-"""Filesystem helpers: local paths and fsspec URLs, atomic JSON, shard publishing, Zarr stores."""
+"""Filesystem helpers: local paths and fsspec URLs, atomic JSON, shard publishing, Zarr stores.
+
+Durability: on a local filesystem every publish goes through :mod:`cachebrew.files` -- the
+bytes are fsynced before the rename that publishes them (a shard's chunks and ``index.arrow``,
+the manifest, the markers) and the directories after it, so a power cut leaves the previous
+state or the new one. fsspec has no fsync: on other filesystems (object stores) a write is as
+durable as the store makes it when the call returns, and ordering is kept instead (a shard's
+``index.arrow`` is moved last, the manifest is written after every shard).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from cachebrew.errors import CacheError
+from cachebrew.files import fsync_path, make_dirs_durable
+from cachebrew.files import publish_dir as publish_local_dir
 
 MANIFEST = "manifest.json"
 RUN_RECORD = "_run.json"
@@ -60,17 +70,19 @@ class CacheLocation:
         return data
 
     def write_json_atomic(self, path: str, data: dict[str, Any]) -> None:
-        """Write JSON to a temporary name, then rename it to ``path`` (atomic on local disks)."""
+        """Write JSON to a temporary name, then rename it to ``path`` (atomic on local disks,
+        and durable there: the file is fsynced before the rename, its directory after)."""
         payload = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
         tmp = f"{path}.tmp-{secrets.token_hex(4)}"
         try:
             if self.is_local:
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                make_dirs_durable(os.path.dirname(path) or ".")
                 with open(tmp, "wb") as f:
                     f.write(payload)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
+                fsync_path(os.path.dirname(path) or ".")
             else:
                 self.fs.pipe_file(tmp, payload)
                 self.fs.mv(tmp, path)
@@ -91,7 +103,8 @@ class CacheLocation:
     def publish_dir(self, src: str, dst: str, last: str = INDEX) -> None:
         """Move a finished directory into place.
 
-        Local: one ``os.rename`` (atomic). Elsewhere (object stores have no directory rename):
+        Local: :func:`cachebrew.files.publish_dir` (every file fsynced, one ``os.rename``, the
+        directories fsynced). Elsewhere (object stores have no directory rename):
         every file except ``last`` first, then ``last``, so ``dst/last`` existing means the move
         is complete. An incomplete ``dst`` left by a killed publish is removed first.
 
@@ -100,13 +113,13 @@ class CacheLocation:
                 is no leftover of ours: it is never replaced (it may be a user's folder).
         """
         if self.is_local:
-            if os.path.lexists(dst):
+            try:
+                publish_local_dir(src, dst)
+            except FileExistsError:
                 raise CacheError(
                     f"{dst} already exists and is not a shard this run published; refusing to "
                     "replace it: move it out of the cache directory"
-                )
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            os.rename(src, dst)
+                ) from None
             return
         self.remove(dst)
         files = sorted(self.fs.find(src))
