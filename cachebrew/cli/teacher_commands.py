@@ -128,12 +128,15 @@ def inspect(
     from cachebrew.cache.tools.describe import describe_text
 
     reader = open_cache(cache, verify=False)
+    if plot:  # first: a missing matplotlib is the only line printed
+        from cachebrew.cache.tools.plot import cache_figure
+
+        with _exit_on_error():
+            cache_figure(reader, plot)
     info = describe_cache(reader)
     typer.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else describe_text(info))
     if plot:
-        from cachebrew.cache.tools.plot import cache_figure
-
-        typer.echo(f"figure: {cache_figure(reader, plot)}", err=as_json)
+        typer.echo(f"figure: {plot}", err=as_json)
 
 
 @app.command()
