@@ -61,19 +61,23 @@ def quality_figure(sweep: SweepRecord, path: Path) -> Path:
 def curves_figure(sweep: SweepRecord, path: Path) -> Path:
     """Training loss and eval scores of every run by optimizer step; returns ``path``."""
     plt = pyplot()
-    figure, (loss_axis, eval_axis) = plt.subplots(1, 2, figsize=(11.5, 4.3))
+    figure, (loss_axis, eval_axis) = plt.subplots(1, 2, figsize=(11.5, 4.3), sharex=True)
     handles: dict[str, Any] = {}
     for color, group in zip(_colors(plt, sweep), sweep.groups(), strict=True):
         for run in group:
             style = {"color": color, "linestyle": "-" if run.kd else "--"}
             _loss_curve(loss_axis, run, style, handles)
             _eval_curve(eval_axis, run, style)
-    loss_axis.set(xlabel="optimizer step", ylabel="training loss (log scale)", yscale="log")
-    _plain_log_ticks(loss_axis.yaxis)
+    last_step = max((int(r.metrics.get("steps") or 0) for r in sweep.finished), default=0)
+    loss_axis.set(xlabel="optimizer step", ylabel="training loss", xlim=(0, last_step * 1.04 + 1))
     loss_axis.set_title("loss: each run's own objective (KD terms or labels)", fontsize=10)
     metric = sweep.metric or "metric"
     eval_axis.set(xlabel="optimizer step", ylabel=f"{metric} (eval)")
-    eval_axis.set_title("eval during training and at the end", fontsize=10)
+    during = any(len(r.metrics.get("eval_curve") or []) > 1 for r in sweep.finished)
+    title = "eval during training and at the end" if during else "eval at the end of each run"
+    eval_axis.set_title(
+        title + ("" if during else " (eval.every_steps: N adds a curve)"), fontsize=10
+    )
     if sweep.teacher is not None and metric in sweep.teacher.metrics:
         line = eval_axis.axhline(sweep.teacher.metrics[metric], **TEACHER_STYLE)
         handles[sweep.teacher.name] = line
@@ -173,7 +177,7 @@ def _eval_curve(axis: Any, run: RunRecord, style: dict) -> None:
         final = (int(run.metrics["steps"]), run.value)
         points = [p for p in points if p[0] != final[0]] + [final]
     if points:
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=6,
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=8,
                   markerfacecolor=style["color"] if run.kd else "white", linewidth=1.8, **style)  # fmt: skip
 
 

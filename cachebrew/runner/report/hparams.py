@@ -2,7 +2,8 @@
 
 Each run's ``RUN_DIR/tb`` (where it logged its scalars) gets one more event file, ``*.hparams``,
 with the plugin's session start info (the run's overrides as hparams, named as in the sweep
-file; a key one run overrides is shown for every run, from its config), its final metrics as
+file; a key one run overrides is shown for every run, from its config; a sweep without
+``overrides.json`` shows the config keys that differ between runs), its final metrics as
 ``sweep/<name>`` scalars, and a session end (failed runs end with ``STATUS_FAILURE``). The sweep
 directory itself gets the experiment summary: every hparam with its values and every metric,
 so the HParams dashboard's table and parallel-coordinates view list them in this order.
@@ -145,11 +146,29 @@ def _write_event_file(
 
 
 def _override_keys(sweep: SweepRecord) -> list[str]:
-    """Every key some run overrides, first seen first."""
+    """Every key some run overrides, first seen first; for a sweep that kept no overrides
+    (made before ``overrides.json``), every config key whose value differs between runs."""
     keys: dict[str, None] = {}
     for run in sweep.runs:
         keys.update(dict.fromkeys(_parse(item)[0] for item in run.overrides))
+    if keys:
+        return list(keys)
+    flat = [_flatten(run.config) for run in sweep.runs if run.config]
+    for key in (k for config in flat for k in config if k != "out"):
+        if len({json.dumps(c.get(key), sort_keys=True, default=str) for c in flat}) > 1:
+            keys[key] = None
     return list(keys)
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 1e-3}}`` -> ``{"optimizer.lr": 1e-3}`` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _metric_names(sweep: SweepRecord) -> list[str]:

@@ -206,3 +206,10 @@ def test_report_command_and_a_directory_that_is_no_sweep(
     assert result.exit_code == 1 and "no results.csv" in result.output
     result = runner.invoke(app, ["report", str(sweep_dir), "--precompute-seconds", "soon"])
     assert result.exit_code == 1 and "expected seconds" in result.output
+
+
+def test_a_sweep_without_overrides_shows_the_keys_that_differ(sweep_dir: Path) -> None:
+    (sweep_dir / "overrides.json").unlink()  # a sweep made before the report existed
+    write_report(sweep_dir)
+    values, _, _ = _hparams_of(sweep_dir / "wide-nokd" / "tb")
+    assert values == {"student": "wide.json", "kd": False, "optimizer.lr": 0.001}
