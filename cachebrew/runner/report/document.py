@@ -25,7 +25,7 @@ def report_markdown(
     metric = sweep.metric or "the eval metric"
     runs, failed = len(sweep.runs), len(sweep.failed)
     lines = [
-        f"# Sweep report: {sweep.sweep_dir.name}",
+        f"# Sweep report: {sweep.sweep_dir.resolve().parent.name}/{sweep.sweep_dir.name}",
         "",
         f"{runs} runs, {runs - failed} finished, {failed} failed; primary metric: {metric}.",
     ]
@@ -56,7 +56,8 @@ def _caption(sweep: SweepRecord, name: str) -> str:
     seconds = ""
     if savings.online_teacher_seconds is not None:
         seconds = ", in seconds at the measured precompute rate"
-    return CAPTIONS[name].format(metric=sweep.metric or "metric", teacher=teacher, seconds=seconds)
+    text = CAPTIONS[name].format(metric=sweep.metric or "metric", teacher=teacher, seconds=seconds)
+    return text[:1].upper() + text[1:]
 
 
 def _twins_section(sweep: SweepRecord) -> list[str]:

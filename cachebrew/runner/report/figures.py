@@ -42,7 +42,9 @@ def quality_figure(sweep: SweepRecord, path: Path) -> Path:
     plt = pyplot()
     metric = sweep.metric or "metric"
     axes_spec = _panels(sweep)
-    figure, axes = plt.subplots(1, max(1, len(axes_spec)), figsize=(4.6 * len(axes_spec), 4.3))
+    figure, axes = plt.subplots(
+        1, max(1, len(axes_spec)), figsize=(4.6 * len(axes_spec), 4.3), sharey=True
+    )
     axes = list(axes) if len(axes_spec) > 1 else [axes]
     handles: dict[str, Any] = {}
     for axis, (label, x_of) in zip(axes, axes_spec, strict=True):
@@ -50,9 +52,9 @@ def quality_figure(sweep: SweepRecord, path: Path) -> Path:
             _twins(axis, group, x_of, color, handles)
         _teacher_reference(axis, sweep, label, handles)
         axis.set_xlabel(label)
-        axis.set_ylabel(f"{metric} (eval)")
         _readable_scale(axis, [x_of(r) for r in sweep.finished])
         axis.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric} (eval)")
     figure.suptitle(f"{metric} against size and speed (filled: KD, open: no KD)")
     _legend(figure, handles, _failed_note(sweep))
     return save_figure(figure, path)
@@ -218,16 +220,12 @@ def _readable_scale(axis: Any, values: Sequence[float | None]) -> None:
 
 
 def _plain_log_ticks(axis: Any) -> None:
-    """``0.6``, ``2``, ``300`` on a log axis instead of ``6 x 10^-1`` (minor ticks labelled
-    only when the axis spans little more than a decade, as matplotlib decides)."""
-    from matplotlib.ticker import FuncFormatter, LogFormatter
+    """Ticks at 1, 2, 5 x 10^k written ``20``, ``500``, ``0.5`` (no crowded minor labels)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    for formatter, set_formatter in (
-        (LogFormatter(), axis.set_major_formatter),
-        (LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.5)), axis.set_minor_formatter),
-    ):
-        formatter.set_axis(axis)
-        set_formatter(FuncFormatter(lambda v, pos, f=formatter: f"{v:g}" if f(v, pos) else ""))
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _legend(figure: Any, handles: dict[str, Any], note: str) -> None:
