@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo bench bench-cache bench-distill bench-reader bench-codecs bench-data bench-lm clean pipelines
+.PHONY: install test test-slow lint demo docs-figure bench bench-cache bench-distill bench-reader bench-codecs bench-data bench-lm clean pipelines
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: install
 # MiniLM teacher on a 2,000-sentence subset, caches it once, sweeps 4 students; ~10 min on 2 cores.
 demo: install
 	$(MAKE) -C pipelines demo PY=$(abspath $(PY))
+
+# The README's figure (docs/demo-sweep.png), redrawn from the demo's sweep report.
+docs-figure: install
+	$(MAKE) -C pipelines docs-figure PY=$(abspath $(PY))
 
 # Benchmarks (BENCHMARKS.md): they prepare the MiniLM teacher and VADER data first if missing.
 bench: install bench-data

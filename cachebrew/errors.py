@@ -49,3 +49,7 @@ class CheckpointError(CachebrewError):
 
 class DataIntegrityError(CachebrewError):
     """A file's sha256 differs from the pinned one, or a package's content is not as expected."""
+
+
+class MissingDependencyError(CachebrewError):
+    """An optional package a feature needs is not installed (names the extra to install)."""

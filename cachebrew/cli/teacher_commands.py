@@ -125,13 +125,23 @@ def _finalize_parts(out: str | None, part: str | None) -> None:
 def inspect(
     cache: str = typer.Argument(..., help="Cache directory or fsspec URL."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plot: str | None = typer.Option(
+        None, "--plot", help="Also draw bytes per example by feature and layer to this PNG."
+    ),
 ) -> None:
     """Describe a cache: teacher, corpus, features, layers, dtypes, sizes."""
     from cachebrew.cache import describe_cache, open_cache
     from cachebrew.cache.tools.describe import describe_text
 
-    info = describe_cache(open_cache(cache, verify=False))
+    reader = open_cache(cache, verify=False)
+    if plot:  # first: a missing matplotlib is the only line printed
+        from cachebrew.cache.tools.plot import cache_figure
+
+        cache_figure(reader, plot)
+    info = describe_cache(reader)
     typer.echo(json.dumps(info, indent=2, sort_keys=True) if as_json else describe_text(info))
+    if plot:
+        typer.echo(f"figure: {plot}", err=as_json)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Stage two's commands: distill, sweep, eval."""
+"""Stage two's commands: distill, sweep, report, eval."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars; log warnings only."),
     dry_run: bool = typer.Option(False, "--dry-run", help=_DRY_RUN_HELP),
 ) -> None:
-    """Train many students over one cache; write results.csv and results.md."""
+    """Train many students over one cache; write results.csv, results.md and report.md."""
     with _quiet_logs(quiet):
         from cachebrew.runner.dry_run import describe_dry_run
         from cachebrew.runner.placement import device_slots
@@ -84,6 +84,31 @@ def sweep(
     typer.echo((Path(out) / "results.md").read_text(encoding="utf-8"))
     if any(row["status"] != "ok" for row in results):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def report(
+    sweep_dir: str = typer.Argument(..., help="A sweep's --out directory."),
+    teacher_eval: str | None = typer.Option(
+        None, "--teacher-eval", help="The teacher's `cachebrew eval --json`: a reference line."
+    ),
+    teacher_name: str = typer.Option("teacher", "--teacher-name", help="Its legend label."),
+    precompute_seconds: str | None = typer.Option(
+        None, "--precompute-seconds", help="Measured teacher pass (seconds or a file with them)."
+    ),
+) -> None:
+    """Write SWEEP_DIR/report.md with figures, and HParams summaries for TensorBoard."""
+    from cachebrew.runner.report import write_report
+    from cachebrew.runner.report.collect import read_seconds
+
+    seconds = read_seconds(precompute_seconds) if precompute_seconds else None
+    path = write_report(
+        sweep_dir,
+        teacher_eval=teacher_eval,
+        teacher_name=teacher_name,
+        precompute_seconds=seconds,
+    )
+    typer.echo(f"report: {path}\ntensorboard --logdir {sweep_dir}")
 
 
 @app.command("eval")

@@ -21,14 +21,13 @@ DIR/<name>/config.yaml``, logs in ``DIR/<name>/log.txt``, ``OMP_NUM_THREADS`` sp
 them). A failed run is recorded with its error and the others continue. A run whose
 ``metrics.json`` exists, made with the same resolved config and the same cache manifest, is
 skipped (so ``make`` can re-run a sweep cheaply); a stale or unfinished run directory is
-cleared and the run redone. ``DIR/results.csv`` and ``DIR/results.md`` get one row per run
-(:data:`COLUMNS`, with one column per eval metric any run reported inserted after ``value``:
-``metric``/``value`` are each run's primary metric, the others every metric of its eval).
+cleared and the run redone. At the end the sweep's report is written
+(:mod:`cachebrew.runner.report`): ``DIR/results.csv`` and ``DIR/results.md`` with one row per
+run, ``DIR/report.md`` with its figures, and TensorBoard HParams summaries under ``DIR``.
 """
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import logging
@@ -37,7 +36,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,13 @@ import yaml
 from cachebrew.errors import CachebrewError, ConfigError
 from cachebrew.runner import placement
 from cachebrew.runner.config import DistillRunConfig, run_length_overrides
+from cachebrew.runner.report import write_sweep_report
+from cachebrew.runner.report.table import (  # COLUMNS: re-exported, the table's columns
+    COLUMNS,  # noqa: F401
+    result_columns,
+    result_row,
+    write_results,
+)
 from cachebrew.validation import (
     ConfigBase,
     apply_overrides,
@@ -59,10 +65,6 @@ from cachebrew.validation import (
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = (
-    "run", "student", "kd", "metric", "value", "params", "steps", "final_loss", "seconds",
-    "examples_per_s", "teacher_forwards", "status", "error",
-)  # fmt: skip
 RUN_FILES = ("checkpoints", "tb", "config.yaml", "metrics.json", "log.txt")
 
 
@@ -245,7 +247,7 @@ def run_sweep(
     progress: bool = True,
     devices: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or skip) every run; write ``results.csv`` and ``results.md``; return the rows.
+    """Run (or skip) every run; write the tables and the report; return the rows.
 
     ``devices`` (``--devices``, :mod:`~cachebrew.runner.placement`): one subprocess per device
     slot at a time, each pinned to its device with a fair share of the CPU threads.
@@ -279,6 +281,7 @@ def run_sweep(
             results[cfg.run_dir.name] = _run_in_process(cfg, progress)
     rows = [result_row(run.name, results[run.name]) for run in runs]
     write_results(rows, sweep_dir, result_columns(results.values()))
+    write_sweep_report(sweep_dir, {run.name: run.overrides for run in runs})
     return rows
 
 
@@ -382,59 +385,3 @@ def _failed(cfg: DistillRunConfig, error: str) -> dict[str, Any]:
         "status": "failed",
         "error": error,
     }
-
-
-def result_columns(runs_metrics: Iterable[Mapping[str, Any]]) -> list[str]:
-    """:data:`COLUMNS` with every eval metric of any run (first seen first) after ``value``."""
-    names: dict[str, None] = {}
-    for metrics in runs_metrics:
-        names.update(dict.fromkeys(metrics.get("eval_metrics") or {}))
-    cut = COLUMNS.index("value") + 1
-    return [*COLUMNS[:cut], *names, *COLUMNS[cut:]]
-
-
-def result_row(name: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """One results row (:data:`COLUMNS` and the run's eval metrics) from a run's metrics (or
-    failure record)."""
-    row = {column: metrics.get(column) for column in COLUMNS}
-    row["run"] = name
-    row["student"] = _shown_path(row["student"])
-    row["status"] = metrics.get("status", "ok")
-    for metric, value in (metrics.get("eval_metrics") or {}).items():
-        row.setdefault(metric, value)
-    return row
-
-
-def _shown_path(value: Any) -> Any:
-    """An absolute path under the working directory shown relative to it (shorter tables)."""
-    if isinstance(value, str) and os.path.isabs(value):
-        relative = os.path.relpath(value)
-        return value if relative.startswith("..") else relative
-    return value
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def write_results(
-    rows: Sequence[Mapping[str, Any]], sweep_dir: Path, columns: Sequence[str] = COLUMNS
-) -> None:
-    """``results.csv`` (full values) and ``results.md`` (a table, rounded) of ``columns``."""
-    with open(sweep_dir / "results.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(v) if isinstance(v, bool) else v for k, v in row.items()})
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-        *("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows),
-    ]
-    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

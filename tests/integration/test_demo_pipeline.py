@@ -83,10 +83,21 @@ def test_results_json_rows_and_table(demo_out: tuple[Path, str]):
         assert f"| {name}" in stdout
 
 
+def test_the_sweep_report_has_its_figures_and_the_teacher(demo_out: tuple[Path, str]):
+    out, stdout = demo_out
+    report = (out / "sweep" / "report.md").read_text()
+    for name in ("quality", "curves", "savings"):
+        assert f"![{name}]({name}.png)" in report
+        assert (out / "sweep" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "dashed: the teacher" in report and "s measured once" in report
+    assert f"report: {out / 'sweep' / 'report.md'}" in stdout
+
+
 def test_second_make_recomputes_nothing(demo_out: tuple[Path, str]):
     out, _ = demo_out
     done = subprocess.run(
         ["make", "-q", "-C", str(ROOT / "pipelines"), str(out / "results.json"),
+         str(out / "sweep" / "report.md"),
          f"OUT={out.parent}", f"PY={sys.executable}",
          *SIZES],
         capture_output=True, text=True, check=False,

@@ -145,6 +145,14 @@ def test_finished_runs_are_skipped_and_a_failed_run_is_recorded(
     assert all(
         rows[name]["status"] == "ok" for name in ("bert-1l-kd", "bert-2l-kd", "bert-2l-labels")
     )
+    # the report is written at the end: the finished runs drawn, the failed one marked
+    report = (out / "report.md").read_text()
+    assert "4 runs, 3 finished, 1 failed" in report and "**broken**: " in report
+    for name in ("quality", "curves", "savings"):
+        assert f"![{name}]({name}.png)" in report
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| bert-2l-kd | bert-2l-labels |" in report  # KD and labels twins, side by side
+    assert len(list((out / "broken" / "tb").glob("*.hparams"))) == 1
 
 
 def test_parallel_runs_are_subprocesses_and_failures_do_not_stop_the_others(
