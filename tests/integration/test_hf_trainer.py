@@ -11,6 +11,9 @@ logged as separate scalars.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from cachebrew.cli import app
 from cachebrew.hf import PROJECTIONS_FILE, DistillationTrainer
 from cachebrew.teacher.precompute import PrecomputeConfig, run_precompute
 
+ROOT = Path(__file__).resolve().parents[2]
 SEED, LR, EPOCHS, BATCH, GA, CLIP = 3, 1e-3, 2, 4, 2, 0.05  # CLIP: clips every step
 DISTILL = {
     "temperature": 4,
@@ -163,3 +167,36 @@ def test_killed_and_resumed_run_ends_on_the_same_weights(
     assert max_diff(weights(resumed), load_file(reference / "student.safetensors")) < 1e-5
     projections = {k: v.detach() for k, v in resumed.projections.state_dict().items()}
     assert max_diff(projections, load_file(reference / PROJECTIONS_FILE)) < 1e-5
+
+
+# ------------------------------------------------------------------- several processes
+
+WORKER = Path(__file__).with_name("hf_trainer_worker.py")
+TIMEOUT_S = 300
+
+
+def _launch(nproc: int, setup: dict[str, Any], out: Path, per_device: int) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [str(setup["cache"]), str(setup["student"]), str(setup["teacher"]), str(out)]
+    command = [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), str(WORKER),
+               *args, str(per_device)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_processes_train_the_one_process_weights(setup: dict[str, Any], tmp_path: Path):
+    _launch(1, setup, tmp_path / "one", per_device=8)
+    _launch(2, setup, tmp_path / "two", per_device=4)  # the same global batches of 8
+    for name in ("student.safetensors", PROJECTIONS_FILE):
+        one, two = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+        assert max_diff(one, two) < 1e-5, name
+    one_log = json.loads((tmp_path / "one" / "log.json").read_text())
+    two_log = json.loads((tmp_path / "two" / "log.json").read_text())
+    assert (one_log["world_size"], two_log["world_size"]) == (1, 2)
+    losses = [
+        [row["unweighted_kd_loss"] for row in run["log"] if "loss" in row]
+        for run in (one_log, two_log)
+    ]  # the mean over the ranks of each rank's mean: the one-process value
+    assert len(losses[0]) == 10 and losses[1] == pytest.approx(losses[0], rel=1e-4)
