@@ -175,28 +175,54 @@ WORKER = Path(__file__).with_name("hf_trainer_worker.py")
 TIMEOUT_S = 300
 
 
-def _launch(nproc: int, setup: dict[str, Any], out: Path, per_device: int) -> None:
+def _launch(
+    nproc: int, setup: dict[str, Any], out: Path, per_device: int, clip: float = 0.05,
+    launcher: list[str] | None = None,
+) -> None:  # fmt: skip
+    """Run the worker under ``launcher`` (default: ``torchrun --nproc_per_node nproc``)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     torchrun = Path(sys.executable).with_name("torchrun")
     args = [str(setup["cache"]), str(setup["student"]), str(setup["teacher"]), str(out)]
-    command = [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), str(WORKER),
-               *args, str(per_device)]  # fmt: skip
+    launcher = launcher or [str(torchrun), "--standalone", "--nproc_per_node", str(nproc)]
+    command = [*launcher, str(WORKER), *args, str(per_device), str(clip)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def test_two_processes_train_the_one_process_weights(setup: dict[str, Any], tmp_path: Path):
-    _launch(1, setup, tmp_path / "one", per_device=8)
+@pytest.fixture(scope="module")
+def one_process(setup: dict[str, Any]) -> Path:
+    out = setup["root"] / "one_process"
+    _launch(1, setup, out, per_device=8)
+    return out
+
+
+def test_two_processes_train_the_one_process_weights(
+    setup: dict[str, Any], one_process: Path, tmp_path: Path
+) -> None:
     _launch(2, setup, tmp_path / "two", per_device=4)  # the same global batches of 8
     for name in ("student.safetensors", PROJECTIONS_FILE):
-        one, two = load_file(tmp_path / "one" / name), load_file(tmp_path / "two" / name)
+        one, two = load_file(one_process / name), load_file(tmp_path / "two" / name)
         assert max_diff(one, two) < 1e-5, name
-    one_log = json.loads((tmp_path / "one" / "log.json").read_text())
+    one_log = json.loads((one_process / "log.json").read_text())
     two_log = json.loads((tmp_path / "two" / "log.json").read_text())
     assert (one_log["world_size"], two_log["world_size"]) == (1, 2)
+    assert two_log["wrapped"] == "DistributedDataParallel"
     losses = [
         [row["unweighted_kd_loss"] for row in run["log"] if "loss" in row]
         for run in (one_log, two_log)
     ]  # the mean over the ranks of each rank's mean: the one-process value
     assert len(losses[0]) == 10 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_accelerate_launch_trains_the_one_process_weights(
+    setup: dict[str, Any], one_process: Path, tmp_path: Path
+) -> None:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    launch = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
+    _launch(2, setup, tmp_path / "acc", per_device=4, launcher=launch)
+    for name in ("student.safetensors", PROJECTIONS_FILE):
+        one, two = load_file(one_process / name), load_file(tmp_path / "acc" / name)
+        assert max_diff(one, two) < 1e-5, name
+    assert json.loads((tmp_path / "acc" / "log.json").read_text())["world_size"] == 2
