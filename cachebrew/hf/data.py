@@ -3,7 +3,7 @@
 A cache is read the way ``cachebrew distill`` reads it (DESIGN §4): contiguous chunk runs, a
 mixing buffer, the epoch order a pure function of ``(seed, epoch)``, and under torchrun /
 ``accelerate launch`` each rank decoding only its share of every global batch
-(:class:`~cachebrew.cache.feed.global_batches.GlobalBatchDataset`). The dataset therefore
+(``CacheDataset(..., partition="global_batches")``, :mod:`cachebrew.cache.feed.global_batches`). The dataset therefore
 yields batches it collated itself (padded to the batch's longest example, with the
 ``teacher_cache`` part built from the stored features), and :class:`CacheBatchLoader` hands them
 to Trainer one by one (``batch_size=None``):
@@ -30,7 +30,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from cachebrew.cache.feed.dataset import CacheDataset
-from cachebrew.cache.feed.global_batches import GlobalBatchDataset
 from cachebrew.cache.read.reader import CacheReader
 from cachebrew.errors import ConfigError
 
@@ -68,8 +67,9 @@ def cache_train_dataset(
         _check_given_dataset(cache, per_device_batch_size, rank, world_size)
         return cache
     kwargs: dict[str, Any] = {"prefetch": 1, "shuffle": True, **(options or {})}
-    return GlobalBatchDataset(
+    return CacheDataset(
         cache,
+        partition="global_batches",
         batch_size=per_device_batch_size * world_size,
         rank=rank,
         world_size=world_size,

@@ -13,13 +13,13 @@ The projections (one per match with ``proj``) live beside the student, not insid
 saved student stays a plain Hugging Face model:
 
 - they are seeded with ``args.seed`` and initialised as ``cachebrew distill`` does;
-- :meth:`create_optimizer` adds one param group per projection with the match's ``proj[3]``
+- :meth:`DistillationTrainer.create_optimizer` adds one param group per projection with the match's ``proj[3]``
   options (TextBrewer), so Trainer's scheduler drives them too;
 - gradient clipping covers the student and the projections together (as cachebrew's loop);
 - under several processes each projection is wrapped in DDP (its gradient averaged like the
   student's);
 - :meth:`save_model` writes ``projections.safetensors`` next to the student in every
-  checkpoint (and the final directory); :meth:`train` loads it back on resume.
+  checkpoint (and the final directory); ``train`` loads it back on resume.
 
 The unweighted loss terms (``unweighted_kd_loss``, ``unweighted_hidden_mse_2_1``,
 ``unweighted_hard_label_loss``...) are logged with Trainer's ``loss``, averaged over the

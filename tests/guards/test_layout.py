@@ -30,7 +30,7 @@ MAX_MODULE_LINES = 450
 MAX_TOP_LEVEL_MODULES = 16
 ROOT = "cachebrew"
 CACHE_ROOMS = ("logits", "format", "read", "write", "feed", "tools")
-FOLDERS = ("cache", "cli", "corpus", "data", "distill", "models", "runner", "teacher")
+FOLDERS = ("cache", "cli", "corpus", "data", "distill", "hf", "models", "runner", "teacher")
 
 _STAGE_USES = ("top", "corpus", "models", "cache", "cache.logits", "cache.format", "cache.read")
 
@@ -73,6 +73,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
         "teacher": (*_STAGE_USES, "cache.write", "cache.feed", "cache.tools", "distill"),
         "runner": (*_STAGE_USES, "cache.feed", "distill"),
         "data": ("top", "models"),
+        # students in Hugging Face's Trainer: the loop's loss, the runner's student tokens
+        "hf": (*_STAGE_USES, "cache.feed", "distill", "runner"),
         # the command layer drives every stage
         "cli": (*_STAGE_USES, "cache.tools", "teacher", "runner", "data"),
     }.items()
