@@ -29,9 +29,6 @@ from cachebrew.errors import ConfigError
 class CachePartition(Protocol):
     """What :class:`~cachebrew.cache.feed.dataset.CacheDataset` asks of a partitioning."""
 
-    rank: int
-    world_size: int
-
     def order_rank(self) -> tuple[int, int]:
         """``(rank, world_size)`` whose selection and epoch order the dataset computes."""
         ...
