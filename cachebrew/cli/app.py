@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -34,7 +33,7 @@ def error_line(error: BaseException) -> str:
 class ErrorMappingGroup(TyperGroup):
     """The ``cachebrew`` group: every subcommand is invoked inside its error mapping."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer vendors click: its Context is private
         try:
             return super().invoke(ctx)
         except (CachebrewError, OSError) as error:
