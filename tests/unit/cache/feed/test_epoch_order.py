@@ -52,9 +52,7 @@ def _write(path: pathlib.Path, spec: FeatureSpec, shard_size: int, chunk_bytes: 
     ) as writer:
         for e in EXAMPLES:
             features = {k: v for k, v in e["features"].items() if k in names}
-            writer.add(
-                e["example_id"], features, input_ids=e["input_ids"], label=e["label"]
-            )
+            writer.add(e["example_id"], features, input_ids=e["input_ids"], label=e["label"])
     return str(path)
 
 
