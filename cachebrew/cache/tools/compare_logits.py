@@ -174,7 +174,7 @@ def _plan(feature_a: StoredFeature, feature_b: StoredFeature) -> tuple[str, str 
                 f"{mode_b.size} at T={mode_b.temperature:g}: their draws differ by construction"
             )
         return DRAWS, None
-    if same:
+    if same and _storage(feature_a) == _storage(feature_b):
         return ARRAYS, None
     kinds = {mode_a.kind, mode_b.kind}
     rebuilt = [
@@ -190,6 +190,13 @@ def _plan(feature_a: StoredFeature, feature_b: StoredFeature) -> tuple[str, str 
         f"A stores the logits as {_describe(feature_a)}, B as {_describe(feature_b)}: compared "
         f"as log-probabilities{how}"
     )
+
+
+def _storage(feature: StoredFeature) -> tuple[Any, ...]:
+    """What decides whether two caches' logits arrays line up one to one: the top-k layout and
+    the stored id type (a ``--topk K`` cache keeps ids by value, ``topk:K`` by id, as deltas)."""
+    ids = feature.array_dtype("logits.topk_ids") if logits_mode(feature).kind == "topk" else None
+    return (feature.topk_layout, ids)
 
 
 def logprobs(

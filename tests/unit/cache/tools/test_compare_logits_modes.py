@@ -128,3 +128,18 @@ def test_topk_against_its_q_code_reports_the_kl_and_the_same_ids(caches: dict[st
     assert f"the same top-k ids in all {NUM} examples" in text
     assert "A stores the logits as topk:8 raw, B as topk:8:q4 raw" in text
     assert "shape" not in text
+
+
+def test_a_legacy_topk_cache_against_the_topk_mode_compares_distributions(
+    caches: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    legacy_spec = parse_feature_spec("logits", dtype="fp32", topk=8, vocab_size=VOCAB)
+    with CacheWriter(
+        tmp_path / "legacy", legacy_spec, teacher_info={"class": "Tiny"}, corpus_fingerprint="c"
+    ) as w:
+        for e in EXAMPLES:
+            w.add(e["id"], {"logits": e["logits"]}, input_ids=np.arange(e["length"]))
+    report = compare_caches(tmp_path / "legacy", caches["topk:8"], atol=1e-6)
+    logits = report["logits"]
+    assert logits["compared_as"] == "distributions" and logits["kl"]["max"] < 1e-9
+    assert logits["examples_with_other_topk_ids"] == 0 and report["ok"]
