@@ -10,8 +10,8 @@ Caches: ``benchmarks/reader_speed.py``'s synthetic BERT-base-shaped hidden and a
 caches (fp16, lz4-bitshuffle, shards of 64), with ``--examples`` examples (512: ~200 MB stored
 each, more than the reader's 64 MiB chunk budget, so chunks shared by two runs far apart in
 the stream are decoded twice). Per epoch (shuffled, batches of 16, one decode thread): wall
-seconds of the second epoch (crc32 already checked) and the chunks decoded, against the
-cache's number of chunks (1.00 = every chunk decoded once). Each measurement is a fresh
+and CPU seconds of the second epoch (crc32 already checked) and the chunks decoded, against
+the cache's number of chunks (1.00 = every chunk decoded once). Each measurement is a fresh
 process so the two code versions alternate.
 """
 
@@ -52,21 +52,22 @@ def _worker(cache: str, run_examples: int | None, buffer_size: int) -> dict[str,
     dataset = CacheDataset(
         open_cache(cache), batch_size=16, decode_threads=1, buffer_size=buffer_size, **kwargs
     )
-    seconds = []
+    seconds, cpu = [], []
     for epoch in range(2):
         dataset.set_epoch(epoch)
         decoded[0] = 0
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in dataset:
             pass
         seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     reader = open_cache(cache)
     chunks = sum(
         -(-info["rows"] // info["chunk_rows"])
         for k in range(reader.num_shards)
         for info in reader.shard(k).meta["arrays"].values()
     )
-    return {"seconds": seconds[1], "decoded": decoded[0], "chunks": chunks}
+    return {"seconds": seconds[1], "cpu": cpu[1], "decoded": decoded[0], "chunks": chunks}
 
 
 def _measure(code: Path, cache: Path, run_examples: int | None, buffer: int) -> dict[str, Any]:
@@ -129,8 +130,10 @@ def main() -> None:
             for name, code, run_examples in variants:
                 samples[name].append(_measure(code, cache, run_examples, args.buffer))
         base = statistics.median(s["seconds"] for s in samples[variants[0][0]])
+        base_cpu = statistics.median(s["cpu"] for s in samples[variants[0][0]])
         for name, _, _ in variants:
             seconds = statistics.median(s["seconds"] for s in samples[name])
+            cpu = statistics.median(s["cpu"] for s in samples[name])
             first = samples[name][0]
             rows.append(
                 {
@@ -138,16 +141,21 @@ def main() -> None:
                     "variant": name,
                     "seconds": seconds,
                     "ratio": seconds / base,
+                    "cpu_seconds": cpu,
+                    "cpu_ratio": cpu / base_cpu,
                     "decoded_per_chunk": first["decoded"] / first["chunks"],
                 }
             )
     print(f"{args.examples} examples, shards of {args.shard_size}, buffer_size {args.buffer}")
-    print(f"| kind | order | epoch s (median of {args.repeats}) | / first row | decoded / chunks |")
-    print("|---|---|---|---|---|")
+    print(
+        f"| kind | order | epoch s (median of {args.repeats}) | / first row | CPU s | / first "
+        "row | decoded / chunks |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['kind']} | {row['variant']} | {row['seconds']:.2f} | {row['ratio']:.2f} | "
-            f"{row['decoded_per_chunk']:.2f} |"
+            f"{row['cpu_seconds']:.2f} | {row['cpu_ratio']:.2f} | {row['decoded_per_chunk']:.2f} |"
         )
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "results.json").write_text(json.dumps(rows, indent=2))
