@@ -44,10 +44,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cachebrew.cache.feed.collate import reader_layout, rebuild_topk, teacher_outputs
+from cachebrew.cache.feed.collate import reader_layout, teacher_outputs
+from cachebrew.cache.logits.rows import kl_rows, topk_logprobs
 from cachebrew.cache.logits.sparse import SparseLogits
 from cachebrew.cache.read.reader import CacheReader
-from cachebrew.cache.tools.compare import kl_rows
 from cachebrew.config import DistillationConfig
 from cachebrew.distill.loss import DistillationLoss
 from cachebrew.distill.sparse_kd import TOPK_TARGETS
@@ -60,8 +60,7 @@ LOSS_TYPES: tuple[str, ...] = ("kl", "ce")  # the first one's gradient is the on
 
 def _topk_logprobs(rows: SparseLogits, num_classes: int) -> Tensor:
     """The k stored log-probs exactly, the rest of the mass spread evenly over the other ids."""
-    zero = torch.zeros(rows.ids.shape[0], 1, dtype=rows.logprobs.dtype)
-    return rebuild_topk(rows.logprobs, rows.ids, zero, num_classes, "logprobs").double()
+    return topk_logprobs(rows.logprobs, rows.ids, num_classes).double()
 
 
 def _sample_logprobs(rows: SparseLogits, num_classes: int) -> Tensor:

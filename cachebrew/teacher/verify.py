@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cachebrew.cache import open_cache, prepare_example
+from cachebrew.cache.logits.rows import kl_rows, log_softmax_rows
 from cachebrew.cache.read.reader import CacheReader
 from cachebrew.config import resolve_device
 from cachebrew.errors import CacheMismatchError
@@ -198,12 +199,11 @@ def _logits_reduction(reader: CacheReader) -> str:
 
 
 def _mean_kl(fresh: np.ndarray, cached: np.ndarray, reduction: str) -> float:
-    log_p = torch.log_softmax(torch.from_numpy(fresh).double(), dim=-1)
-    log_q = torch.log_softmax(torch.from_numpy(cached).double(), dim=-1)
     if reduction == "logprobs":  # stored values are already log-probabilities
-        log_p, log_q = torch.from_numpy(fresh).double(), torch.from_numpy(cached).double()
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    return float(kl.mean())
+        log_p, log_q = fresh.astype(np.float64), cached.astype(np.float64)
+    else:
+        log_p, log_q = log_softmax_rows(fresh), log_softmax_rows(cached)
+    return float(kl_rows(log_p, log_q).mean())
 
 
 def _summarise(stats: dict[str, list[float]]) -> dict[str, float]:

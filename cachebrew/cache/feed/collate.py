@@ -34,6 +34,7 @@ from cachebrew.cache.feed.gpu_feed import PinnedPool, packed_layer_list
 from cachebrew.cache.format.codecs import decode
 from cachebrew.cache.format.spec import FeatureSpec
 from cachebrew.cache.logits.exact import ExactLogits, LMHead, read_exact_logits
+from cachebrew.cache.logits.rows import topk_logprobs
 from cachebrew.cache.logits.sparse import SparseLogits, parse_logits_mode, read_sparse_logits
 from cachebrew.cache.read.buffers import BufferPool
 from cachebrew.errors import CacheError, CacheMismatchError, ConfigError
@@ -42,8 +43,6 @@ if TYPE_CHECKING:
     from cachebrew.cache.read.reader import CacheReader
 
 LABEL_PAD = -100
-# Remaining probability mass below this is treated as this (keeps log finite).
-_MIN_REST_MASS = 1e-30
 
 
 @dataclass(frozen=True)
@@ -350,25 +349,16 @@ def rebuild_topk(
     num_classes: int,
     reduction: str,
 ) -> torch.Tensor:
-    """Full log-probabilities (rows, V) from top-k rows.
-
-    The k stored entries get their exact log-probability (``v - logsumexp`` for raw values,
-    ``v`` for stored log-probs); the remaining mass ``1 - sum(exp(logp_topk))`` is spread
-    evenly over the other V - k ids. At T=1 every top-k probability and the tail's total are
-    exact; at other temperatures (and for kd mse, which needs raw logits) it is an
-    approximation, since the tail's shape is unknown.
+    """Full float32 log-probabilities (rows, V) from stored top-k rows
+    (:func:`cachebrew.cache.logits.rows.topk_logprobs`: the tail mass spread evenly).
 
     Args:
         values: (rows, k) stored top-k values; ids: (rows, k) int64; logsumexp: (rows, 1).
         num_classes: V.
-        reduction: ``"raw"`` or ``"logprobs"`` (how ``values`` were stored).
+        reduction: ``"raw"`` (``values - logsumexp`` are the log-probs) or ``"logprobs"``.
     """
     logp = values - logsumexp if reduction == "raw" else values  # (rows, k)
-    k = logp.shape[1]
-    rest = (1 - logp.double().exp().sum(1, keepdim=True)).clamp_min(_MIN_REST_MASS)
-    fill = (rest / max(num_classes - k, 1)).log().float()  # (rows, 1)
-    out = fill.expand(-1, num_classes).clone()
-    return out.scatter_(1, ids.long(), logp.float())
+    return topk_logprobs(logp, ids, num_classes)
 
 
 def _layer_list(

@@ -1,15 +1,16 @@
 """Stream collated, TextBrewer-shaped batches from a teacher cache: :class:`CacheDataset`.
 
-**Order (a pure function of seed, epoch and rank, computed from the index alone).** Shard i
-belongs to rank ``i % world_size``. Each epoch a rank permutes its shards, cuts each shard into
-contiguous *runs* of rows (about ``window_bytes`` of decoded features each), permutes the runs
-of each shard, and reads them in that order: the *stream*. A mixing buffer of ``buffer_size``
-examples is then simulated over the stream with ``numpy.random.default_rng([seed, epoch,
-rank])``: the output order is a permutation of stream positions known before any data is read.
-``shuffle=False`` gives corpus order (shard 0 row 0, row 1, ...). The order of examples does
-not depend on ``batch_size``, ``teacher_cache`` or DataLoader workers (it does on the selection
-and ``window_bytes``, the run size). Because it is known up front,
-:meth:`CacheDataset.resume_at` starts mid-epoch without decoding the skipped batches.
+**Order (a pure function of seed, epoch, rank and the selected example ids in corpus order;
+:mod:`cachebrew.cache.read.order`).** The selected examples, in corpus order, are cut into
+*runs* of ``run_examples`` consecutive examples; run i belongs to rank ``i % world_size``. Each
+epoch a rank permutes its runs and reads them in that order: the *stream*. A mixing buffer of
+``buffer_size`` examples is then simulated over the stream with ``numpy.random.default_rng([seed,
+epoch, rank])``: the output order is a permutation of stream positions known before any data is
+read. ``shuffle=False`` gives corpus order. The order does not depend on the cache's layout
+(features, dtypes, codecs, logits mode, shard and chunk sizes: two caches of one corpus give the
+same batches), nor on ``batch_size``, ``teacher_cache``, ``window_bytes`` or DataLoader
+workers. Because it is known up front, :meth:`CacheDataset.resume_at` starts mid-epoch without
+decoding the skipped batches.
 
 **Reading.** Runs are decoded in stream order, chunk-aligned and one Zarr read per consecutive
 chunk range (never per-example random gathers); a small LRU of decoded chunks serves chunks
@@ -55,7 +56,14 @@ from cachebrew.cache.feed.partition import cache_partition
 from cachebrew.cache.feed.prefetch import Prefetcher
 from cachebrew.cache.read.buffers import BufferPool
 from cachebrew.cache.read.epoch_reader import ChunkCache, EpochReader
-from cachebrew.cache.read.order import EpochPlan, ShardSelection, plan_epoch, run_rows
+from cachebrew.cache.read.order import (
+    DEFAULT_RUN_EXAMPLES,
+    EpochPlan,
+    corpus_items,
+    cut_runs,
+    plan_epoch,
+    rank_runs,
+)
 from cachebrew.cache.read.reader import DEFAULT_WINDOW_BYTES, CacheReader, open_cache
 from cachebrew.errors import CacheMismatchError, ConfigError
 
@@ -85,11 +93,14 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             ``teacher`` part holds the teacher's model inputs so a live teacher sees the same.
         rank, world_size: this process's place among the data-parallel ranks.
         partition: how the ranks share the cache (:mod:`cachebrew.cache.feed.partition`):
-            ``"shards"`` (shard i to rank i % world_size, each rank in its own order) or
+            ``"shards"`` (run i to rank i % world_size, each rank in its own order) or
             ``"global_batches"`` (each rank its share of every batch of the one-process order).
         num_classes: the logits width V to rebuild top-k rows to (default: the cache's
             ``vocab_size``).
-        window_bytes: decoded bytes per contiguous run (the unit of within-shard shuffling).
+        window_bytes: the decoded chunk cache's budget is ``4 * window_bytes`` (reading only:
+            the order does not depend on it).
+        run_examples: consecutive examples (in corpus order) read together and shuffled as a
+            unit before the mixing buffer; part of the order, like ``seed``.
         prefetch: batches decoded and collated ahead in a background thread while the caller
             trains on the current one (0 = none; not used inside DataLoader workers). The
             thread runs on into the next epoch (:mod:`cachebrew.cache.feed.prefetch`), so an
@@ -133,11 +144,14 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         partition: str = "shards",
         num_classes: int | None = None,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
+        run_examples: int = DEFAULT_RUN_EXAMPLES,
         prefetch: int = 0,
         device: str | torch.device | None = None,
         decode_threads: int | None = None,
     ):
-        _check_arguments(batch_size, seed, buffer_size, rank, world_size, window_bytes, prefetch)
+        _check_arguments(
+            batch_size, seed, buffer_size, rank, world_size, window_bytes, run_examples, prefetch
+        )
         self.partition = cache_partition(partition, rank, world_size)
         local_batch = self.partition.local_batch(batch_size)
         device = None if device is None else str(torch.device(device))
@@ -155,7 +169,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         self.global_batch_size = batch_size  # the partition's cut reads batches of this size
         # the rank whose selection and order are computed (rank 0 of 1 for global batches)
         self.rank, self.world_size = self.partition.order_rank()
-        self.window_bytes = window_bytes
+        self.window_bytes, self.run_examples = window_bytes, run_examples
         self.prefetch = prefetch
         self.layout = reader_layout(self.reader, num_classes) if teacher_cache else None
         # The packed CUDA path's reused pinned buffers: two batches' arrays in flight.
@@ -165,11 +179,11 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             pad_id, sep_id, with_token_type_ids, device if on_gpu else None, pinned=pinned
         )
         self.student_items = student_items
-        counts, self._selections = self._select(example_ids)
+        counts, self._runs = self._select(example_ids)
         self.num_examples = min(counts) if drop_last else max(counts)
         self._num_batches = _batch_count(self.num_examples, batch_size, drop_last)
         if student_items is not None:
-            _check_student_items(self.reader, self._selections, student_items)
+            _check_student_items(self.reader, self._runs, student_items)
         self.epoch = 0
         self._resume_position = 0
         # Memory reused from one epoch to the next (never while a batch or view still uses
@@ -191,31 +205,27 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
 
     # ------------------------------------------------------------------ selection
 
-    def _select(self, example_ids: Sequence[str] | None) -> tuple[list[int], list[ShardSelection]]:
-        """Examples per rank, and this rank's selected rows per shard."""
+    def _select(self, example_ids: Sequence[str] | None) -> tuple[list[int], list[np.ndarray]]:
+        """Examples per rank, and this rank's runs (each (n, 2) ``(shard, row)``)."""
         reader, world = self.reader, self.world_size
-        shards = range(reader.num_shards)
-        rows_per_run = run_rows(reader.manifest, self.window_bytes)
         if example_ids is None:
             sizes = [int(s["num_examples"]) for s in reader.manifest["shards"]]
-            rows = {k: np.arange(sizes[k]) for k in shards if k % world == self.rank}
+            rows = {k: np.arange(size) for k, size in enumerate(sizes)}
         else:
-            wanted = set(example_ids)
-            rows = _rows_of(reader, wanted)
-            sizes = [len(rows[k]) for k in shards]
-            rows = {k: r for k, r in rows.items() if k % world == self.rank}
-        counts = [sum(sizes[k] for k in shards if k % world == r) for r in range(world)]
+            rows = _rows_of(reader, set(example_ids))
+        runs = cut_runs(corpus_items(rows), self.run_examples)
+        counts = [sum(len(run) for run in rank_runs(runs, r, world)) for r in range(world)]
         if sum(counts) == 0:
             raise CacheMismatchError(f"no examples selected from the cache {reader.path}")
         empty = [r for r, count in enumerate(counts) if count == 0]
         if empty:
             raise CacheMismatchError(
-                f"ranks {empty} of world_size {world} get no examples: the cache {reader.path} "
-                f"has {reader.num_shards} shards (shard i goes to rank i % world_size); rerun "
-                "precompute with a smaller shard_size or use fewer ranks"
+                f"ranks {empty} of world_size {world} get no examples: the {sum(counts)} "
+                f"selected examples of {reader.path} make {len(runs)} runs of run_examples="
+                f"{self.run_examples} (run i goes to rank i % world_size); lower run_examples "
+                "or use fewer ranks"
             )
-        selections = [ShardSelection(k, r, rows_per_run) for k, r in rows.items() if len(r)]
-        return counts, selections
+        return counts, rank_runs(runs, self.rank, world)
 
     # ------------------------------------------------------------------ epochs
 
@@ -250,7 +260,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
 
     def _order(self, epoch: int | None) -> EpochPlan:
         return plan_epoch(
-            self._selections,
+            self._runs,
             seed=self.seed,
             epoch=self.epoch if epoch is None else epoch,
             rank=self.rank,
@@ -341,6 +351,7 @@ def _check_arguments(
     rank: int,
     world_size: int,
     window_bytes: int,
+    run_examples: int,
     prefetch: int,
 ) -> None:
     problems = []
@@ -352,6 +363,7 @@ def _check_arguments(
         ("world_size", world_size, 1),
         ("rank", rank, 0),
         ("window_bytes", window_bytes, 1),
+        ("run_examples", run_examples, 1),
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             problems.append(f"{name}={value!r}: expected an integer >= {minimum}")
@@ -383,12 +395,12 @@ def _rows_of(reader: CacheReader, wanted: set[str]) -> dict[int, np.ndarray]:
 
 
 def _check_student_items(
-    reader: CacheReader, selections: Sequence[ShardSelection], items: Mapping[str, Any]
+    reader: CacheReader, runs: Sequence[np.ndarray], items: Mapping[str, Any]
 ) -> None:
     missing = [
         example_id
-        for selection in selections
-        for example_id in (reader.shard(selection.shard).example_ids[r] for r in selection.rows)
+        for run in runs
+        for example_id in (reader.shard(s).example_ids[r] for s, r in run.tolist())
         if example_id not in items
     ]
     if missing:

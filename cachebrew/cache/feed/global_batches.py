@@ -1,13 +1,14 @@
 """Data parallelism with one global order: every rank reads its share of each global batch.
 
-:class:`CacheDataset` with ``rank``/``world_size`` gives each rank its own shards (shard i to
+:class:`CacheDataset` with ``rank``/``world_size`` gives each rank its own runs (run i to
 rank ``i % world_size``) and its own order: fine for throughput, but the examples that train
 together depend on the number of ranks. ``CacheDataset(..., partition="global_batches")``
 (:mod:`cachebrew.cache.feed.partition`) is what DDP training needs (``torchrun ... cachebrew
 distill``): the order of one process, cut the same way for any N. This module is its arithmetic.
 
 - **Order.** The epoch order is the one-process order (``rank=0, world_size=1``): a pure
-  function of ``(seed, epoch)``, so it does not depend on N.
+  function of ``(seed, epoch)`` and the example ids, so it depends neither on N nor on the
+  cache's layout.
 - **Global batch.** ``batch_size`` is the *global* batch B. Global batch j is positions
   ``[j*B, (j+1)*B)`` of that order, exactly the batch one process trains on; rank r reads the
   contiguous slice ``[r*B/N, (r+1)*B/N)`` of it. B must be divisible by N.

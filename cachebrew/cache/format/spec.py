@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cachebrew.cache.format.codecs import DEFAULT_CODEC
+from cachebrew.cache.logits.modes import logits_problems
 from cachebrew.cache.logits.sparse import (
     TOPK_LAYOUT,
     parse_logits_mode,
@@ -197,29 +198,15 @@ def _feature_problems(feature: StoredFeature) -> list[str]:
 
 
 def _logits_problems(feature: StoredFeature) -> list[str]:
-    problems = []
-    if feature.layers:
-        problems.append(f"logits: takes no layers, got {feature.layers!r}")
-    if feature.reduction not in REDUCTIONS:
-        problems.append(
-            f"logits: unknown reduction {feature.reduction!r}; choose one of {list(REDUCTIONS)}"
-        )
-    problems += topk_layout_problems(feature.topk_layout)
-    if feature.topk is not None and (not _is_int(feature.topk) or feature.topk < 1):
-        problems.append(f"logits: topk must be a positive integer or None, got {feature.topk!r}")
-    if feature.vocab_size is not None and (
-        not _is_int(feature.vocab_size) or feature.vocab_size < 1
-    ):
-        problems.append(
-            f"logits: vocab_size must be a positive integer, got {feature.vocab_size!r}"
-        )
-    sparse = feature.logits_mode not in (None, "dense")
-    if sparse and feature.vocab_size is None:
-        problems.append(
-            f"logits: --logits {feature.logits_mode} needs the vocabulary size (vocab_size) to "
-            "choose the id width"
-        )
-    return problems
+    problems = logits_problems(
+        layers=feature.layers,
+        reduction=feature.reduction,
+        reductions=REDUCTIONS,
+        topk=feature.topk,
+        vocab_size=feature.vocab_size,
+        logits_mode=feature.logits_mode,
+    )
+    return problems + topk_layout_problems(feature.topk_layout)
 
 
 def _is_int(value: object) -> bool:

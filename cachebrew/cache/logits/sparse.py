@@ -51,85 +51,19 @@ from typing import Any
 
 import numpy as np
 
-from cachebrew.cache.logits.topk_codes import (
-    VARINT_IDS,
-    code_dtype,
-    code_problems,
-    decode_values,
-    encode_values,
-)
-from cachebrew.errors import CacheError, ConfigError
+from cachebrew.cache.logits.modes import MODES as MODES
+from cachebrew.cache.logits.modes import SAMPLE_ARRAYS as SAMPLE_ARRAYS
+from cachebrew.cache.logits.modes import TOPK_ARRAYS as TOPK_ARRAYS
+from cachebrew.cache.logits.modes import LogitsMode
+from cachebrew.cache.logits.modes import parse_logits_mode as parse_logits_mode
+from cachebrew.cache.logits.topk_codes import VARINT_IDS, code_dtype, decode_values, encode_values
+from cachebrew.errors import CacheError
 
-MODES: tuple[str, ...] = ("dense", "topk", "sample", "exact")
-TOPK_ARRAYS: tuple[str, ...] = ("logits.topk_values", "logits.topk_ids", "logits.logsumexp")
-SAMPLE_ARRAYS: tuple[str, ...] = ("logits.sample_ids", "logits.sample_counts")
 PACKED_PREFIX = "ids"
 DELTA_IDS = "ids_delta"
 FP16_PLANES = "fp16_planes"  # layout 2's fp16 values: the two byte planes of each row apart
 TOPK_LAYOUTS: tuple[int, ...] = (1, 2)
 TOPK_LAYOUT = 2  # what new caches are written with
-
-
-@dataclass(frozen=True)
-class LogitsMode:
-    """A parsed ``--logits MODE``: ``dense``, ``topk:K[:CODE]``, ``sample:N[@T]`` or ``exact``.
-
-    Attributes:
-        kind: ``"dense"``, ``"topk"``, ``"sample"`` or ``"exact"``.
-        size: K or N (None for dense).
-        temperature: the sampling temperature of ``sample`` (1.0 otherwise).
-        code: ``topk`` only: a lossy value code (``q4``, ``q5``, ``q8``) or None (lossless).
-    """
-
-    kind: str
-    size: int | None = None
-    temperature: float = 1.0
-    code: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind in ("dense", "exact"):
-            return self.kind
-        suffix = f"@{self.temperature:g}" if self.kind == "sample" and self.temperature != 1 else ""
-        code = f":{self.code}" if self.code else ""
-        return f"{self.kind}:{self.size}{code}{suffix}"
-
-    @property
-    def arrays(self) -> tuple[str, ...]:
-        """The stored data arrays of this mode (``("logits",)`` for dense)."""
-        arrays = {"topk": TOPK_ARRAYS, "sample": SAMPLE_ARRAYS, "exact": ("logits.hidden",)}
-        return arrays.get(self.kind, ("logits",))
-
-
-def parse_logits_mode(text: str) -> LogitsMode:
-    """Parse ``dense``, ``topk:K``, ``topk:K:CODE``, ``sample:N`` / ``sample:N@T`` or ``exact``.
-
-    Raises:
-        ConfigError: an unknown mode or value code, a size that is not a positive integer or a
-            temperature that is not a positive number, naming the valid forms.
-    """
-    forms = (
-        "dense, topk:K (e.g. topk:128 or lossy topk:128:q5), sample:N (e.g. sample:12), "
-        "sample:N@T or exact"
-    )
-    kind, _, rest = str(text).strip().partition(":")
-    if kind in ("dense", "exact") and not rest:
-        return LogitsMode(kind)
-    rest, has_code, code = rest.partition(":")
-    if has_code and (kind != "topk" or code_problems(code)):
-        problems = code_problems(code) if kind == "topk" else ["only topk:K takes a value code"]
-        raise ConfigError(f"logits mode {text!r}: {problems[0]}")
-    size_text, _, temp_text = rest.partition("@")
-    if kind not in ("topk", "sample") or not size_text.isdigit() or int(size_text) < 1:
-        raise ConfigError(f"logits mode {text!r}: choose one of {forms}")
-    if temp_text and kind == "topk":
-        raise ConfigError(f"logits mode {text!r}: only sample:N takes a temperature (@T)")
-    try:
-        temperature = float(temp_text) if temp_text else 1.0
-    except ValueError:
-        temperature = -1.0
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ConfigError(f"logits mode {text!r}: the temperature after @ must be > 0")
-    return LogitsMode(kind, int(size_text), temperature, code or None)
 
 
 # ------------------------------------------------------------------------------ id packing

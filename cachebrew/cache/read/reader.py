@@ -30,7 +30,7 @@ from cachebrew.cache.format.storage import CacheLocation
 from cachebrew.cache.logits.exact import LMHead
 from cachebrew.cache.read.epoch_reader import ChunkCache, EpochReader
 from cachebrew.cache.read.integrity import check_manifest, shard_problems
-from cachebrew.cache.read.order import ShardSelection, plan_epoch, run_rows
+from cachebrew.cache.read.order import corpus_items, cut_runs, plan_epoch, run_rows
 from cachebrew.cache.read.shard import ShardReader
 from cachebrew.errors import CacheCorruptError, CacheError, CacheMismatchError
 
@@ -156,18 +156,24 @@ class CacheReader:
         order: an unshuffled :class:`EpochReader` pass over runs of about ``window_bytes``."""
         order = range(self.num_shards) if shard_order is None else shard_order
         rows_per_run = run_rows(self.manifest, window_bytes)
-        selections = [
-            ShardSelection(
-                k, np.arange(int(self.manifest["shards"][k]["num_examples"])), rows_per_run
-            )
-            for k in order
-        ]
-        selections = [s for s in selections if len(s.rows)]
-        total = sum(len(s.rows) for s in selections)
+        items = np.concatenate(
+            [
+                corpus_items({k: np.arange(int(self.manifest["shards"][k]["num_examples"]))})
+                for k in order
+            ]
+            or [np.zeros((0, 2), dtype=np.int64)]
+        )
+        total = len(items)
         if total == 0:
             return
         plan = plan_epoch(
-            selections, seed=0, epoch=0, rank=0, shuffle=False, buffer_size=1, num_examples=total
+            cut_runs(items, rows_per_run),
+            seed=0,
+            epoch=0,
+            rank=0,
+            shuffle=False,
+            buffer_size=1,
+            num_examples=total,
         )
         arrays = [
             *self.spec.data_arrays,

@@ -1,12 +1,12 @@
 """``cachebrew compare``: two caches, example by example (joined on example ids).
 
 Users need it to check a rerun, a cheaper dtype against fp32, or a cache written with another
-world size. For every example in both caches and every stored array the two share, the max
-absolute difference of the decoded values; ``input_ids`` and ``label`` are compared too. Logits
-are also compared as distributions: ``KL(p_A || p_B)`` per row, from log-probabilities rebuilt
-from whatever each cache stores (raw logits, ``log_softmax`` log-probs, or top-k values + ids +
-log-sum-exp). When the two caches store logits differently (raw vs log-probs, dense vs top-k),
-their arrays cannot be compared one to one, so ``logits`` is compared as log-probabilities.
+world size or logits mode. For every example in both caches and every stored array the two
+share, the max absolute difference of the decoded values; ``input_ids`` and ``label`` are
+compared too. Logits are compared in every ``--logits`` mode
+(:mod:`cachebrew.cache.tools.compare_logits`): array by array when both caches store them the
+same way, else as distributions (``KL(p_A || p_B)`` per row, from log-probabilities rebuilt from
+whatever each side stores), sample caches draw by draw; the report says in plain words which.
 
 Memory stays bounded: A is streamed shard by shard, and B is read one whole shard at a time
 (a shard is the unit the writer buffers, so it fits in memory).
@@ -21,10 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from cachebrew.cache.format.spec import StoredFeature
-from cachebrew.cache.logits.sparse import parse_logits_mode
-from cachebrew.cache.logits.topk_codes import decode_coded
 from cachebrew.cache.read.reader import CacheReader, open_cache
+from cachebrew.cache.tools.compare_logits import DISTRIBUTIONS, NOT_COMPARED, LogitsComparison
 from cachebrew.errors import ConfigError
 
 LOGITS = "logits"
@@ -53,27 +51,19 @@ class FeatureDiff:
 
 
 @dataclass
-class _KLStats:
-    rows: int = 0
-    total: float = 0.0
-    maximum: float = 0.0
-
-    def add(self, kl: np.ndarray) -> None:
-        self.rows += int(kl.size)
-        self.total += float(kl.sum())
-        self.maximum = max(self.maximum, float(kl.max(initial=0.0)))
-
-
-@dataclass
 class _Comparison:
     atol: float
+    logits: LogitsComparison | None = None
     features: dict[str, FeatureDiff] = field(default_factory=dict)
-    kl: _KLStats = field(default_factory=_KLStats)
     first: tuple[str, str] | None = None
 
     def add(self, example_id: str, name: str, diff: float | None) -> None:
         entry = self.features.setdefault(name, FeatureDiff())
         entry.add(example_id, diff, self.atol)
+        self.mark(example_id, name, diff)
+
+    def mark(self, example_id: str, name: str, diff: float | None) -> None:
+        """Remember the first difference (``diff`` None: rows or shapes differ)."""
         if self.first is None and (diff is None or diff > self.atol):
             self.first = (example_id, name)
 
@@ -97,8 +87,10 @@ def compare_caches(
         and the same features), ``identical`` (``ok`` with every difference exactly 0),
         ``first_difference`` (``{"example_id", "feature"}`` or None), ``features`` (per name:
         ``max_abs_diff``, ``examples_differing``, ``shape_mismatches``, ``first_example``),
-        ``logits_kl`` (``mean``/``max`` KL(A || B) over logit rows, or None), ``only_in_a`` /
-        ``only_in_b`` (count and the first ids), ``features_only_in_a`` / ``_b``.
+        ``logits`` (both modes, ``compared_as``, a plain ``note``, the KL, the examples whose
+        top-k ids or draws differ; None without logits on both sides), ``logits_kl``
+        (``mean``/``max`` KL(A || B) over logit rows, or None), ``only_in_a`` / ``only_in_b``
+        (count and the first ids), ``features_only_in_a`` / ``_b``.
 
     Raises:
         ConfigError: ``atol`` is negative or not a number. CacheError: either path is not a
@@ -112,10 +104,11 @@ def compare_caches(
     b = open_cache(path_b, storage_options=storage_options)
     ids_a, ids_b = a.example_ids(), b.example_ids()
     set_a, set_b = set(ids_a), set(ids_b)
-    arrays, only_a, only_b, logits_as_logprobs = _compared_arrays(a, b)
-    comparison = _Comparison(atol)
+    logits = LogitsComparison.of(a, b)
+    arrays, only_a, only_b = _compared_arrays(a, b, logits)
+    comparison = _Comparison(atol, logits)
     for example_a, example_b in _joined(a, b, set_b):
-        _compare_example(comparison, example_a, example_b, arrays, logits_as_logprobs, a, b)
+        _compare_example(comparison, example_a, example_b, arrays)
     report = _report(comparison, a, b)
     report["only_in_a"] = _id_summary([i for i in ids_a if i not in set_b])
     report["only_in_b"] = _id_summary([i for i in ids_b if i not in set_a])
@@ -124,7 +117,8 @@ def compare_caches(
     consistent = not (
         only_a or only_b or report["only_in_a"]["count"] or report["only_in_b"]["count"]
     )
-    report["ok"] = consistent and comparison.first is None
+    comparable = logits is None or logits.how != NOT_COMPARED
+    report["ok"] = consistent and comparable and comparison.first is None
     report["identical"] = report["ok"] and all(
         f["max_abs_diff"] == 0 for f in report["features"].values()
     )
@@ -132,25 +126,14 @@ def compare_caches(
 
 
 def _compared_arrays(
-    a: CacheReader, b: CacheReader
-) -> tuple[list[str], list[str], list[str], bool]:
-    """(arrays compared one to one, arrays only in A, only in B, logits compared as log-probs)."""
-    logits_a, logits_b = a.spec.get(LOGITS), b.spec.get(LOGITS)
-    as_logprobs = (
-        logits_a is not None
-        and logits_b is not None
-        and (logits_a.reduction, bool(logits_a.topk)) != (logits_b.reduction, bool(logits_b.topk))
-    )
+    a: CacheReader, b: CacheReader, logits: LogitsComparison | None
+) -> tuple[list[str], list[str], list[str]]:
+    """(arrays compared one to one, arrays only in A, only in B)."""
     names_a, names_b = set(a.spec.data_arrays), set(b.spec.data_arrays)
-    if as_logprobs:  # different logit arrays on each side: one "logits" entry covers them
-        names_a = {n for n in names_a if not n.startswith(LOGITS)}
+    if logits is not None and not logits.arrays_compared_one_to_one:
+        names_a = {n for n in names_a if not n.startswith(LOGITS)}  # compared by `logits`
         names_b = {n for n in names_b if not n.startswith(LOGITS)}
-    return (
-        sorted(names_a & names_b),
-        sorted(names_a - names_b),
-        sorted(names_b - names_a),
-        as_logprobs,
-    )
+    return sorted(names_a & names_b), sorted(names_a - names_b), sorted(names_b - names_a)
 
 
 def _joined(
@@ -174,9 +157,6 @@ def _compare_example(
     example_a: dict[str, Any],
     example_b: dict[str, Any],
     arrays: list[str],
-    logits_as_logprobs: bool,
-    a: CacheReader,
-    b: CacheReader,
 ) -> None:
     example_id = example_a["example_id"]
     comparison.add(
@@ -186,19 +166,13 @@ def _compare_example(
     for name in arrays:
         diff = max_abs_diff(example_a["features"][name], example_b["features"][name])
         comparison.add(example_id, name, diff)
-    logits_a, logits_b = a.spec.get(LOGITS), b.spec.get(LOGITS)
-    if logits_a is None or logits_b is None:
+    if comparison.logits is None:
         return
-    logp_a, logp_b = _paired_logprobs(
-        example_a["features"], logits_a, example_b["features"], logits_b
-    )
-    if logp_a is None or logp_b is None:
-        if logits_as_logprobs:
-            comparison.add(example_id, LOGITS, None)
-        return
-    comparison.kl.add(kl_rows(logp_a, logp_b))
-    if logits_as_logprobs:
-        comparison.add(example_id, LOGITS, max_abs_diff(logp_a, logp_b))
+    diff = comparison.logits.add(example_id, example_a["features"], example_b["features"])
+    if comparison.logits.how == DISTRIBUTIONS:
+        comparison.add(example_id, LOGITS, diff)
+    else:  # arrays (compared above) or draws: no entry of its own, only the verdict
+        comparison.mark(example_id, LOGITS, diff)
 
 
 def max_abs_diff(a: Any, b: Any) -> float | None:
@@ -230,82 +204,12 @@ def _label_diff(a: Any, b: Any) -> float | None:
     return max_abs_diff(a, b)
 
 
-def _paired_logprobs(
-    features_a: dict[str, np.ndarray],
-    logits_a: StoredFeature,
-    features_b: dict[str, np.ndarray],
-    logits_b: StoredFeature,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Log-probabilities (rows, V) of both sides over one vocabulary, or None if rows differ."""
-    vocab = _vocab_size(features_a, logits_a, features_b, logits_b)
-    logp_a, logp_b = logprobs(features_a, logits_a, vocab), logprobs(features_b, logits_b, vocab)
-    if logp_a.shape != logp_b.shape:
-        return None, None
-    return logp_a, logp_b
-
-
-def _vocab_size(
-    features_a: dict[str, np.ndarray],
-    logits_a: StoredFeature,
-    features_b: dict[str, np.ndarray],
-    logits_b: StoredFeature,
-) -> int:
-    """V: a dense side's width, else the recorded vocab size, else the largest stored id + 1.
-
-    The last is a lower bound (a top-k cache written without ``vocab_size`` does not record V);
-    it only changes how the tail mass is spread, which is the same on both sides.
-    """
-    for features, feature in ((features_a, logits_a), (features_b, logits_b)):
-        if not feature.topk:
-            return int(features[LOGITS].shape[1])
-    for feature in (logits_a, logits_b):
-        if feature.vocab_size:
-            return int(feature.vocab_size)
-    ids = [features[f"{LOGITS}.topk_ids"] for features in (features_a, features_b)]
-    return int(max(i.max(initial=0) for i in ids)) + 1
-
-
-def logprobs(features: dict[str, np.ndarray], feature: StoredFeature, vocab: int) -> np.ndarray:
-    """Log-probabilities (rows, V) at T = 1 from a cache's stored logits.
-
-    Dense raw logits: ``log_softmax``; dense log-probs: as stored; top-k: the k stored entries
-    exactly, the remaining mass spread evenly over the other V - k ids (as the distill loader
-    rebuilds them, :func:`cachebrew.cache.feed.collate.rebuild_topk`).
-    """
-    if not feature.topk:
-        values = features[LOGITS].astype(np.float64)
-        return values if feature.reduction == "logprobs" else _log_softmax(values)
-    values = features[f"{LOGITS}.topk_values"].astype(np.float64)  # (rows, k)
-    ids = features[f"{LOGITS}.topk_ids"].astype(np.int64)
-    code = parse_logits_mode(feature.logits_mode or "dense").code
-    if code:  # a lossy value code (cache/logits/topk_codes.py): decodes to log-probs
-        values = decode_coded(features[f"{LOGITS}.topk_values"], code)
-    elif feature.reduction == "raw":
-        values = values - features[f"{LOGITS}.logsumexp"].astype(np.float64)
-    rest = np.clip(1.0 - np.exp(values).sum(axis=1, keepdims=True), 1e-30, None)
-    out = np.repeat(np.log(rest / max(vocab - values.shape[1], 1)), vocab, axis=1)
-    np.put_along_axis(out, ids, values, axis=1)
-    return out
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def kl_rows(logp: np.ndarray, logq: np.ndarray) -> np.ndarray:
-    """``KL(p || q)`` per row (rows,), from log-probabilities (rows, V); clipped at 0."""
-    if logp.shape[0] == 0:
-        return np.zeros(0)
-    return np.clip((np.exp(logp) * (logp - logq)).sum(axis=1), 0.0, None)
-
-
 def _id_summary(ids: list[str]) -> dict[str, Any]:
     return {"count": len(ids), "examples": ids[:_EXAMPLES_SHOWN]}
 
 
 def _report(comparison: _Comparison, a: CacheReader, b: CacheReader) -> dict[str, Any]:
-    kl = comparison.kl
+    logits = comparison.logits.report() if comparison.logits is not None else None
     first = comparison.first
     return {
         "a": a.path,
@@ -314,9 +218,8 @@ def _report(comparison: _Comparison, a: CacheReader, b: CacheReader) -> dict[str
         "num_examples_a": a.num_examples,
         "num_examples_b": b.num_examples,
         "features": {name: vars(entry) for name, entry in sorted(comparison.features.items())},
-        "logits_kl": {"mean": kl.total / kl.rows, "max": kl.maximum, "rows": kl.rows}
-        if kl.rows
-        else None,
+        "logits": logits,
+        "logits_kl": logits["kl"] if logits is not None else None,
         "first_difference": None
         if first is None
         else {"example_id": first[0], "feature": first[1]},
@@ -324,7 +227,7 @@ def _report(comparison: _Comparison, a: CacheReader, b: CacheReader) -> dict[str
 
 
 def describe_comparison(report: dict[str, Any]) -> str:
-    """A few human-readable lines: the verdict, the first difference, per-feature maxima."""
+    """A few plain lines: what was compared, per-feature maxima, the logits, the verdict."""
     lines = [
         f"compared {report['common_examples']} shared examples of {report['a']} and {report['b']}"
     ]
@@ -337,27 +240,51 @@ def describe_comparison(report: dict[str, Any]) -> str:
         if report[f"features_only_in_{side}"]:
             lines.append(f"  arrays only in {side.upper()}: {report[f'features_only_in_{side}']}")
     for name, entry in report["features"].items():
-        shapes = (
-            f", {entry['shape_mismatches']} shape mismatches" if entry["shape_mismatches"] else ""
-        )
+        shapes = entry["shape_mismatches"]
+        other = f" ({shapes} of them with another number of rows or width)" if shapes else ""
         lines.append(
             f"  {name:<22} max abs diff {entry['max_abs_diff']:.3g}, "
-            f"{entry['examples_differing']} examples differ{shapes}"
+            f"{entry['examples_differing']} examples differ{other}"
         )
-    if report["logits_kl"]:
-        kl = report["logits_kl"]
+    lines += _logits_lines(report["logits"])
+    lines.append(_verdict(report))
+    return "\n".join(lines)
+
+
+def _logits_lines(logits: dict[str, Any] | None) -> list[str]:
+    if logits is None:
+        return []
+    lines = [f"  logits: A {logits['a']}, B {logits['b']}"]
+    if logits["note"]:
+        lines.append(f"    {logits['note']}")
+    total, first = logits["examples"], logits["first_example_that_differs"]
+    for key, what in (
+        ("examples_with_other_topk_ids", "top-k ids"),
+        ("examples_with_other_draws", "draws"),
+    ):
+        if key in logits:
+            differ = logits[key]
+            lines.append(
+                f"    the same {what} in all {total} examples"
+                if not differ
+                else f"    other {what} in {differ} of {total} examples (first {first!r})"
+            )
+    if logits["kl"]:
+        kl = logits["kl"]
         lines.append(
-            f"  logits KL(A||B)        mean {kl['mean']:.3g}, max {kl['max']:.3g} over {kl['rows']} rows"
+            f"    KL(A||B) mean {kl['mean']:.3g}, max {kl['max']:.3g} over {kl['rows']} rows"
         )
+    return lines
+
+
+def _verdict(report: dict[str, Any]) -> str:
     first = report["first_difference"]
     if report["identical"]:
-        lines.append("identical")
-    elif report["ok"]:
-        lines.append(f"equal within atol {report['atol']:g}")
-    elif first is not None:
-        lines.append(
-            f"DIFFERENT: first at example {first['example_id']!r}, feature {first['feature']!r}"
-        )
-    else:
-        lines.append("DIFFERENT: the caches hold different examples or arrays")
-    return "\n".join(lines)
+        return "identical"
+    if report["ok"]:
+        return f"equal within atol {report['atol']:g}"
+    if first is not None:
+        return f"DIFFERENT: first at example {first['example_id']!r}, feature {first['feature']!r}"
+    if report["logits"] is not None and report["logits"]["compared_as"] == NOT_COMPARED:
+        return "NOT COMPARABLE: the logits (see above); every other array is equal"
+    return "DIFFERENT: the caches hold different examples or arrays"

@@ -279,8 +279,13 @@ class CacheWriter:
         for name, array in arrays.items():
             dtype = self.spec.feature_of(name).array_dtype(name)
             if dtype == "uint16" and array.size and array.max() > np.iinfo(np.uint16).max:
+                fix = (
+                    "draw fewer samples per row"
+                    if name.endswith("_counts")
+                    else ("the vocab_size given is smaller than the teacher's logits")
+                )
                 raise CacheError(
-                    f"{name!r}: an id exceeds uint16; the vocab_size given is too small"
+                    f"{name!r}: {int(array.max()):,} does not fit uint16 (at most 65,535); {fix}"
                 )
             out[name], scale = encode(array, dtype)
             # the stored width (packed ids: bytes), as the shard metadata records it on resume

@@ -136,7 +136,8 @@ def test_missing_matplotlib_is_one_clear_line(
     result = CliRunner().invoke(app, ["report", str(sweep_dir)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: figures need matplotlib, which is not installed: pip install 'cachebrew[plot]'"
+        "error: figures need matplotlib, which is not installed: pip install 'cachebrew[plot]' "
+        "(rerun with --debug for the traceback)"
     ]
     # the end of a sweep: the report is written without figures, and says why
     write_sweep_report(sweep_dir, OVERRIDES)

@@ -145,7 +145,9 @@ def test_dataset_batches_equal_the_previous_path_bit_for_bit(
     cache: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def dataset() -> CacheDataset:
-        return CacheDataset(cache, batch_size=4, seed=2, buffer_size=6, window_bytes=3000)
+        return CacheDataset(
+            cache, batch_size=4, seed=2, buffer_size=6, window_bytes=3000, run_examples=8
+        )
 
     # the new path, consumed one batch at a time (buffers reused) and all at once (held)
     streamed = [clone(batch) for batch in dataset()]

@@ -60,7 +60,7 @@ def decoded_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_every_example_exactly_once_per_epoch(cache: pathlib.Path) -> None:
-    dataset = CacheDataset(cache, batch_size=4, buffer_size=8, window_bytes=2000)
+    dataset = CacheDataset(cache, batch_size=4, buffer_size=8, window_bytes=2000, run_examples=8)
     assert len(dataset) == 12
     for epoch in range(2):
         ids = epoch_ids(dataset, epoch)
@@ -70,12 +70,14 @@ def test_every_example_exactly_once_per_epoch(cache: pathlib.Path) -> None:
 
 def test_order_is_a_function_of_seed_and_epoch(cache: pathlib.Path) -> None:
     def order(seed: int, epoch: int) -> list[str]:
-        return CacheDataset(cache, batch_size=4, seed=seed, window_bytes=2000).example_order(epoch)
+        return CacheDataset(
+            cache, batch_size=4, seed=seed, window_bytes=2000, run_examples=8
+        ).example_order(epoch)
 
     assert (
         order(0, 0)
         == order(0, 0)
-        == epoch_ids(CacheDataset(cache, batch_size=4, window_bytes=2000))
+        == epoch_ids(CacheDataset(cache, batch_size=4, window_bytes=2000, run_examples=8))
     )
     assert order(0, 0) != order(0, 1)
     assert order(0, 0) != order(1, 0)
@@ -89,8 +91,10 @@ def test_no_shuffle_is_corpus_order(cache: pathlib.Path) -> None:
 
 
 def test_ranks_are_disjoint_with_equal_batch_counts(cache: pathlib.Path) -> None:
-    # shards 0, 2, 4 (25 examples) to rank 0; shards 1, 3 (20) to rank 1
-    ranks = [CacheDataset(cache, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    # runs of 10: runs 0, 2, 4 (25 examples) to rank 0; runs 1, 3 (20) to rank 1
+    ranks = [
+        CacheDataset(cache, batch_size=4, rank=r, world_size=2, run_examples=10) for r in range(2)
+    ]
     assert [len(d) for d in ranks] == [7, 7]
     ids = [epoch_ids(d, 1) for d in ranks]
     assert len(ids[0]) == len(ids[1]) == 25
@@ -99,17 +103,18 @@ def test_ranks_are_disjoint_with_equal_batch_counts(cache: pathlib.Path) -> None
     assert set(ids[0]) | set(ids[1]) == set(all_ids())
 
     dropped = [
-        CacheDataset(cache, batch_size=4, rank=r, world_size=2, drop_last=True) for r in range(2)
+        CacheDataset(cache, batch_size=4, rank=r, world_size=2, drop_last=True, run_examples=10)
+        for r in range(2)
     ]
     assert [len(d) for d in dropped] == [5, 5]
     assert [len(epoch_ids(d)) for d in dropped] == [20, 20]
 
     with pytest.raises(CacheMismatchError, match=r"ranks \[5\] of world_size 6 get no examples"):
-        CacheDataset(cache, batch_size=4, rank=0, world_size=6)
+        CacheDataset(cache, batch_size=4, rank=0, world_size=6, run_examples=10)
 
 
 def test_dataloader_workers_share_the_batches(cache: pathlib.Path) -> None:
-    dataset = CacheDataset(cache, batch_size=4, buffer_size=8, window_bytes=2000)
+    dataset = CacheDataset(cache, batch_size=4, buffer_size=8, window_bytes=2000, run_examples=8)
     dataset.set_epoch(2)
     loader = DataLoader(dataset, batch_size=None, num_workers=2)
     batches = list(loader)
@@ -147,12 +152,12 @@ def assert_same_batches(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Non
 def test_resume_at_yields_the_rest_without_decoding_the_skipped(
     cache: pathlib.Path, decoded_rows: list[int]
 ) -> None:
-    dataset = CacheDataset(cache, batch_size=4, buffer_size=4, window_bytes=2000)
+    dataset = CacheDataset(cache, batch_size=4, buffer_size=4, window_bytes=2000, run_examples=8)
     full = [b for b in (dataset.set_epoch(1), dataset)[1]]
     full_rows = sum(decoded_rows)
     decoded_rows.clear()
 
-    resumed = CacheDataset(cache, batch_size=4, buffer_size=4, window_bytes=2000)
+    resumed = CacheDataset(cache, batch_size=4, buffer_size=4, window_bytes=2000, run_examples=8)
     resumed.set_epoch(1)
     resumed.resume_at(9)
     tail = list(resumed)
@@ -167,7 +172,7 @@ def test_resume_at_yields_the_rest_without_decoding_the_skipped(
 def test_data_stream_resumes_through_resume_at(
     cache: pathlib.Path, decoded_rows: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stream = DataStream(CacheDataset(cache, batch_size=4, window_bytes=2000))
+    stream = DataStream(CacheDataset(cache, batch_size=4, window_bytes=2000, run_examples=8))
     stream.start_pass(1)
     for _ in range(10):
         stream.next_batch()
@@ -176,7 +181,7 @@ def test_data_stream_resumes_through_resume_at(
     assert plain == {"pass_index": 1, "position": 10}
 
     calls: list[int] = []
-    dataset = CacheDataset(cache, batch_size=4, window_bytes=2000)
+    dataset = CacheDataset(cache, batch_size=4, window_bytes=2000, run_examples=8)
     monkeypatch.setattr(
         dataset, "resume_at", lambda p: (calls.append(p), CacheDataset.resume_at(dataset, p))
     )
@@ -195,7 +200,9 @@ def test_data_stream_resumes_through_resume_at(
 
 def test_teacher_features_are_padded_to_the_batch_and_masks_match(cache: pathlib.Path) -> None:
     reader = open_cache(cache)
-    batch = next(iter(CacheDataset(cache, batch_size=6, pad_id=7, window_bytes=2000)))
+    batch = next(
+        iter(CacheDataset(cache, batch_size=6, pad_id=7, window_bytes=2000, run_examples=8))
+    )
     student, teacher, cached = batch["student"], batch["teacher"], batch["teacher_cache"]
     lengths = [reader.get(i)["length"] for i in batch["example_ids"]]
     width = max(lengths)
@@ -276,7 +283,9 @@ def test_student_items_replace_the_inputs_joined_by_example_id(cache: pathlib.Pa
         example_id: {"input_ids": [101] + [5 + k] * (k % 4) + [102], "labels": k % 2}
         for k, example_id in enumerate(all_ids())
     }
-    dataset = CacheDataset(cache, batch_size=5, student_items=items, window_bytes=2000)
+    dataset = CacheDataset(
+        cache, batch_size=5, student_items=items, window_bytes=2000, run_examples=8
+    )
     batch = next(iter(dataset))
     student, teacher = batch["student"], batch["teacher"]
     for b, example_id in enumerate(batch["example_ids"]):
@@ -294,7 +303,9 @@ def test_student_items_replace_the_inputs_joined_by_example_id(cache: pathlib.Pa
 
 def test_example_ids_select_a_subset(cache: pathlib.Path) -> None:
     subset = all_ids()[3:40:3]
-    dataset = CacheDataset(cache, batch_size=4, example_ids=subset, window_bytes=2000)
+    dataset = CacheDataset(
+        cache, batch_size=4, example_ids=subset, window_bytes=2000, run_examples=8
+    )
     assert len(dataset) == 4
     assert Counter(epoch_ids(dataset)) == Counter(subset)
     with pytest.raises(CacheMismatchError, match=r"2 of the 3 example_ids .*\['nope', 'zzz'\]"):
@@ -329,8 +340,10 @@ def test_the_index_is_read_once_per_shard_before_step_one(
     ids = reader.example_ids()
     train = ids[::2]
     reader.require(["hidden.0"], example_ids=ids)
-    dataset = CacheDataset(reader, batch_size=4, example_ids=train, window_bytes=2000)
-    CacheDataset(reader, batch_size=4, example_ids=ids[1::2], window_bytes=2000)
+    dataset = CacheDataset(
+        reader, batch_size=4, example_ids=train, window_bytes=2000, run_examples=8
+    )
+    CacheDataset(reader, batch_size=4, example_ids=ids[1::2], window_bytes=2000, run_examples=8)
     assert sorted(dataset.example_order()) == sorted(train)
     assert len(parsed) == reader.num_shards == 5 and len(set(parsed)) == 5
     assert built == [5]
@@ -338,13 +351,15 @@ def test_the_index_is_read_once_per_shard_before_step_one(
 
 
 def test_online_mode_decodes_no_features(cache: pathlib.Path, decoded_rows: list[int]) -> None:
-    online = CacheDataset(cache, batch_size=4, teacher_cache=False, window_bytes=2000)
+    online = CacheDataset(
+        cache, batch_size=4, teacher_cache=False, window_bytes=2000, run_examples=8
+    )
     batches = list(online)
     assert decoded_rows == []
     assert set(batches[0]) == {"student", "teacher", "example_ids"}
     assert set(batches[0]["teacher"]) == {"input_ids", "attention_mask"}
     assert [i for b in batches for i in b["example_ids"]] == CacheDataset(
-        cache, batch_size=4, window_bytes=2000
+        cache, batch_size=4, window_bytes=2000, run_examples=8
     ).example_order()
     assert online.teacher_forwards == 0
 

@@ -52,7 +52,7 @@ def test_packed_batches_equal_the_cpu_batches_bit_for_bit(
 ) -> None:
     monkeypatch.setattr(batch_copy, "PARALLEL_MIN_BYTES", 0)  # pack in parallel, as large caches do
     path = write(tmp_path / "cache", name)
-    kwargs = {"batch_size": 5, "seed": 3, "buffer_size": 4, "window_bytes": 600}
+    kwargs = {"batch_size": 5, "seed": 3, "buffer_size": 4, "window_bytes": 600, "run_examples": 4}
     pinned = PinnedPool(slots=4, pin=False)
     for epoch in range(2):  # shuffled epochs; the second reuses the pool's buffers
         cpu = CacheDataset(path, **kwargs)

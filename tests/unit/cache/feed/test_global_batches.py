@@ -31,7 +31,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return path
 
 
-OPTIONS = {"seed": 7, "buffer_size": 8, "window_bytes": 2000}
+OPTIONS = {"seed": 7, "buffer_size": 8, "window_bytes": 2000, "run_examples": 8}
 
 
 def global_batch_dataset(cache: pathlib.Path, **kwargs: object) -> CacheDataset:

@@ -163,7 +163,7 @@ def test_coded_cache_round_trip_feeds_the_sparse_losses(
 
 
 def test_compare_reads_a_coded_cache_as_log_probs(tmp_path: pathlib.Path) -> None:
-    from cachebrew.cache.tools.compare import logprobs
+    from cachebrew.cache.tools.compare_logits import logprobs
 
     logits = _lm_rows(4, seed=5)
     with CacheWriter(

@@ -45,7 +45,9 @@ def test_batches_equal_zarr_decode_bit_for_bit(
     tmp_path: pathlib.Path, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write(tmp_path / "cache", name)
-    dataset = CacheDataset(path, batch_size=5, seed=3, buffer_size=4, window_bytes=600)
+    dataset = CacheDataset(
+        path, batch_size=5, seed=3, buffer_size=4, window_bytes=600, run_examples=4
+    )
     fast = list(dataset)
     monkeypatch.setattr(shard_module, "chunk_decoder", lambda *args: None)  # zarr reads it
     old = open_cache(path)
@@ -80,9 +82,17 @@ def test_two_decode_threads_give_the_same_batches(
     # no size floor here); every epoch reuses the last one's chunk memory
     monkeypatch.setattr(batch_copy, "PARALLEL_MIN_BYTES", 0)
     path = write(tmp_path / "cache", name)
-    one = CacheDataset(path, batch_size=4, seed=1, window_bytes=window, buffer_size=buffer)
+    one = CacheDataset(
+        path, batch_size=4, seed=1, window_bytes=window, run_examples=4, buffer_size=buffer
+    )
     two = CacheDataset(
-        path, batch_size=4, seed=1, window_bytes=window, buffer_size=buffer, decode_threads=2
+        path,
+        batch_size=4,
+        seed=1,
+        window_bytes=window,
+        run_examples=4,
+        buffer_size=buffer,
+        decode_threads=2,
     )
     for epoch in range(3):
         one.set_epoch(epoch)
@@ -113,7 +123,7 @@ def test_a_corrupt_chunk_of_the_default_codec_is_caught_while_shuffling(
     assert open_cache(path).manifest["codecs"].keys() == {"lz4-bitshuffle"}
     flip_chunk_byte(path, 2, "attention.1")
     with pytest.raises(CacheCorruptError) as info:
-        list(CacheDataset(path, batch_size=3, seed=4, window_bytes=600))
+        list(CacheDataset(path, batch_size=3, seed=4, window_bytes=600, run_examples=4))
     message = str(info.value)
     assert "shard 2, array 'attention.1', chunk 0 " in message
     assert "crc32" in message or "cannot be decoded" in message
@@ -131,7 +141,7 @@ def test_checksums_are_checked_once_per_reader_until_a_chunk_file_changes(
     monkeypatch.setattr(
         shard_module, "chunk_checksum", lambda data: (checked.append(1), original(data))[1]
     )
-    dataset = CacheDataset(path, batch_size=4, seed=2, window_bytes=600)
+    dataset = CacheDataset(path, batch_size=4, seed=2, window_bytes=600, run_examples=4)
     first = list(dataset)
     assert checked  # the first epoch checks every chunk it decodes
     allocations = dataset._chunk_blocks.allocations

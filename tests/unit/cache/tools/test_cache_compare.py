@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from cachebrew.cache import CacheWriter, parse_feature_spec
 from cachebrew.cache.feed.collate import rebuild_topk
-from cachebrew.cache.tools.compare import compare_caches, kl_rows, logprobs, max_abs_diff
+from cachebrew.cache.logits.rows import kl_rows
+from cachebrew.cache.tools.compare import compare_caches, max_abs_diff
+from cachebrew.cache.tools.compare_logits import logprobs
 from cachebrew.cli import app
 from cachebrew.errors import CacheError, ConfigError
 

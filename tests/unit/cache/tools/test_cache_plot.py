@@ -52,5 +52,6 @@ def test_inspect_plot_without_matplotlib_is_one_line(
     result = CliRunner().invoke(app, ["inspect", str(cache), "--plot", str(tmp_path / "c.png")])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "error: figures need matplotlib, which is not installed: pip install 'cachebrew[plot]'"
+        "error: figures need matplotlib, which is not installed: pip install 'cachebrew[plot]' "
+        "(rerun with --debug for the traceback)"
     ]
