@@ -2,8 +2,8 @@
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches, each: postprocess the
 batch, forwards under autocast, loss in fp32, ``(loss / GA).backward()``. Then clip (student
-*and* projections; the student only under ``textbrewer_compat``), ``optimizer.step()``, ``scheduler.step()``, ``zero_grad()``, log, and save +
-callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
+*and* projections; the student only under ``textbrewer_compat``), ``optimizer.step()``,
+``scheduler.step()``, ``zero_grad()``, log, and save + callback when the plan says so. This is TextBrewer's ``train_with_num_steps`` /
 ``train_with_num_epochs`` / ``MultiTaskDistiller.train`` merged, with these decisions:
 
 - **Epoch mode** runs ``len(dataloader) // GA`` steps per epoch (TextBrewer's count). The
@@ -257,7 +257,8 @@ class TrainingRun:
         if not self.plan.leftover_batches or job.distill_config is None:
             return
         if not job.distill_config.textbrewer_compat:
-            compat_.note_difference("leftover_batches")
+            if any(isinstance(m, nn.Dropout) and m.p > 0 for m in job.student.modules()):
+                compat_.note_difference("leftover_batches")  # only dropout makes it differ
             return
         for _ in range(self.plan.leftover_batches):
             batch, task = job.source.next_micro_batch()
