@@ -72,7 +72,10 @@ class RunRecord:
         return float(value) if value is not None else None
 
     def twin_key(self) -> str:
-        """The run's config without its KD keys: KD and no-KD twins share it."""
+        """The run's config without its KD keys: KD and no-KD twins share it (a run without
+        a config has no twin)."""
+        if not self.config:
+            return f"run:{self.name}"
         rest = {k: v for k, v in self.config.items() if k not in _KD_KEYS}
         return json.dumps(rest, sort_keys=True, default=str)
 

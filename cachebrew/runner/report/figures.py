@@ -34,7 +34,8 @@ def _panels(sweep: SweepRecord) -> list[tuple[str, XOf]]:
         ("training examples/s", lambda r: _num(r.metrics.get("examples_per_s"))),
         ("inference examples/s (cachebrew eval)", lambda r: _num(r.inference_per_s)),
     ]
-    return [p for p in panels if any(p[1](r) is not None for r in sweep.finished)]
+    shown = [p for p in panels if any(p[1](r) is not None for r in sweep.finished)]
+    return shown or panels[:1]
 
 
 def quality_figure(sweep: SweepRecord, path: Path) -> Path:
@@ -42,9 +43,7 @@ def quality_figure(sweep: SweepRecord, path: Path) -> Path:
     plt = pyplot()
     metric = sweep.metric or "metric"
     axes_spec = _panels(sweep)
-    figure, axes = plt.subplots(
-        1, max(1, len(axes_spec)), figsize=(4.6 * len(axes_spec), 4.3), sharey=True
-    )
+    figure, axes = plt.subplots(1, len(axes_spec), figsize=(4.6 * len(axes_spec), 4.3), sharey=True)
     axes = list(axes) if len(axes_spec) > 1 else [axes]
     handles: dict[str, Any] = {}
     for axis, (label, x_of) in zip(axes, axes_spec, strict=True):

@@ -18,7 +18,7 @@ from cachebrew.cli import app
 from cachebrew.errors import MissingDependencyError
 from cachebrew.runner.report import FIGURES, write_report, write_sweep_report
 from cachebrew.runner.report.collect import read_sweep, save_overrides
-from cachebrew.runner.report.hparams import METRIC_PREFIX
+from cachebrew.runner.report.hparams import METRIC_PREFIX, write_hparams
 from cachebrew.runner.report.table import result_columns, result_row, write_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -165,8 +165,8 @@ def test_hparams_summaries_read_back_with_every_override_and_metric(sweep_dir: P
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import api_pb2, metadata
 
-    write_report(sweep_dir)
-    write_report(sweep_dir)  # re-writing replaces the summaries, never doubles them
+    write_hparams(read_sweep(sweep_dir))
+    write_hparams(read_sweep(sweep_dir))  # re-writing replaces the summaries, never doubles them
     assert len(list((sweep_dir / "wide-kd" / "tb").glob("*.hparams"))) == 1
     values, metrics, status = _hparams_of(sweep_dir / "wide-nokd" / "tb")
     assert values == {"student": "wide.json", "optimizer.lr": 0.001, "kd": False,
@@ -211,6 +211,6 @@ def test_report_command_and_a_directory_that_is_no_sweep(
 
 def test_a_sweep_without_overrides_shows_the_keys_that_differ(sweep_dir: Path) -> None:
     (sweep_dir / "overrides.json").unlink()  # a sweep made before the report existed
-    write_report(sweep_dir)
+    write_hparams(read_sweep(sweep_dir))
     values, _, _ = _hparams_of(sweep_dir / "wide-nokd" / "tb")
     assert values == {"student": "wide.json", "kd": False, "optimizer.lr": 0.001}
