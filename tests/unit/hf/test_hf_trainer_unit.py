@@ -52,7 +52,7 @@ def test_the_loader_yields_the_epoch_order_of_seed_and_epoch(cache: pathlib.Path
     assert isinstance(loader, CacheBatchLoader) and len(loader) == 6  # 24 examples / 4
     loader.set_epoch(1)
     ids = [i for batch in loader for i in batch["example_ids"]]
-    assert ids == loader.dataset.example_order(1) and sorted(ids) == sorted(set(ids))
+    assert ids == loader.cache_dataset.example_order(1) and sorted(ids) == sorted(set(ids))
     skipped = loader.skipping(4)
     skipped.set_epoch(1)  # Trainer resumes: skip first, then set the epoch
     assert [i for batch in skipped for i in batch["example_ids"]] == ids[16:]
