@@ -113,3 +113,18 @@ def test_resuming_from_a_checkpoint_without_projections_is_refused(cache, tmp_pa
     (tmp_path / "checkpoint-1").mkdir()
     with pytest.raises(CheckpointError, match="has no projections.safetensors"):
         run.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+
+def test_without_accelerate_the_import_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "accelerate" else real(name, *a),
+    )
+    monkeypatch.delitem(sys.modules, "cachebrew.hf")
+    with pytest.raises(ImportError, match=r"pip install 'cachebrew\[hf\]'"):
+        importlib.import_module("cachebrew.hf")
