@@ -110,21 +110,22 @@ class CacheBatchLoader(DataLoader):  # type: ignore[type-arg]
 
     def __init__(self, dataset: CacheDataset, num_workers: int = 0, skip: int = 0):
         super().__init__(dataset, batch_size=None, num_workers=num_workers)
+        self.cache_dataset = dataset
         self.skip = skip
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order of ``epoch`` (Trainer calls it at every pass)."""
-        self.dataset.set_epoch(epoch)
+        self.cache_dataset.set_epoch(epoch)
         if self.skip:
-            self.dataset.resume_at(self.skip)
+            self.cache_dataset.resume_at(self.skip)
 
     def skipping(self, num_batches: int) -> CacheBatchLoader:
         """This loader starting at batch ``num_batches`` of the epoch set next."""
-        return CacheBatchLoader(self.dataset, self.num_workers, skip=num_batches)
+        return CacheBatchLoader(self.cache_dataset, self.num_workers, skip=num_batches)
 
     def __len__(self) -> int:
         """Batches per epoch (the skipped ones included: Trainer counts from the start)."""
-        return len(self.dataset)
+        return len(self.cache_dataset)
 
 
 def num_cache_examples(dataset: CacheDataset) -> int:

@@ -166,12 +166,15 @@ class DistillationTrainer(transformers.Trainer):
             device=args.device,
             options=_dataset_options(kwargs.get("processing_class"), dataset_options),
         )
+        self.cache_dataset = dataset
         super().__init__(model=model, args=args, train_dataset=dataset, **kwargs)
         self.projections.to(self.args.device)
         adaptor = adaptor or functools.partial(default_adaptor, kind=kind or model_kind(model))
         loss_fn = DistillationLoss(distill_config_, topk_target=topk_target)
-        teachers = {None: TeacherSide(models=[None], adaptors=[None])}
-        self.objective = DistillObjective(teachers, {None: adaptor}, loss_fn, self.args.device)
+        teachers: dict[str | None, TeacherSide] = {None: TeacherSide([None], [None])}
+        self.objective: DistillObjective = DistillObjective(
+            teachers, {None: adaptor}, loss_fn, self.args.device
+        )
         self.forward_args = forward_flags(distill_config_)
         self.model_accepts_loss_kwargs = False  # per-batch mean losses: Trainer divides by GA
         self._loss_projections: Mapping[str, nn.Module] = dict(self.projections.items())
@@ -182,7 +185,7 @@ class DistillationTrainer(transformers.Trainer):
 
     def get_train_dataloader(self) -> CacheBatchLoader:
         """The cache's batches, one per Trainer micro-batch (:mod:`cachebrew.hf.data`)."""
-        return CacheBatchLoader(self.train_dataset, self.args.dataloader_num_workers)
+        return CacheBatchLoader(self.cache_dataset, self.args.dataloader_num_workers)
 
     def get_resumed_dataloader(self, dataloader: Any, num_batches: int) -> Any:
         """A resumed epoch starts at its batch position without decoding the skipped batches."""
@@ -193,7 +196,7 @@ class DistillationTrainer(transformers.Trainer):
     def num_examples(self, dataloader: Any) -> int:
         """Examples per epoch (all ranks together), for Trainer's log."""
         if isinstance(dataloader, CacheBatchLoader):
-            return int(dataloader.dataset.num_examples)
+            return int(dataloader.cache_dataset.num_examples)
         return super().num_examples(dataloader)
 
     # ------------------------------------------------------------------ loss
@@ -252,13 +255,15 @@ class DistillationTrainer(transformers.Trainer):
         """Trainer's save, plus ``projections.safetensors`` beside the student."""
         super().save_model(output_dir, _internal_call)
         if len(self.projections) and self.args.should_save:
-            directory = output_dir or self.args.output_dir
+            directory = str(output_dir or self.args.output_dir)
             state = {
                 k: v.detach().cpu().contiguous() for k, v in self.projections.state_dict().items()
             }
             save_file(state, os.path.join(directory, PROJECTIONS_FILE))
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+    def train(  # type: ignore[override]
+        self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any
+    ) -> Any:
         """Trainer's ``train``; on resume the projections come back from the checkpoint."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)

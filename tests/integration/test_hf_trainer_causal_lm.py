@@ -1,5 +1,5 @@
-"""A causal LM student through DistillationTrainer with TRL's SFTConfig: sparse KD from a
-``sample:N`` cache (and ``topk:K``) + the hard-label LM loss, equal to `cachebrew distill`.
+"""A causal LM student through DistillationTrainer with TRL's SFTConfig: KD from a
+``sample:N``, ``topk:K:qN`` or ``exact`` cache + the hard-label LM loss, equal to `cachebrew distill`.
 
 fp32 CPU, no dropout, same student init, optimizer, schedule, seed and batches => the final
 weights agree within 1e-5.
@@ -98,8 +98,10 @@ def _trainer(lm: Path, cache: Path, out: Path) -> DistillationTrainer:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["sample:6", "topk:8"])
-def test_sparse_kd_causal_lm_equals_cachebrew_distill(lm: Path, mode: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["sample:6", "topk:8:q4", "exact"])
+def test_large_vocabulary_kd_causal_lm_equals_cachebrew_distill(
+    lm: Path, mode: str, tmp_path: Path
+) -> None:
     cache = _precompute(lm, mode)
     reference = _cachebrew_distill(lm, cache)
     trainer = _trainer(lm, cache, tmp_path / "sft")
