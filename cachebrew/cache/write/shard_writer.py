@@ -1,7 +1,10 @@
 """Write one shard: buffered examples -> Zarr arrays + ``index.arrow`` in staging -> published.
 
 A shard is built under ``_staging/<shard>.<random>`` and renamed to ``shards/<shard>`` only when
-complete (``index.arrow`` is written last, and moved last where renames are not atomic). Two
+complete (``index.arrow`` is written last, and moved last where renames are not atomic). On a
+local disk every file is fsynced before that rename and the directories after it
+(:func:`cachebrew.files.publish_dir`), so a power cut never leaves a published shard over
+empty or partial chunks. Two
 processes must never write the same shard: whole-shard writes without locking are only safe
 with one writer per shard (four writers of one Zarr shard lost 0-7 of 16 examples, measured).
 """
