@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -219,8 +220,11 @@ def test_accelerate_launch_trains_the_one_process_weights(
     setup: dict[str, Any], one_process: Path, tmp_path: Path
 ) -> None:
     accelerate = Path(sys.executable).with_name("accelerate")
+    with socket.socket() as probe:  # a free port, named (port 0 left the rendezvous to chance)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
     launch = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
     _launch(2, setup, tmp_path / "acc", per_device=4, launcher=launch)
     for name in ("student.safetensors", PROJECTIONS_FILE):
         one, two = load_file(one_process / name), load_file(tmp_path / "acc" / name)
