@@ -113,7 +113,7 @@ def child(args: argparse.Namespace) -> None:
             max_length=case["max_length"], batch_size=case["batch_size"], overwrite=True,
             label_field="label" if labels else None,
         )  # fmt: skip
-        loaded_rss = _rss_mb()  # before the load: precompute loads inside; corrected below
+        loaded_rss = _rss_mb()  # before the load (precompute loads inside); not used in ratios
         summary = run_precompute(cfg, progress=False)
         seconds = summary.pass_seconds
     print(json.dumps({"seconds": seconds, "peak_rss_mb": _rss_mb(), "loaded_rss_mb": loaded_rss}))
@@ -156,6 +156,29 @@ def measure(case: str, out: Path, texts: int, rounds: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def block_timings(rows: int = 1024, vocab: int = 32000, k: int = 128) -> None:
+    """Seconds of ``logsumexp`` and ``topk(k)`` over (rows, vocab) fp32 logits taken in blocks
+    of 8..512 rows, and of the 256 -> vocab matmul that makes those rows (``--blocks``)."""
+    import torch
+
+    torch.set_num_threads(2)
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
+
+    def seconds(step: Any) -> float:
+        step()  # warm-up
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+    for block in (8, 32, 128, 512):
+        blocks = [logits[i : i + block] for i in range(0, rows, block)]
+        lse = seconds(lambda: [torch.logsumexp(b, 1, True) for b in blocks])  # noqa: B023
+        top = seconds(lambda: [b.topk(k, 1) for b in blocks])  # noqa: B023
+        print(f"blocks of {block} rows: logsumexp {lse:.2f} s, topk({k}) {top:.2f} s")
+    hidden, weight = torch.randn(rows, 256), torch.randn(vocab, 256)
+    print(f"matmul 256 -> {vocab}: {seconds(lambda: hidden @ weight.T):.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="lm2048,lm1024,bert")
@@ -163,6 +186,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-sizes"))
     parser.add_argument("--label", default="current", help="key of this checkout's results")
+    parser.add_argument("--blocks", action="store_true", help="only time topk/logsumexp blocks")
     parser.add_argument("--child", choices=("forward", "precompute"), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
@@ -171,6 +195,9 @@ def main() -> None:
     if args.child:
         args.mode = args.child
         child(args)
+        return
+    if args.blocks:
+        block_timings()
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

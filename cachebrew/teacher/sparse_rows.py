@@ -24,8 +24,9 @@ import torch
 from cachebrew.cache.logits.sparse import REDUCED_KEYS, LogitsMode, sample_rows
 
 #: the largest (rows, V) fp32 block, in elements (128 MB: 1,048 rows of a 32k vocabulary). On
-#: CPU, torch's topk and logsumexp run 2-5x slower per row on blocks of 8-128 rows (measured,
-#: BENCHMARKS.md "Model sizes"); a block an eighth of a 4 x 2,048-token batch's logits is cheap.
+#: CPU, torch's topk and logsumexp are never faster per row on small blocks, and several times
+#: slower on 8-128 rows under load (BENCHMARKS.md "Model sizes"); an eighth of a 4 x 2,048-token
+#: batch's logits is a cheap temporary.
 CHUNK_ELEMENTS = 1 << 25
 
 
