@@ -1,7 +1,8 @@
 """The teacher's forward in ``precompute`` and ``verify``: what it is asked for, what is kept.
 
 :func:`teacher_request` derives from the stored features what the teacher returns (hidden
-states only for hidden features or ``--logits exact``, attention maps only for attention
+states only for hidden features (``--logits exact`` takes the LM head's input from a hook),
+attention maps only for attention
 features: then, and only then, eager attention). :func:`teacher_features` runs one padded
 batch and cuts out each example's stored inputs; for ``topk:K`` and ``sample:N`` the logits are
 reduced on the teacher's device in row chunks (:mod:`cachebrew.teacher.sparse_rows`), so no
@@ -11,6 +12,7 @@ reduced on the teacher's device in row chunks (:mod:`cachebrew.teacher.sparse_ro
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from cachebrew.corpus import pad_batch
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel
 from cachebrew.models.request import ModelRequest, resolve_weight_dtype
-from cachebrew.teacher.exact_head import is_exact, with_final_hidden
+from cachebrew.teacher.exact_head import final_hidden_capture, is_exact, with_final_hidden
 from cachebrew.teacher.sparse_rows import reduce_rows
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -54,11 +56,13 @@ def teacher_features(
     weights = next(teacher.model.parameters(), torch.empty(0)).dtype
     # fp32 weights and 16-bit features on CUDA: autocast (bf16/fp16 weights run as they are)
     autocast = device.type == "cuda" and spec_dtype_is_half(spec) and weights == torch.float32
-    with torch.autocast(device.type, enabled=autocast):
+    exact = is_exact(spec)  # store the final hidden state (the head's input); its head gives logits
+    capture = final_hidden_capture(teacher.model) if exact else nullcontext([])
+    with capture as final, torch.autocast(device.type, enabled=autocast):
         outputs = teacher.model(**batch)
     adapted = teacher.adaptor(batch, outputs)
-    if is_exact(spec):  # store the final hidden state; its head gives the logits
-        adapted = with_final_hidden(teacher.model, adapted)
+    if exact:
+        adapted = with_final_hidden(teacher.model, {**adapted, "hidden": final[-1:]})
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     mode = reduced_logits_mode(spec) if reduce_logits else None
     per_kind = {name: _extract(adapted, name, batch, lengths, mode) for name in spec.input_names}
@@ -100,7 +104,7 @@ def teacher_request(
     """
     kinds = {feature.kind for feature in spec}
     return ModelRequest(
-        hidden_states=any(k.startswith("hidden") for k in kinds) or is_exact(spec),
+        hidden_states=any(k.startswith("hidden") for k in kinds),  # exact: a hook on the head
         attentions=any(k.startswith("attention") for k in kinds),
         attn_implementation=attn_implementation,
         dtype=resolve_weight_dtype(dtype, device, spec_dtype_is_half(spec)),

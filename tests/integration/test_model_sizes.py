@@ -123,7 +123,7 @@ def test_attention_features_get_eager_and_the_rest_the_best_kernel(teachers: Pat
     assert kernel("logits") == "sdpa 00"
     assert kernel("logits,hidden:2") == "sdpa 10"
     assert kernel("logits,attention:1") == "eager 01"
-    assert kernel("logits", logits="exact") == "sdpa 10"  # the final hidden state
+    assert kernel("logits", logits="exact") == "sdpa 00"  # the head's input, from a hook
     with pytest.raises(ConfigError, match="sdpa returns no attention maps"):
         kernel("logits,attention:1", attn_implementation="sdpa")
     with pytest.raises(ConfigError, match=r"unknown attention kernel 'flash'; choose one of"):
