@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow lint demo docs-figure bench bench-cache bench-distill bench-reader bench-codecs bench-data bench-lm clean pipelines
+.PHONY: install test test-slow lint demo docs-figure bench bench-cache bench-distill bench-reader bench-codecs bench-data bench-lm bench-sizes clean pipelines
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ bench-lm: install
 	$(PY) benchmarks/topk_code_variants.py 256 $(if $(LM_ROWS),--rows-from $(LM_ROWS))
 	$(PY) benchmarks/sparse_kd_step.py
 	$(PY) benchmarks/exact_kd.py 128
+
+# Precompute against the bare sdpa forward of the same teacher and batches (issue 21): peak RSS and
+# speed, for a GPT-2 4 x 256 (V = 32,000) at L = 2,048 and 1,024 with topk:128, and BERT-base 16 x 128.
+bench-sizes: install
+	$(PY) benchmarks/model_sizes.py --cases lm2048,lm1024,bert --texts 8 --rounds 2
 
 bench-distill: install bench-data
 	$(PY) benchmarks/distill_speed.py

@@ -374,6 +374,8 @@ class TrainingConfig(ConfigBase):
     ``output_dir`` is created by the trainer when it first saves, not here. ``device='auto'``
     means CUDA if available (``cuda:local_rank`` under DDP), else CPU. ``fp16`` uses
     ``torch.amp`` with a GradScaler; ``fp16_opt_level`` (an apex option) is accepted and ignored.
+    ``gradient_checkpointing`` recomputes a Hugging Face student's activations in backward
+    (HF's ``gradient_checkpointing_enable``; the runner applies it when it loads the student).
 
     Raises:
         ConfigError: listing every invalid field.
@@ -392,6 +394,7 @@ class TrainingConfig(ConfigBase):
     data_parallel: bool = False
     local_rank: int = -1
     seed: int | None = None
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -402,7 +405,7 @@ class TrainingConfig(ConfigBase):
         set_field(self, "log_dir", check_path(problems, "log_dir", self.log_dir, optional=True))
         set_field(self, "output_dir", check_path(problems, "output_dir", self.output_dir, False))
         set_field(self, "device", check_device(problems, self.device))
-        for name in ("fp16", "bf16", "data_parallel"):
+        for name in ("fp16", "bf16", "data_parallel", "gradient_checkpointing"):
             check_bool(problems, name, getattr(self, name))
         check_choice(problems, "fp16_opt_level", self.fp16_opt_level, _APEX_OPT_LEVELS, "level")
         if self.fp16 is True and self.bf16 is True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 
@@ -52,6 +53,23 @@ def precompute(
     batch_size: int | None = typer.Option(None, help="Teacher batch size (default 32)."),
     shard_size: int | None = typer.Option(None, help="Examples per shard (default 256)."),
     device: str | None = typer.Option(None, help="auto (default), cpu, cuda, cuda:N."),
+    attn_implementation: str | None = typer.Option(
+        None,
+        help="auto (default: eager only for attention features), eager, sdpa, flash_attention_2.",
+    ),
+    teacher_dtype: str | None = typer.Option(
+        None,
+        help="Teacher weights: auto (default: bf16 on CUDA for 16-bit caches), fp32, bf16, fp16.",
+    ),
+    device_map: str | None = typer.Option(
+        None, help="auto: spread a teacher larger than one device (accelerate); or a JSON map."
+    ),
+    max_memory: str | None = typer.Option(
+        None, help="With --device-map auto: per-device limits, e.g. 0=20GiB,1=20GiB,cpu=60GiB."
+    ),
+    offload_folder: str | None = typer.Option(
+        None, help="Where --device-map puts weights offloaded to disk (default: a temp dir)."
+    ),
     config: str | None = typer.Option(
         None, "--config", help="precompute.yaml with any of these keys."
     ),
@@ -95,6 +113,7 @@ def precompute(
     if bad:
         raise ConfigError(f"--feature-dtype {bad}: expected KIND=DTYPE, e.g. hidden=int8")
     set_ = [f"feature_dtypes.{item}" for item in feature_dtype] + set_
+    flags["device_map"], flags["max_memory"] = _placement_flags(device_map, max_memory)
     cfg = load_precompute_config(config, flags, set_)
     # the run configs are read here, in the command layer (teacher/ never imports runner/)
     from cachebrew.runner.reads import check_distill_config_file, distill_configs_of
@@ -109,6 +128,25 @@ def precompute(
         typer.echo(str(done))
         return
     typer.echo(describe_summary(summary))
+
+
+def _placement_flags(device_map: str | None, max_memory: str | None) -> tuple[Any, Any]:
+    """``--device-map auto`` or a JSON object; ``--max-memory 0=20GiB,cpu=60GiB`` as a dict."""
+    placement: Any = device_map
+    if device_map is not None and device_map.strip().startswith("{"):
+        try:
+            placement = json.loads(device_map)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--device-map: not a JSON object: {error}") from error
+    limits = None
+    if max_memory is not None:
+        pairs = [item.partition("=") for item in max_memory.split(",") if item.strip()]
+        if not pairs or any(not sep or not key or not value for key, sep, value in pairs):
+            raise ConfigError(
+                f"--max-memory {max_memory!r}: expected DEVICE=LIMIT pairs, e.g. 0=20GiB,cpu=60GiB"
+            )
+        limits = {int(k) if k.strip().isdigit() else k.strip(): v.strip() for k, _, v in pairs}
+    return placement, limits
 
 
 def _finalize_parts(out: str | None, part: str | None) -> None:

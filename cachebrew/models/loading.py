@@ -2,9 +2,10 @@
 
 Specs: a local HF directory (``config.json`` + ``*.safetensors``, ``tokenizer.json`` if present);
 an HF config JSON file (fresh, seeded weights); ``"module:function"`` (no arguments, returns a
-model or ``(model, adaptor)``). HF models are built with ``attn_implementation="eager"`` and
-hidden states and attentions returned, as the matches need them; teachers are put in eval mode
-with gradients off. Every load is local: no hub download ever happens.
+model or ``(model, adaptor)``). HF models are asked only for what the run reads
+(:class:`~cachebrew.models.request.ModelRequest`: hidden states, attention maps, the attention
+kernel, the weight dtype, accelerate's placement); teachers are put in eval mode with gradients
+off. Every load is local: no hub download ever happens.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from cachebrew.errors import ConfigError
 from cachebrew.files import sha256_files
 from cachebrew.models.adaptors import Adaptor, default_adaptor
 from cachebrew.models.identity import hash_state_dict, model_identity
+from cachebrew.models.request import (
+    WEIGHT_DTYPES,
+    ModelRequest,
+    apply_outputs,
+    resolve_attn_implementation,
+)
 from cachebrew.models.tokenizer import tokenizer_next_to
 
 logger = logging.getLogger(__name__)
@@ -78,6 +85,7 @@ def load_model(
     num_labels: int | None = None,
     role: str = "teacher",
     seed: int = 0,
+    request: ModelRequest | None = None,
 ) -> LoadedModel:
     """Load a teacher or student from a directory, a config file or a factory.
 
@@ -89,10 +97,14 @@ def load_model(
             size is an error).
         role: ``"teacher"`` (eval mode, no gradients) or ``"student"`` (train mode).
         seed: seeds fresh weights; the global RNG state is left as it was.
+        request: what the run reads (outputs, kernel, dtype, placement); None asks for
+            everything with eager attention (:meth:`ModelRequest.everything`). Factory models
+            are built by their factory: only the dtype, placement and checkpointing apply.
 
     Raises:
         ConfigError: missing path, unknown task or role, no head known, factory import failure,
-            label-count mismatch.
+            label-count mismatch, a request the model cannot honour (attention maps from a
+            kernel that gives none, an unknown kernel, checkpointing it does not support).
     """
     problems = []
     if task is not None and task not in TASK_MODEL_CLASSES:
@@ -103,7 +115,8 @@ def load_model(
         raise ConfigError(problems)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        loaded = _load_from_spec(spec, task, num_labels)
+        loaded = _load_from_spec(spec, task, num_labels, request or ModelRequest.everything())
+    _finish(loaded.model, request or ModelRequest.everything())
     if role == "teacher":
         loaded.model.eval().requires_grad_(False)
     else:
@@ -111,21 +124,25 @@ def load_model(
     return loaded
 
 
-def _load_from_spec(spec: str | Path, task: str | None, num_labels: int | None) -> LoadedModel:
+def _load_from_spec(
+    spec: str | Path, task: str | None, num_labels: int | None, request: ModelRequest
+) -> LoadedModel:
     path = Path(spec)
     if isinstance(spec, str) and _FACTORY_SPEC.match(spec) and not path.exists():
-        return _load_factory(spec)
+        return _load_factory(spec, request)
     if path.is_dir():
-        return _load_directory(path, task, num_labels)
+        return _load_directory(path, task, num_labels, request)
     if path.is_file():
-        return _load_config_file(path, task, num_labels)
+        return _load_config_file(path, task, num_labels, request)
     raise ConfigError(
         f"model spec {str(spec)!r}: no such file or directory (expected an HF directory, "
         "an HF config JSON file or 'module:function')"
     )
 
 
-def _load_directory(path: Path, task: str | None, num_labels: int | None) -> LoadedModel:
+def _load_directory(
+    path: Path, task: str | None, num_labels: int | None, request: ModelRequest
+) -> LoadedModel:
     from safetensors import SafetensorError
     from transformers import AutoConfig
 
@@ -137,14 +154,22 @@ def _load_directory(path: Path, task: str | None, num_labels: int | None) -> Loa
             f"model directory {path} has no *.safetensors weights (pickle not loaded)"
         )
     config = AutoConfig.from_pretrained(path)
-    kind, model_class = _prepare_config(config, task, num_labels, source=path)
+    kind, model_class = _prepare_config(config, task, num_labels, path, request)
+    placement = {}
+    if request.device_map is not None:  # accelerate's big-model placement, weights streamed
+        placement = {"device_map": request.device_map, "max_memory": request.max_memory}
+        placement["offload_folder"] = request.offload_folder
     try:
-        model, info = model_class.from_pretrained(
-            path,
-            config=config,
-            attn_implementation="eager",
-            output_loading_info=True,
-            ignore_mismatched_sizes=task is not None,
+        model, info = _with_kernel(
+            request,
+            partial(
+                model_class.from_pretrained,
+                path,
+                config=config,
+                output_loading_info=True,
+                ignore_mismatched_sizes=task is not None,
+                **placement,
+            ),
         )
     except (OSError, ValueError, SafetensorError) as error:
         raise unreadable_weights(weight_files, error) from error
@@ -165,6 +190,59 @@ def _load_directory(path: Path, task: str | None, num_labels: int | None) -> Loa
     return LoadedModel(model, partial(default_adaptor, kind=kind), kind, tokenizer, identity)
 
 
+def _with_kernel(request: ModelRequest, build: Any) -> Any:
+    """``build(attn_implementation=..., dtype=...)`` with the kernel the request resolves to.
+
+    ``auto`` falls back to ``eager`` for a model without that kernel (logged); a kernel named
+    explicitly that the model does not have is a ConfigError.
+    """
+    name = resolve_attn_implementation(request)
+    dtype = WEIGHT_DTYPES[request.dtype]
+    try:
+        return build(attn_implementation=name, dtype=dtype)
+    except (ValueError, ImportError) as error:
+        if name == "eager" or "attn" not in str(error).lower():
+            raise
+        if request.attn_implementation != "auto":
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            raise ConfigError(
+                f"attn_implementation: this model cannot use {name} ({reason}); use eager or auto"
+            ) from error
+        logger.info("the model has no %s attention kernel; using eager", name)
+        return build(attn_implementation="eager", dtype=dtype)
+
+
+def _dispatch(model: torch.nn.Module, request: ModelRequest) -> None:
+    """Spread a model built in memory over devices (accelerate), as ``from_pretrained`` does
+    for a directory given ``device_map``."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    device_map = request.device_map
+    if device_map == "auto":
+        no_split = getattr(model, "_no_split_modules", None) or []
+        device_map = infer_auto_device_map(
+            model, max_memory=request.max_memory, no_split_module_classes=list(no_split)
+        )
+    dispatch_model(model, device_map=device_map, offload_dir=request.offload_folder)
+
+
+def _finish(model: torch.nn.Module, request: ModelRequest) -> None:
+    """Gradient checkpointing for a student that asks for it.
+
+    Raises:
+        ConfigError: the model does not support HF gradient checkpointing.
+    """
+    if not request.gradient_checkpointing:
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"training.gradient_checkpointing: {type(model).__name__} does not support HF "
+            "gradient checkpointing; set it to false"
+        )
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
+    (enable or model.gradient_checkpointing_enable)()
+
+
 def unreadable_weights(files: list[Path], error: BaseException) -> ConfigError:
     """Weights that are not safetensors (e.g. a pickle renamed): one line, never unpickled."""
     reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
@@ -175,7 +253,9 @@ def unreadable_weights(files: list[Path], error: BaseException) -> ConfigError:
     )
 
 
-def _load_config_file(path: Path, task: str | None, num_labels: int | None) -> LoadedModel:
+def _load_config_file(
+    path: Path, task: str | None, num_labels: int | None, request: ModelRequest
+) -> LoadedModel:
     from transformers import AutoConfig
 
     try:  # json.JSONDecodeError and an unknown model_type are ValueErrors
@@ -186,14 +266,16 @@ def _load_config_file(path: Path, task: str | None, num_labels: int | None) -> L
             f"{path} is not an HF config JSON with a known 'model_type': "
             f"{type(error).__name__}: {error}"
         ) from error
-    kind, model_class = _prepare_config(config, task, num_labels, source=path)
-    model = model_class.from_config(config, attn_implementation="eager")
+    kind, model_class = _prepare_config(config, task, num_labels, path, request)
+    model = _with_kernel(request, partial(model_class.from_config, config))
+    if request.device_map is not None:
+        _dispatch(model, request)
     identity = model_identity(model, kind, path, (hash_state_dict(model), "state_dict"), True)
     return LoadedModel(model, partial(default_adaptor, kind=kind), kind, None, identity)
 
 
 def _prepare_config(
-    config: Any, task: str | None, num_labels: int | None, source: Path
+    config: Any, task: str | None, num_labels: int | None, source: Path, request: ModelRequest
 ) -> tuple[str, Any]:
     """Pick the head, set output flags and label count; return (kind, auto class)."""
     import transformers
@@ -216,8 +298,7 @@ def _prepare_config(
                 f"num_labels={num_labels} asked; drop num_labels or pass another task"
             )
         config.num_labels = num_labels
-    config.output_hidden_states = True
-    config.output_attentions = True
+    apply_outputs(config, request)
     return kind, getattr(transformers, TASK_MODEL_CLASSES[kind])
 
 
@@ -229,7 +310,7 @@ def _kind_from_architectures(architectures: Iterable[str] | None) -> str | None:
     return None
 
 
-def _load_factory(spec: str) -> LoadedModel:
+def _load_factory(spec: str, request: ModelRequest) -> LoadedModel:
     module_name, function_name = spec.split(":")
     try:
         factory = getattr(importlib.import_module(module_name), function_name)
@@ -244,6 +325,10 @@ def _load_factory(spec: str) -> LoadedModel:
             f"model factory {spec!r} returned {type(model).__name__}; "
             "expected a torch.nn.Module or (module, adaptor)"
         )
+    if request.dtype != "fp32":
+        model.to(WEIGHT_DTYPES[request.dtype])
+    if request.device_map is not None:
+        _dispatch(model, request)
     kind = _kind_from_architectures([type(model).__name__]) or "custom"
     adaptor = adaptor or partial(default_adaptor, kind=kind)
     identity = model_identity(model, kind, spec, (hash_state_dict(model), "state_dict"), False)

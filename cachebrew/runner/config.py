@@ -22,6 +22,12 @@ priority)::
     keep_checkpoints: 2               # the latest + the best by the eval metric (else N latest)
     data: corpus.jsonl                # only for a student with another tokenizer
     tokenizer: null                   # the student's tokenizer (default: see the runner)
+    attn_implementation: auto         # the student's kernel: auto | eager | sdpa | flash_attention_2
+
+The student is asked only for what the run reads: hidden states when a match reads ``hidden``,
+attention maps (and then eager attention) when one reads ``attention``; ``auto`` picks the best
+kernel otherwise (:mod:`cachebrew.models.request`). ``training.gradient_checkpointing: true``
+recomputes its activations in backward.
 
 Relative paths written in the file (``cache``, ``student``, ``out``, ``teacher``,
 ``tokenizer``, ``init_from_teacher.path``, ``eval.data``, ``data``) are relative to the file's
@@ -43,6 +49,7 @@ from cachebrew.config import DistillationConfig, TrainingConfig
 from cachebrew.corpus.fields import CorpusFields
 from cachebrew.errors import ConfigError
 from cachebrew.metrics import METRICS, metrics_for_task
+from cachebrew.models.request import attn_implementation_problems
 from cachebrew.validation import (
     ConfigBase,
     check_bool,
@@ -304,6 +311,7 @@ class DistillRunConfig(ConfigBase):
     keep_checkpoints: int = 2
     eval: EvalConfig | None = None
     data: DataConfig | None = None
+    attn_implementation: str = "auto"
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -315,6 +323,7 @@ class DistillRunConfig(ConfigBase):
             check_choice(problems, "task", self.task, TASKS, "task")
         check_bool(problems, "kd", self.kd)
         check_bool(problems, "allow_teacher_mismatch", self.allow_teacher_mismatch)
+        problems += attn_implementation_problems(self.attn_implementation)
         for name in _NESTED:
             set_field(self, name, _nested(problems, name, getattr(self, name)))
         self._check_numbers(problems)

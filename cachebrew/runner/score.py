@@ -46,6 +46,7 @@ from cachebrew.metrics import (
     predict,
     score_predictions,
 )
+from cachebrew.models.request import ModelRequest
 from cachebrew.runner.config import EvalConfig, load_distill_config
 from cachebrew.runner.evaluate import check_label_range, corpus_eval_batches
 from cachebrew.runner.export import FINAL_DIR
@@ -78,7 +79,7 @@ def load_for_eval(path: str | Path) -> ScoredModel:
     if (path / STUDENT_FILE).is_file() and (path / STATE_FILE).is_file():
         return _load_checkpoint(path)
     if (path / "config.json").is_file():
-        loaded = models.load_model(path, role="teacher")
+        loaded = models.load_model(path, role="teacher", request=ModelRequest())
         return ScoredModel(loaded, loaded.tokenizer, path)
     raise ConfigError(
         f"model {str(path)!r}: not a run directory (with final/ or checkpoints/), a checkpoint "
@@ -90,13 +91,13 @@ def _load_checkpoint(path: Path) -> ScoredModel:
     """A checkpoint's student weights in the architecture of its run (``final/`` or config)."""
     run_dir = path.parent.parent
     if (run_dir / FINAL_DIR / "config.json").is_file():
-        loaded = models.load_model(run_dir / FINAL_DIR, role="teacher")
+        loaded = models.load_model(run_dir / FINAL_DIR, role="teacher", request=ModelRequest())
         tokenizer = loaded.tokenizer
         length = None
     elif (run_dir / "config.yaml").is_file():
         cfg = load_distill_config(str(run_dir / "config.yaml"), {})
         reader = open_cache(cfg.cache)
-        loaded = load_student(cfg, reader, seed=0)
+        loaded = load_student(cfg, reader, seed=0, evaluate=True)
         tokenizer = resolve_student_tokens(cfg, reader).tokenizer
         length = int((reader.manifest.get("extra") or {}).get("max_length", DEFAULT_MAX_LENGTH))
     else:

@@ -19,6 +19,7 @@ from cachebrew.distill.base import make_plan
 from cachebrew.distill.checkpoint import LATEST, read_state, resolve_checkpoint
 from cachebrew.distill.plan import TrainPlan
 from cachebrew.errors import ConfigError
+from cachebrew.models.request import ModelRequest
 from cachebrew.runner.checks import (
     CLASSIFICATION_KINDS,
     check_online_teacher,
@@ -135,8 +136,30 @@ def _split(
     return split_eval_ids(ids or reader.example_ids(), cfg.eval.fraction, cfg.eval.seed)
 
 
-def load_student(cfg: DistillRunConfig, reader: CacheReader, seed: int) -> models.LoadedModel:
-    """The student, its head taken from the cache's teacher unless ``task``/``num_labels``."""
+def matched_features(cfg: DistillRunConfig) -> set[str]:
+    """What the run's matches read from both models: a subset of ``{"hidden", "attention"}``."""
+    distill = cfg.distill_config
+    return {match.feature for match in distill.intermediate_matches} if distill else set()
+
+
+def student_request(cfg: DistillRunConfig, *, evaluate: bool = False) -> ModelRequest:
+    """What the student is asked for: the features its matches read (none to ``evaluate``),
+    the run's ``attn_implementation`` and ``training.gradient_checkpointing``."""
+    reads = set() if evaluate else matched_features(cfg)
+    return ModelRequest(
+        hidden_states="hidden" in reads,
+        attentions="attention" in reads,
+        attn_implementation=cfg.attn_implementation,
+        device=str(cfg.train_config().resolved_device()),
+        gradient_checkpointing=cfg.training.gradient_checkpointing and not evaluate,
+    )
+
+
+def load_student(
+    cfg: DistillRunConfig, reader: CacheReader, seed: int, *, evaluate: bool = False
+) -> models.LoadedModel:
+    """The student, its head taken from the cache's teacher unless ``task``/``num_labels``;
+    asked for what the run reads (:func:`student_request`; nothing when ``evaluate``)."""
     teacher_kind = reader.manifest["teacher"].get("kind")
     task = cfg.task or (teacher_kind if teacher_kind in models.TASK_MODEL_CLASSES else None)
     num_labels = cfg.num_labels
@@ -144,8 +167,9 @@ def load_student(cfg: DistillRunConfig, reader: CacheReader, seed: int) -> model
     if num_labels is None and task in CLASSIFICATION_KINDS and logits is not None:
         num_labels = int(logits["width"])
     student = models.load_model(
-        cfg.student, task=task, num_labels=num_labels, role="student", seed=seed
-    )
+        cfg.student, task=task, num_labels=num_labels, role="student", seed=seed,
+        request=student_request(cfg, evaluate=evaluate),
+    )  # fmt: skip
     if cfg.init_from_teacher is not None:
         init = cfg.init_from_teacher
         models.init_from_teacher(student.model, init.path, list(init.layers))
@@ -156,7 +180,13 @@ def load_online_teacher(cfg: DistillRunConfig, reader: CacheReader) -> models.Lo
     """The live teacher of online mode, checked against the cache's recorded teacher."""
     teacher_kind = reader.manifest["teacher"].get("kind")
     task = teacher_kind if teacher_kind in models.TASK_MODEL_CLASSES else None
-    teacher = models.load_model(str(cfg.teacher), task=task, role="teacher")
+    reads = matched_features(cfg)  # the matches read the same features of the teacher
+    request = ModelRequest(
+        hidden_states="hidden" in reads,
+        attentions="attention" in reads,
+        device=str(cfg.train_config().resolved_device()),
+    )
+    teacher = models.load_model(str(cfg.teacher), task=task, role="teacher", request=request)
     check_online_teacher(cfg, reader, teacher, cfg.allow_teacher_mismatch)
     return teacher
 

@@ -50,9 +50,16 @@ class BackgroundWriter:
                     ready.synchronize()
                 self._writer.add(
                     example["example_id"],
-                    {k: v.numpy() for k, v in features.items()},
+                    {k: _to_numpy(v) for k, v in features.items()},
                     input_ids=example["input_ids"],
                     label=example["label"],
                 )
             except BaseException as error:  # re-raised in the main thread
                 self._error = error
+
+
+def _to_numpy(value: Any) -> Any:
+    """A tensor as numpy; a mapping of tensors (logits reduced by the teacher) item by item."""
+    if isinstance(value, dict):
+        return {key: item.numpy() for key, item in value.items()}
+    return value.numpy()

@@ -13,7 +13,8 @@ recomputed from the final hidden state (fp32) must equal the teacher's logits wi
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -58,6 +59,25 @@ def write_teacher_head(model: torch.nn.Module, spec: FeatureSpec, out: str, is_m
     """Rank or part 0 of an exact-logits precompute writes the head into the cache root."""
     if is_exact(spec) and is_main:
         write_head(CacheLocation(out), lm_head_of(model))
+
+
+@contextmanager
+def final_hidden_capture(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the input of the model's LM head during a forward: the final hidden state
+    (B, L, H), without asking the model for every layer's hidden states.
+
+    Raises:
+        ConfigError: the model has no linear output head (:func:`lm_head_of`).
+    """
+    lm_head_of(model)  # the same refusal as for storing the head
+    captured: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0])
+    )
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def with_final_hidden(model: torch.nn.Module, adapted: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from cachebrew.models import (
     load_tokenizer,
     record_max_length,
 )
+from cachebrew.models.request import ModelRequest
 from cachebrew.schedules import lr_factor
 from cachebrew.teacher.finetune_config import (
     METRICS_FILE,
@@ -95,6 +96,7 @@ def run_finetune(cfg: FinetuneConfig) -> FinetuneSummary:
         num_labels=None if causal else len(label_names),
         role="student",
         seed=cfg.seed,
+        request=ModelRequest(),  # logits and loss only, the best attention kernel
     )
     if cfg.tokenizer is not None:
         loaded.tokenizer = load_tokenizer(cfg.tokenizer)

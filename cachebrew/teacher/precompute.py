@@ -12,170 +12,60 @@ windows whose shards are already published.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from cachebrew.cache import CacheWriter, FeatureSpec
-from cachebrew.cache.format.codecs import DEFAULT_CODEC
-from cachebrew.cache.format.reads import features_to_store
-from cachebrew.cache.format.spec import DTYPES
-from cachebrew.cache.logits.sparse import parse_logits_mode
 from cachebrew.config import DistillationConfig
-from cachebrew.corpus import (
-    CorpusFields,
-    Record,
-    length_bucketed_batches,
-    pad_batch,
-    read_corpus,
-    tokenize_records,
-)
+from cachebrew.corpus import Record, length_bucketed_batches, read_corpus, tokenize_records
 from cachebrew.errors import ConfigError
 from cachebrew.models import LoadedModel, load_model
 from cachebrew.teacher.background_writer import BackgroundWriter
-from cachebrew.teacher.exact_head import is_exact, with_final_hidden, write_teacher_head
+from cachebrew.teacher.exact_head import write_teacher_head
+from cachebrew.teacher.forward import (
+    READY,
+    input_device,
+    spec_dtype_is_half,
+    teacher_features,
+    teacher_request,
+)
 from cachebrew.teacher.limits import DEFAULT_MAX_LENGTH, resolve_max_length
 from cachebrew.teacher.parallel import Partition, begin, publish
-from cachebrew.validation import (
-    ConfigBase,
-    check_bool,
-    check_choice,
-    check_int,
-    load_config,
-    raise_if_any,
-    resolve_path,
-    set_field,
+from cachebrew.teacher.precompute_config import (
+    DEFAULT_FEATURES,
+    PrecomputeConfig,
+    check_layers_exist,
+    load_precompute_config,
+    resolve_feature_spec,
+    with_feature_dtypes,
 )
+from cachebrew.validation import resolve_path
 from cachebrew.world import rank_device
 
+__all__ = [  # the config and the forward live in their own modules; importable from here too
+    "DEFAULT_FEATURES",
+    "READY",
+    "PrecomputeConfig",
+    "PrecomputeSummary",
+    "check_layers_exist",
+    "describe_summary",
+    "load_precompute_config",
+    "resolve_feature_spec",
+    "run_precompute",
+    "spec_dtype_is_half",
+    "teacher_features",
+    "with_feature_dtypes",
+]
+
 logger = logging.getLogger(__name__)
-
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-#: On CUDA each example's features carry a ``torch.cuda.Event`` under this key: the features are
-#: pinned host tensors still being copied, which the writer thread waits for before reading.
-READY = "_ready"
-
-
-@dataclass(frozen=True)
-class PrecomputeConfig(CorpusFields, ConfigBase):
-    """Everything ``cachebrew precompute`` needs; YAML keys and CLI flags share these names.
-
-    What to store comes from ``features`` (CLI form, e.g. ``logits,hidden:0,4,attention:4``),
-    or is derived from the ``DistillationConfig`` YAML at ``distill_config`` (its kd loss and
-    matches); without either, only ``logits`` are stored. ``dtype`` applies to every feature;
-    ``feature_dtypes`` overrides it per kind, e.g. ``{"hidden": "int8", "attention": "fp16"}``.
-    The corpus keys (``text_field``, ``label_field``, ...) are :class:`CorpusFields`.
-    ``from_runs`` (``--from``): a run config or sweep file; what its runs read is stored too.
-    """
-
-    PATH_FIELDS: ClassVar[tuple[str, ...]] = (
-        "teacher",
-        "data",
-        "out",
-        "distill_config",
-        "from_runs",
-    )
-
-    teacher: str
-    data: str
-    out: str
-    features: str | None = None
-    distill_config: str | None = None
-    from_runs: str | None = None
-    dtype: str = "fp16"
-    feature_dtypes: dict[str, str] | None = None
-    codec: str = DEFAULT_CODEC
-    topk: int | None = None  # alias of logits: topk:K
-    logits: str | None = None  # dense | topk:K | sample:N[@T] | exact (cache/logits/sparse.py)
-    task: str | None = None
-    num_labels: int | None = None
-    max_length: int | None = None  # None: 128, clipped to the teacher's positions
-    batch_size: int = 32
-    shard_size: int = 256
-    device: str = "auto"
-    overwrite: bool = False
-    wait: bool = False
-
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        for name in ("teacher", "data", "out"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                problems.append(f"{name}: expected a non-empty string, got {getattr(self, name)!r}")
-        self.check_corpus_fields(problems)
-        if self.features is not None and self.distill_config is not None:
-            problems.append(
-                "features and distill_config both given: choose one way to say what to store"
-            )
-        check_choice(problems, "dtype", self.dtype, DTYPES, "cache dtype")
-        if isinstance(self.feature_dtypes, Mapping):
-            for kind, dtype in self.feature_dtypes.items():
-                check_choice(problems, f"feature_dtypes.{kind}", dtype, DTYPES, "cache dtype")
-        elif self.feature_dtypes is not None:
-            problems.append(
-                f"feature_dtypes: expected a mapping of feature kind to dtype, e.g. "
-                f"{{hidden: int8}}, got {self.feature_dtypes!r}"
-            )
-        if self.max_length is not None:
-            set_field(self, "max_length", check_int(problems, "max_length", self.max_length, 2))
-        for name, minimum in (("batch_size", 1), ("shard_size", 1)):
-            set_field(self, name, check_int(problems, name, getattr(self, name), minimum))
-        for name in ("topk", "num_labels"):
-            if getattr(self, name) is not None:
-                set_field(self, name, check_int(problems, name, getattr(self, name), 1))
-        if self.logits is not None and self.topk is not None:
-            problems.append("topk and logits both given: --topk K is --logits topk:K")
-        elif self.logits is not None:  # checked here, before a teacher is loaded
-            try:
-                parse_logits_mode(self.logits)
-            except ConfigError as error:
-                problems += [f"logits: {p}" for p in error.problems]
-        check_bool(problems, "overwrite", self.overwrite)
-        check_bool(problems, "wait", self.wait)
-        raise_if_any(problems)
-
-
-def load_precompute_config(
-    config_path: str | None, flags: Mapping[str, Any], overrides: Sequence[str] = ()
-) -> PrecomputeConfig:
-    """Merge a YAML file, CLI flags (those not None win) and ``--set`` overrides, then validate
-    (:func:`~cachebrew.validation.load_config`)."""
-    return load_config(PrecomputeConfig, config_path, flags, overrides)
-
-
-def resolve_feature_spec(
-    cfg: PrecomputeConfig,
-    vocab_size: int | None,
-    runs: Mapping[str, DistillationConfig] | None = None,
-) -> FeatureSpec:
-    """What to store (:func:`~cachebrew.cache.format.reads.features_to_store`): ``features``,
-    what ``distill_config`` and the runs of ``from_runs`` read; only ``logits`` without them.
-
-    ``runs``: the distillation configs of ``from_runs``'s runs, by label, as the command layer
-    loads them (:func:`cachebrew.runner.reads.distill_configs_of`); needed iff ``from_runs``.
-
-    Raises:
-        ConfigError: ``from_runs`` without ``runs``; invalid matches; unknown feature dtypes.
-    """
-    if cfg.from_runs is not None and runs is None:
-        raise ConfigError(
-            f"from_runs {cfg.from_runs}: pass its runs too, "
-            "runs=cachebrew.runner.reads.distill_configs_of(from_runs)"
-        )
-    distill = cfg.distill_config
-    return features_to_store(
-        features=cfg.features,
-        distill=None if distill is None else DistillationConfig.from_yaml(distill),
-        runs=runs if cfg.from_runs is not None else None,
-        logits_mode=cfg.logits or (f"topk:{cfg.topk}" if cfg.topk else None),
-        vocab_size=vocab_size,
-        codec=cfg.codec,
-        dtype=cfg.dtype,
-        feature_dtypes=cfg.feature_dtypes,
-    )
 
 
 @dataclass
@@ -216,15 +106,71 @@ def run_precompute(
     start = time.perf_counter()
     part = partition or Partition()
     cfg = replace(cfg, teacher=resolve_path(cfg.teacher, "."))  # the manifest's source: any cwd
-    teacher = load_model(cfg.teacher, task=cfg.task, num_labels=cfg.num_labels, role="teacher")
+    device = rank_device(cfg.device, part.world)
+    with _offload_folder(cfg) as offload:
+        teacher, spec, dtype = load_teacher(cfg, device, offload, runs)
+        cfg = replace(cfg, max_length=resolve_max_length(cfg.max_length, teacher, cfg.teacher))
+        return _precompute(cfg, teacher, spec, dtype, part, progress, start)
+
+
+def load_teacher(
+    cfg: PrecomputeConfig,
+    device: torch.device,
+    offload_folder: str | None = None,
+    runs: Mapping[str, DistillationConfig] | None = None,
+) -> tuple[LoadedModel, FeatureSpec, str]:
+    """The teacher, asked only for what ``cfg`` stores, on ``device`` (or spread over devices by
+    ``cfg.device_map``); the feature spec; the weight dtype it runs in (``fp32``/``bf16``/``fp16``).
+
+    Raises:
+        ConfigError: a bad teacher, no tokenizer, layers the teacher does not have, a request
+            the teacher cannot honour (:func:`~cachebrew.models.request.resolve_attn_implementation`).
+    """
+    # Only the kinds and dtypes of this spec are read (what the teacher returns, its dtype);
+    # the vocabulary size, which sizes the ids, is known once the teacher is loaded.
+    wanted = resolve_feature_spec(cfg, 1 << 30, runs)
+    request = teacher_request(
+        wanted, device, attn_implementation=cfg.attn_implementation, dtype=cfg.teacher_dtype,
+        device_map=cfg.device_map, max_memory=cfg.max_memory, offload_folder=offload_folder,
+    )  # fmt: skip
+    teacher = load_model(
+        cfg.teacher, task=cfg.task, num_labels=cfg.num_labels, role="teacher", request=request
+    )
     if teacher.tokenizer is None:
         raise ConfigError(f"teacher {cfg.teacher}: no tokenizer.json next to the weights")
-    cfg = replace(cfg, max_length=resolve_max_length(cfg.max_length, teacher, cfg.teacher))
-    corpus = read_corpus(cfg.data, **cfg.corpus_fields())
     spec = resolve_feature_spec(cfg, getattr(teacher.model.config, "vocab_size", None), runs)
     check_layers_exist(spec, getattr(teacher.model.config, "num_hidden_layers", None))
-    device = rank_device(cfg.device, part.world)
-    teacher.model.to(device)
+    if cfg.device_map is None:
+        teacher.model.to(device)
+    kernel = getattr(getattr(teacher.model, "config", None), "_attn_implementation", None)
+    logger.info("teacher: %s weights, %s attention", request.dtype, kernel or "its own")
+    return teacher, spec, request.dtype
+
+
+@contextmanager
+def _offload_folder(cfg: PrecomputeConfig) -> Iterator[str | None]:
+    """``cfg.offload_folder``, or with ``device_map`` a temporary folder removed afterwards."""
+    if cfg.device_map is None or cfg.offload_folder is not None:
+        yield cfg.offload_folder
+        return
+    folder = tempfile.mkdtemp(prefix="cachebrew-offload-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _precompute(
+    cfg: PrecomputeConfig,
+    teacher: LoadedModel,
+    spec: FeatureSpec,
+    dtype: str,
+    part: Partition,
+    progress: bool,
+    start: float,
+) -> PrecomputeSummary:
+    corpus = read_corpus(cfg.data, **cfg.corpus_fields())
+    device = input_device(teacher.model)
     records = list(corpus)
     writer = CacheWriter(
         cfg.out,
@@ -235,7 +181,11 @@ def run_precompute(
         shard_size=cfg.shard_size,
         overwrite=begin(part, cfg.out, cfg.overwrite),
         wait_seconds=float("inf") if cfg.wait else 0.0,
-        extra={"max_length": cfg.max_length, "label_names": corpus.label_names},
+        extra={
+            "max_length": cfg.max_length,
+            "label_names": corpus.label_names,
+            "teacher_dtype": dtype,
+        },
         rank=part.world.rank,
         world_size=part.world.world_size,
     )
@@ -269,28 +219,6 @@ def run_precompute(
         uncompressed_bytes=totals.get("uncompressed_bytes", 0),
         pass_seconds=pass_seconds,
     )
-
-
-def check_layers_exist(spec: FeatureSpec, num_layers: int | None) -> None:
-    """Refuse layers the teacher does not have, before any corpus is read or teacher run.
-
-    ``hidden`` indices run 0..num_layers (0 = embeddings, as TextBrewer's adaptors);
-    ``attention`` indices 0..num_layers - 1. Unknown depth (factory models) is checked later.
-    """
-    if num_layers is None:
-        return
-    problems = []
-    for feature in spec:
-        top = num_layers if feature.kind.startswith("hidden") else num_layers - 1
-        bad = [layer for layer in feature.layers if layer > top]
-        if bad:
-            source = "hidden" if feature.kind.startswith("hidden") else "attention"
-            problems.append(
-                f"feature {feature.kind!r}: layers {bad} do not exist; the teacher gives "
-                f"{top + 1} {source} layers (indices 0..{top})"
-            )
-    if problems:
-        raise ConfigError(problems)
 
 
 def _num_windows(num_records: int, shard_size: int) -> int:
@@ -328,106 +256,6 @@ def _run_window(
             }
     for i in range(len(window)):
         yield results.pop(i)
-
-
-@torch.inference_mode()
-def teacher_features(
-    teacher: LoadedModel, spec: FeatureSpec, items: list[dict[str, Any]], device: torch.device
-) -> list[dict[str, Any]]:
-    """Run one padded batch; return per-example feature tensors (float32, CPU, unpadded).
-
-    On CUDA the tensors are pinned host memory still being filled: wait for ``example[READY]``
-    (a ``torch.cuda.Event``) before reading them.
-    """
-    pad_id = teacher.tokenizer.pad_token_id or 0
-    padded = pad_batch(
-        [{k: v for k, v in it.items() if k in _MODEL_INPUTS} for it in items], pad_id
-    )
-    batch = {k: v.to(device) for k, v in padded.items()}
-    autocast = device.type == "cuda" and spec_dtype_is_half(spec)
-    with torch.autocast(device.type, enabled=autocast):
-        outputs = teacher.model(**batch)
-    adapted = teacher.adaptor(batch, outputs)
-    if is_exact(spec):  # store the final hidden state; its head gives the logits
-        adapted = with_final_hidden(teacher.model, adapted)
-    lengths = batch["attention_mask"].sum(dim=1).tolist()
-    per_kind = {name: _extract(adapted, name, batch, lengths) for name in spec.input_names}
-    examples: list[dict[str, Any]] = [
-        {name: per_kind[name][b] for name in per_kind} for b in range(len(items))
-    ]
-    if device.type == "cuda":  # the writer thread waits for the copies, the teacher does not
-        ready = torch.cuda.Event()
-        ready.record()
-        for example in examples:
-            example[READY] = ready
-    return examples
-
-
-def _to_host(values: torch.Tensor) -> torch.Tensor:
-    """A CUDA tensor copied into pinned host memory without blocking (see :data:`READY`);
-    a CPU tensor as it is."""
-    if not values.is_cuda:
-        return values
-    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-    return host.copy_(values, non_blocking=True)
-
-
-def spec_dtype_is_half(spec: FeatureSpec) -> bool:
-    """Whether every stored feature is 16-bit or less (then the teacher may run in autocast)."""
-    return all(feature.dtype != "fp32" for feature in spec)
-
-
-def _extract(
-    adapted: Mapping[str, Any], name: str, batch: Mapping[str, torch.Tensor], lengths: list[int]
-) -> list[torch.Tensor]:
-    """One stored input (``logits``, ``hidden.4``, ``attention_sum.2`` ...) for each example."""
-    kind, _, layer_text = name.partition(".")
-    if kind == "logits":
-        return _extract_logits(adapted, batch)
-    source = "hidden" if kind.startswith("hidden") else "attention"
-    layers = adapted.get(source)
-    layer = int(layer_text)
-    if layers is None or layer >= len(layers):
-        available = 0 if layers is None else len(layers)
-        raise ConfigError(
-            f"feature {name!r}: the teacher gives {available} {source} layers "
-            f"(indices 0..{available - 1}); choose layers in that range"
-        )
-    values = layers[layer].float()  # (B, L, D) or (B, H, L, L)
-    if kind in ("attention_sum", "attention_mean"):  # reduce heads on the device, then copy
-        values = values.sum(1) if kind == "attention_sum" else values.mean(1)  # (B, L, L)
-    values = _to_host(values)
-    out = []
-    for b, n in enumerate(lengths):
-        if kind == "hidden_cls":
-            out.append(values[b, 0])
-        elif source == "hidden" or kind != "attention":
-            out.append(values[b, :n] if source == "hidden" else values[b, :n, :n])
-        else:
-            out.append(values[b, :, :n, :n])
-    return out
-
-
-def _extract_logits(
-    adapted: Mapping[str, Any], batch: Mapping[str, torch.Tensor]
-) -> list[torch.Tensor]:
-    logits = adapted.get("logits")
-    if isinstance(logits, list | tuple):
-        if len(logits) != 1:
-            raise ConfigError(
-                f"the teacher adaptor gives {len(logits)} logits heads; cachebrew caches one"
-            )
-        logits = logits[0]
-    if logits is None:
-        raise ConfigError("feature 'logits': the teacher adaptor returns no 'logits'")
-    logits = logits.float()
-    if logits.dim() == 2:
-        return [row.cpu() for row in logits]
-    mask = adapted.get("logits_mask")
-    mask = batch["attention_mask"] if mask is None else mask
-    if isinstance(mask, list | tuple):
-        mask = mask[0]
-    return [logits[b][mask[b].bool()].cpu() for b in range(logits.size(0))]
 
 
 def describe_summary(summary: PrecomputeSummary) -> str:

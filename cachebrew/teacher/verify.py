@@ -4,7 +4,9 @@ With a teacher, N random examples are recomputed from the input ids stored in th
 compared, per stored array, with what the cache decodes to: max absolute error, max relative
 error (max |cached - fresh| / max |fresh|) and, for logits, the mean KL(fresh || cached).
 The values pass when every max relative error is within the tolerance of the array's stored
-dtype (:data:`REL_TOLERANCE`, or ``tolerance`` for all). Ids and counts (``topk_ids``,
+dtype (:data:`REL_TOLERANCE`, or ``tolerance`` for all). The teacher recomputes in the weight
+dtype the cache was written with (the manifest's ``teacher_dtype``; fp32 for older caches), and
+bf16 or fp16 weights raise each tolerance to at least theirs. Ids and counts (``topk_ids``,
 ``sample_ids``, ``sample_counts``) report the share of entries that differ, informational only:
 a ``sample`` row's draw is seeded by its logits' bytes, so a recompute whose logits differ in the
 last bit (another batch composition) draws anew. With logits stored, the fidelity report of
@@ -28,7 +30,7 @@ from cachebrew.errors import CacheMismatchError
 from cachebrew.models import LoadedModel, load_model
 from cachebrew.teacher.exact_head import lm_head_of
 from cachebrew.teacher.fidelity import FidelityAccumulator, describe_fidelity
-from cachebrew.teacher.precompute import READY, teacher_features
+from cachebrew.teacher.forward import READY, teacher_features, teacher_request
 
 # stored dtype -> max relative error a correct cache stays within (rounding of the dtype plus
 # CPU/GPU kernel differences; fp16 measured 2e-4 on hidden states, int8 is absmax/127 per row)
@@ -66,15 +68,23 @@ def verify_cache(
     }
     if teacher is not None:
         fidelity = FidelityAccumulator(reader, temperature=temperature, seed=seed)  # checks T
-        loaded = load_model(teacher, role="teacher")
+        run_device = resolve_device(device)
+        # the cache's weight dtype (caches before issue 21: fp32), asked for what it stores
+        dtype = reader.manifest.get("extra", {}).get("teacher_dtype", "fp32")
+        request = teacher_request(reader.spec, run_device, dtype=dtype)
+        loaded = load_model(teacher, role="teacher", request=request)
         _check_same_teacher(reader, loaded, teacher)
         ids = random.Random(seed).sample(reader.example_ids(), min(sample, reader.num_examples))
         report["sampled"] = ids
-        report["values"] = _compare_values(reader, loaded, ids, resolve_device(device), fidelity)
+        report["teacher_dtype"] = dtype
+        report["values"] = _compare_values(reader, loaded, ids, run_device, fidelity)
         report["fidelity"] = fidelity.report()
     values = report["values"] or {}
+    weights = report.get("teacher_dtype", "fp32")  # bf16/fp16 weights: their rounding too
     report["tolerance"] = {
-        name: tolerance if tolerance is not None else REL_TOLERANCE[_stored_dtype(reader, name)]
+        name: tolerance
+        if tolerance is not None
+        else max(REL_TOLERANCE[_stored_dtype(reader, name)], REL_TOLERANCE[weights])
         for name, stats in values.items()
         if "max_rel_error" in stats
     }
@@ -112,9 +122,10 @@ def verdict_line(report: dict[str, Any]) -> str:
     worst = {n: report["values"][n]["max_rel_error"] for n in tolerance}
     over = sorted(n for n in tolerance if worst[n] > tolerance[n])
     limits = ", ".join(f"{n} {worst[n]:.2g} <= {tolerance[n]:.2g}" for n in sorted(tolerance))
+    weights = f"teacher recomputed in {report.get('teacher_dtype', 'fp32')} weights"
     if over:
-        return f"{text}; values over tolerance in {over} (max relative error: {limits})"
-    return f"{text}; values within tolerance (max relative error: {limits})"
+        return f"{text}; values over tolerance in {over} (max relative error: {limits}); {weights}"
+    return f"{text}; values within tolerance (max relative error: {limits}); {weights}"
 
 
 def _check_same_teacher(reader: CacheReader, loaded: LoadedModel, source: str) -> None:
@@ -140,7 +151,7 @@ def _compare_values(
     for example_id in ids:
         cached = reader.get(example_id)
         item = _model_inputs(cached["input_ids"], loaded.tokenizer)
-        fresh_inputs = teacher_features(loaded, reader.spec, [item], device)[0]
+        fresh_inputs = teacher_features(loaded, reader.spec, [item], device, reduce_logits=False)[0]
         ready = fresh_inputs.pop(READY, None)  # CUDA: wait for the host copies
         if ready is not None:
             ready.synchronize()

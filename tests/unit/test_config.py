@@ -88,7 +88,11 @@ def test_training_defaults_equal_textbrewer(
     ours = TrainingConfig()
     assert not (tmp_path / "saved_models").exists()  # not created at construction
     theirs = textbrewer_defaults(textbrewer.TrainingConfig)
-    assert {f.name for f in dataclasses.fields(ours)} == set(theirs) | {"seed", "bf16"}
+    assert {f.name for f in dataclasses.fields(ours)} == set(theirs) | {
+        "seed",
+        "bf16",
+        "gradient_checkpointing",
+    }
     for name, default in theirs.items():
         expected = "auto" if name == "device" else default  # documented: 'auto', not 'cuda'
         assert getattr(ours, name) == expected, name

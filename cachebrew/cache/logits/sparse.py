@@ -64,6 +64,11 @@ DELTA_IDS = "ids_delta"
 FP16_PLANES = "fp16_planes"  # layout 2's fp16 values: the two byte planes of each row apart
 TOPK_LAYOUTS: tuple[int, ...] = (1, 2)
 TOPK_LAYOUT = 2  # what new caches are written with
+#: the keys of logits reduced on the teacher's side (:mod:`cachebrew.teacher.sparse_rows`)
+REDUCED_KEYS: dict[str, tuple[str, ...]] = {
+    "topk": ("topk_ids", "topk_raw", "logsumexp"),
+    "sample": ("sample_ids", "sample_counts"),
+}
 
 
 # ------------------------------------------------------------------------------ id packing
@@ -219,17 +224,38 @@ def sparse_arrays(
         ids = np.argpartition(-logits, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(logits, ids, axis=1), axis=1, kind="stable")
         ids = np.take_along_axis(ids, order, axis=1)  # (rows, k), largest first
-        if topk_layout == 2 or mode.code:
-            ids = np.sort(ids, axis=1)  # (rows, k), ascending ids
+        raw = np.take_along_axis(logits, ids, axis=1)
         kept = np.take_along_axis(values, ids, axis=1)
-        if mode.code:  # log-probs, whatever the reduction
-            kept = encode_values(np.take_along_axis(logits, ids, axis=1) - logsumexp, mode.code)
-        return {
-            "logits.topk_values": kept,
-            "logits.topk_ids": ids.astype(np.int64),
-            "logits.logsumexp": logsumexp,
-        }
+        return topk_arrays(mode, ids, raw, logsumexp, kept, topk_layout)
     return dict(zip(SAMPLE_ARRAYS, sample_rows(logits, mode.size, mode.temperature), strict=True))
+
+
+def topk_arrays(
+    mode: LogitsMode,
+    ids: np.ndarray,
+    raw: np.ndarray,
+    logsumexp: np.ndarray,
+    kept: np.ndarray,
+    topk_layout: int = TOPK_LAYOUT,
+) -> dict[str, np.ndarray]:
+    """The stored top-k arrays from a row's top-k, largest first (the entries are reordered
+    by the layout here).
+
+    Args:
+        mode: ``topk:K[:CODE]``; ids: (rows, K) int; raw: (rows, K) raw logits at ``ids``;
+        logsumexp: (rows, 1) at T = 1; kept: (rows, K) what ``topk_values`` keeps (raw or
+        ``raw - logsumexp``, the reduction); topk_layout: 1 or 2 (module docstring).
+    """
+    if topk_layout == 2 or mode.code:
+        order = np.argsort(ids, axis=1, kind="stable")  # (rows, k), ascending ids
+        ids, raw, kept = (np.take_along_axis(a, order, axis=1) for a in (ids, raw, kept))
+    if mode.code:  # log-probs, whatever the reduction
+        kept = encode_values(raw - logsumexp, mode.code)
+    return {
+        "logits.topk_values": kept,
+        "logits.topk_ids": ids.astype(np.int64),
+        "logits.logsumexp": logsumexp,
+    }
 
 
 def sample_rows(logits: np.ndarray, n: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:

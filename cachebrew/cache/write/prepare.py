@@ -6,6 +6,8 @@ The writer calls :func:`prepare_example` on what :meth:`CacheWriter.add` receive
   valid positions of a token-level head (select with ``logits_mask`` first). The writer applies
   the stored reduction (``log_softmax`` or top-k) itself. For ``--logits exact``: the final
   hidden state (rows, H) of those positions instead (:mod:`cachebrew.cache.logits.exact`).
+  For ``topk``/``sample`` also the rows already reduced on the teacher's side, a mapping with
+  the keys of :data:`~cachebrew.cache.logits.sparse.REDUCED_KEYS` (no (rows, V) copy).
 - ``hidden.<l>``: (L, D) with L = the example's ``length``.
 - ``hidden_cls.<l>``: (D,), (1, D), or the full (L, D) hidden state (row 0 is kept).
 - ``attention.<l>``: (H, L, L) attention as the adaptor returns it.
@@ -26,7 +28,13 @@ import numpy as np
 from cachebrew.cache.format.shapes import stored_rows
 from cachebrew.cache.format.spec import FeatureSpec, StoredFeature
 from cachebrew.cache.logits.exact import HIDDEN_ARRAY
-from cachebrew.cache.logits.sparse import check_vocab_ids, parse_logits_mode, sparse_arrays
+from cachebrew.cache.logits.sparse import (
+    REDUCED_KEYS,
+    check_vocab_ids,
+    parse_logits_mode,
+    sparse_arrays,
+    topk_arrays,
+)
 from cachebrew.errors import CacheError
 
 
@@ -56,6 +64,9 @@ def prepare_example(
     out: dict[str, np.ndarray] = {}
     for feature in spec:
         for name in feature.input_names:
+            if isinstance(features[name], Mapping):  # logits reduced by the teacher's side
+                out.update(_prepare_reduced(feature, features[name]))
+                continue
             value = np.asarray(features[name], dtype=np.float32)
             try:
                 out.update(_prepare_one(feature, name, value, length))
@@ -116,6 +127,29 @@ def _prepare_logits(feature: StoredFeature, logits: np.ndarray) -> dict[str, np.
         "logits.topk_ids": ids.astype(np.int64),
         "logits.logsumexp": lse,
     }
+
+
+def _prepare_reduced(feature: StoredFeature, rows: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Stored arrays from top-k / sample rows reduced on the teacher's side."""
+    mode = parse_logits_mode(feature.logits_mode or "dense")
+    keys = REDUCED_KEYS.get(mode.kind)
+    if keys is None or set(rows) != set(keys):
+        raise CacheError(
+            f"logits: reduced rows {sorted(rows)} do not fit logits mode {mode}; "
+            f"expected the keys {list(keys or ())}"
+        )
+    arrays = {key: np.asarray(rows[key]) for key in keys}
+    if mode.kind == "sample":
+        return {f"logits.{key}": arrays[key].astype(np.int64) for key in keys}
+    ids, lse = arrays["topk_ids"].astype(np.int64), arrays["logsumexp"].astype(np.float32)
+    raw = arrays["topk_raw"].astype(np.float32)
+    if not (np.all(np.isfinite(raw)) and np.all(np.isfinite(lse))):
+        raise CacheError("feature 'logits': logits hold NaN or inf")
+    kept = raw - lse if feature.reduction == "logprobs" else raw
+    out = topk_arrays(mode, ids, raw, lse, kept, feature.topk_layout or 1)
+    if feature.topk_layout == 2 and feature.vocab_size:
+        check_vocab_ids(out["logits.topk_ids"], feature.vocab_size)
+    return out
 
 
 def _logsumexp(logits: np.ndarray) -> np.ndarray:
