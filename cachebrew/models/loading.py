@@ -239,8 +239,10 @@ def _finish(model: torch.nn.Module, request: ModelRequest) -> None:
             f"training.gradient_checkpointing: {type(model).__name__} does not support HF "
             "gradient checkpointing; set it to false"
         )
-    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x name
-    (enable or model.gradient_checkpointing_enable)()
+    # transformers 5.x's name; gradient_checkpointing_enable (deprecated there) before it
+    name = "activation_checkpointing_enable"
+    enable: Any = getattr(model, name, None) or model.gradient_checkpointing_enable
+    enable()
 
 
 def unreadable_weights(files: list[Path], error: BaseException) -> ConfigError:

@@ -12,7 +12,7 @@ reduced on the teacher's device in row chunks (:mod:`cachebrew.teacher.sparse_ro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -57,7 +57,9 @@ def teacher_features(
     # fp32 weights and 16-bit features on CUDA: autocast (bf16/fp16 weights run as they are)
     autocast = device.type == "cuda" and spec_dtype_is_half(spec) and weights == torch.float32
     exact = is_exact(spec)  # store the final hidden state (the head's input); its head gives logits
-    capture = final_hidden_capture(teacher.model) if exact else nullcontext([])
+    capture: AbstractContextManager[list[torch.Tensor]] = (
+        final_hidden_capture(teacher.model) if exact else nullcontext([])
+    )
     with capture as final, torch.autocast(device.type, enabled=autocast):
         outputs = teacher.model(**batch)
     adapted = teacher.adaptor(batch, outputs)
