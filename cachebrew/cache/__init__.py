@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the names as the type checker sees them; at run time, __getattr__ below
     from cachebrew.cache.format.codecs import decode, encode
     from cachebrew.cache.format.manifest import FORMAT_VERSION, merge_manifest
+    from cachebrew.cache.format.shapes import restore_shape
     from cachebrew.cache.format.spec import (
         CODECS,
         DTYPES,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # the names as the type checker sees them; at run time, __get
     from cachebrew.cache.read.reader import CacheReader, open_cache
     from cachebrew.cache.tools.compare import compare_caches
     from cachebrew.cache.tools.describe import describe_cache
-    from cachebrew.cache.write.prepare import prepare_example, restore_shape
+    from cachebrew.cache.write.prepare import prepare_example
     from cachebrew.cache.write.writer import CacheWriter, remove_cache
 
 _LAZY = {

@@ -71,9 +71,8 @@ def final_hidden_capture(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]
     """
     lm_head_of(model)  # the same refusal as for storing the head
     captured: list[torch.Tensor] = []
-    handle = model.get_output_embeddings().register_forward_pre_hook(
-        lambda _module, args: captured.append(args[0])
-    )
+    head: torch.nn.Module = model.get_output_embeddings()  # type: ignore[operator]
+    handle = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
     try:
         yield captured
     finally:

@@ -64,8 +64,9 @@ def prepare_example(
     out: dict[str, np.ndarray] = {}
     for feature in spec:
         for name in feature.input_names:
-            if isinstance(features[name], Mapping):  # logits reduced by the teacher's side
-                out.update(_prepare_reduced(feature, features[name]))
+            given = features[name]
+            if isinstance(given, Mapping):  # logits reduced by the teacher's side
+                out.update(_prepare_reduced(feature, given))
                 continue
             value = np.asarray(features[name], dtype=np.float32)
             try:
