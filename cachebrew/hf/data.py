@@ -90,9 +90,10 @@ def _check_given_dataset(
             f"per_device_train_batch_size is {per_device_batch_size}; make them equal (or pass "
             "the cache path and let the trainer build the dataset)"
         )
-    if (dataset.rank, dataset.world_size) != (rank, world_size):
+    place = (dataset.partition.rank, dataset.partition.world_size)  # the data-parallel place
+    if place != (rank, world_size):
         problems.append(
-            f"the CacheDataset is rank {dataset.rank} of {dataset.world_size} but this process "
+            f"the CacheDataset is rank {place[0]} of {place[1]} but this process "
             f"is rank {rank} of {world_size}; pass the cache path under torchrun/accelerate"
         )
     if problems:

@@ -27,7 +27,16 @@ from cachebrew.errors import ConfigError
 
 
 class CachePartition(Protocol):
-    """What :class:`~cachebrew.cache.feed.dataset.CacheDataset` asks of a partitioning."""
+    """What :class:`~cachebrew.cache.feed.dataset.CacheDataset` asks of a partitioning.
+
+    ``rank`` / ``world_size``: this process's data-parallel place (the launcher's).
+    """
+
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
 
     def order_rank(self) -> tuple[int, int]:
         """``(rank, world_size)`` whose selection and epoch order the dataset computes."""

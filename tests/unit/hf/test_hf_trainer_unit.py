@@ -96,7 +96,7 @@ def test_distill_section_problems_name_the_file(tmp_path: pathlib.Path) -> None:
 
 
 def test_a_given_dataset_must_fit_the_arguments(cache: pathlib.Path, tmp_path) -> None:
-    dataset = CacheDataset(str(cache), batch_size=8, rank=1, world_size=2)
+    dataset = CacheDataset(str(cache), batch_size=8, rank=1, world_size=2, run_examples=4)
     with pytest.raises(ConfigError) as error:
         trainer(dataset, tmp_path)
     assert "per_device_train_batch_size is 4" in str(error.value)
