@@ -291,7 +291,7 @@ class DistillationTrainer(transformers.Trainer):
                 f"{checkpoint} has no {PROJECTIONS_FILE} but the distill config trains "
                 f"{len(self.projections)} projections; was it saved by DistillationTrainer?"
             )
-        self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
+        self.projections.load_state_dict(load_file(path))  # copied onto their device
 
 
 def _dataset_options(tokenizer: Any, options: Mapping[str, Any] | None) -> dict[str, Any]:
