@@ -220,6 +220,10 @@ class DistillationTrainer(transformers.Trainer):
             self._terms.add(output.terms)
         return (output.total, forwarded[0]) if return_outputs else output.total
 
+    def floating_point_ops(self, inputs: dict[str, Any]) -> int:
+        """Trainer's FLOP estimate from the student's inputs (``total_flos``)."""
+        return super().floating_point_ops(inputs.get("student", inputs))
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log, plus the loss terms with each training ``loss``."""
         if "loss" in logs:
@@ -287,7 +291,7 @@ class DistillationTrainer(transformers.Trainer):
                 f"{checkpoint} has no {PROJECTIONS_FILE} but the distill config trains "
                 f"{len(self.projections)} projections; was it saved by DistillationTrainer?"
             )
-        self.projections.load_state_dict(load_file(path, device=str(self.args.device)))
+        self.projections.load_state_dict(load_file(path))  # copied onto their device
 
 
 def _dataset_options(tokenizer: Any, options: Mapping[str, Any] | None) -> dict[str, Any]:

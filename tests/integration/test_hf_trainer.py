@@ -178,17 +178,17 @@ TIMEOUT_S = 300
 
 def _launch(
     nproc: int, setup: dict[str, Any], out: Path, per_device: int, clip: float = 0.05,
-    launcher: list[str] | None = None,
+    launcher: list[str] | None = None, env: dict[str, str] | None = None, ok: bool = True,
 ) -> None:  # fmt: skip
     """Run the worker under ``launcher`` (default: ``torchrun --nproc_per_node nproc``)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     torchrun = Path(sys.executable).with_name("torchrun")
     args = [str(setup["cache"]), str(setup["student"]), str(setup["teacher"]), str(out)]
     launcher = launcher or [str(torchrun), "--standalone", "--nproc_per_node", str(nproc)]
     command = [*launcher, str(WORKER), *args, str(per_device), str(clip)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +230,16 @@ def test_accelerate_launch_trains_the_one_process_weights(
         one, two = load_file(one_process / name), load_file(tmp_path / "acc" / name)
         assert max_diff(one, two) < 1e-5, name
     assert json.loads((tmp_path / "acc" / "log.json").read_text())["world_size"] == 2
+
+
+def test_a_killed_process_resumes_to_the_uninterrupted_weights(
+    setup: dict[str, Any], one_process: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    saving = {"HF_WORKER_SAVE_STEPS": "3"}  # 5 steps per epoch: saved at 3 and 6
+    _launch(1, setup, out, per_device=8, ok=False,
+            env={**saving, "HF_WORKER_KILL_AT": "8"})  # fmt: skip  # SIGKILL mid epoch 2
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    _launch(1, setup, out, per_device=8, env={**saving, "HF_WORKER_RESUME": "1"})
+    for name in ("student.safetensors", PROJECTIONS_FILE):
+        assert max_diff(load_file(one_process / name), load_file(out / name)) < 1e-5, name

@@ -72,6 +72,7 @@ def test_bf16_and_gradient_accumulation_train_and_log_each_term(cache: pathlib.P
                  "unweighted_hard_label_loss")  # fmt: skip
         assert all(torch.isfinite(torch.tensor(row[name])) for name in terms), row
     assert next(run.projections.parameters()).grad is None  # zeroed after each step
+    assert run.state.total_flos > 0  # estimated from the student's inputs
 
 
 def test_distill_section_from_a_run_config_or_the_fields_alone(tmp_path: pathlib.Path) -> None:
