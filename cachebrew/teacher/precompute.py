@@ -127,8 +127,9 @@ def load_teacher(
             the teacher cannot honour (:func:`~cachebrew.models.request.resolve_attn_implementation`).
     """
     # Only the kinds and dtypes of this spec are read (what the teacher returns, its dtype);
-    # the vocabulary size, which sizes the ids, is known once the teacher is loaded.
-    wanted = resolve_feature_spec(cfg, 1 << 30, runs)
+    # the vocabulary size, which sizes the ids, is known once the teacher is loaded: until then
+    # a stand-in that every mode's limits admit (q-codes' varint ids stop at 2**21).
+    wanted = resolve_feature_spec(cfg, 1 << 20, runs)
     request = teacher_request(
         wanted, device, attn_implementation=cfg.attn_implementation, dtype=cfg.teacher_dtype,
         device_map=cfg.device_map, max_memory=cfg.max_memory, offload_folder=offload_folder,
