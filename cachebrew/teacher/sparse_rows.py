@@ -25,7 +25,7 @@ from cachebrew.cache.logits.sparse import REDUCED_KEYS, LogitsMode, sample_rows
 
 #: the largest (rows, V) fp32 block, in elements (128 MB: 1,048 rows of a 32k vocabulary). On
 #: CPU, torch's topk and logsumexp are never faster per row on small blocks, and several times
-#: slower on 8-128 rows under load (BENCHMARKS.md "Model sizes"); an eighth of a 4 x 2,048-token
+#: slower on 8-128 rows under load (BENCHMARKS.md, "Models at real size"); an eighth of a 4 x 2,048-token
 #: batch's logits is a cheap temporary.
 CHUNK_ELEMENTS = 1 << 25
 

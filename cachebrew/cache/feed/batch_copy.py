@@ -4,7 +4,7 @@ The CPU collate path of :class:`~cachebrew.cache.feed.dataset.CacheDataset`: eac
 rows (usually a view into a decoded chunk, no per-example copy) are cast to float32 while they
 are copied into their slot of the padded batch, and only the padding is zeroed.
 
-Two measurements on the shared 2-core box (BENCHMARKS.md, "Reader against its codec") shape it:
+Two measurements on the shared 2-core box (docs/benchmarks-history.md, "Reader against its codec") shape it:
 
 - **Fresh output memory costs as much as the cast.** A new zeroed float32 batch per array per
   batch spent ~0.04 s of a 0.16 s hidden-state epoch in page faults; the output comes from a
@@ -34,7 +34,7 @@ _INLINE_ELEMENTS = 32767
 
 # Stored bytes of one array of a batch below which its copy is not worth a thread: the demo's
 # MiniLM batches (~0.3 MB per array) padded or packed slower in parallel than in the calling
-# thread, BERT-base-shaped ones (~2 MB) faster (BENCHMARKS.md, "fifth pass").
+# thread, BERT-base-shaped ones (~2 MB) faster (docs/benchmarks-history.md, "fifth pass").
 PARALLEL_MIN_BYTES = 2**20
 
 

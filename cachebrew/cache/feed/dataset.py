@@ -114,7 +114,7 @@ class CacheDataset(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
         decode_threads: threads decoding chunks (the next read group in the background)
             and padding the arrays of a batch in parallel (the codecs and copies release the
             GIL); None = 2 on CUDA, 1 (the calling thread) on the CPU, where a second thread
-            competes with the student (BENCHMARKS.md, "Reader against its codec").
+            competes with the student (docs/benchmarks-history.md, "Reader against its codec").
 
     Raises:
         ConfigError: an invalid argument (all problems at once).

@@ -9,7 +9,7 @@ vectorised op: a boolean mask of the valid positions, built from the lengths, an
 ``masked_scatter_`` of the packed values (the mask's row-major order is exactly the order in
 which the examples' rows were concatenated).
 
-Measured on the CPU side (BENCHMARKS.md, "fourth pass"; no GPU here): 1.38x (hidden) and
+Measured on the CPU side (docs/benchmarks-history.md, "fourth pass"; no GPU here): 1.38x (hidden) and
 1.75x (attention) the throughput of the previous path, which padded in the stored dtype and
 then copied every padded batch into pinned memory with ``pin_memory()``.
 

@@ -2,7 +2,7 @@
 
 An epoch's first batch waits for the mixing buffer to fill (up to ``buffer_size`` examples
 decoded), a stall a thread that starts with the epoch cannot hide: on a short epoch it was
-most of the data wait (BENCHMARKS.md, "Fifth pass"). So the thread does not stop at the end of
+most of the data wait (docs/benchmarks-history.md, "Fifth pass"). So the thread does not stop at the end of
 an epoch: it goes on with the next one from its start, at most ``depth`` batches ahead, and
 the next ``iter(dataset)`` after ``set_epoch(e + 1)`` takes those batches over. Any other epoch
 or a resume position starts a new thread. The batches and their order are the ones the dataset

@@ -33,7 +33,7 @@ Top-k layouts (``topk_layout`` in the manifest's logits feature):
    deltas from the previous id of the row (the first from 0) in uint32 byte planes (dtype
    ``ids_delta``: per row all low bytes, then the next ...), so the high planes are runs of
    zeros for the codec; fp16 values as two byte planes (dtype ``fp16_planes``: sign/exponent
-   bytes compress apart from the noisy mantissa bytes). Lossless (BENCHMARKS.md, "Large-
+   bytes compress apart from the noisy mantissa bytes). Lossless (docs/benchmarks-history.md, "Large-
    vocabulary logit storage"). :func:`read_sparse_logits` restores descending-value order, so the losses
    receive the same rows from both layouts.
 

@@ -8,8 +8,8 @@ stores each row's top-k **log-probabilities** in id order (layout 2) as one byte
   entries are clipped to the bottom level, ``q_i / q_max < 1.4e-14``).
 - levels are uniform in ``g = exp(l / 4) = (q_i / q_max) ** (1/4)`` between ``exp(-D / 4)``
   and 1: finer near the top, coarser in the tail, where KL weighs an entry's error by its
-  probability (measured against uniform log-steps, sqrt and fixed steps: BENCHMARKS.md,
-  "Large-vocabulary logit storage"). Code ``c`` in ``0 .. 2**B - 1`` decodes to
+  probability (measured against uniform log-steps, sqrt and fixed steps:
+  docs/benchmarks-history.md, "Large-vocabulary logit storage"). Code ``c`` in ``0 .. 2**B - 1`` decodes to
   ``r = 4 log(g_D + c (1 - g_D) / (2**B - 1))``.
 - ``d = -log(sum of the k probabilities)`` (fp16, >= 0) is stored exactly enough that the
   reconstruction **keeps the row's top-k mass**: ``log q_hat = r - logsumexp(r) - d``, so the
@@ -26,7 +26,7 @@ LEB128 varints (7 bits a byte, high bit = more bytes follow), each row padded wi
 Measured 84.8 B against 86.7 B for the uint32 delta byte planes at k = 128 on V = 151,936
 (zstd-1; the zero padding costs most of the gain: unpadded varints take 81 B).
 
-Fidelity (BENCHMARKS.md, "Large-vocabulary logit storage"): at k = 128, V = 151,936 the codes
+Fidelity (docs/benchmarks-history.md, "Large-vocabulary logit storage"): at k = 128, V = 151,936 the codes
 store 142 / 153 / 194 B/token in all (q4 / q5 / q8, ids and logsumexp included) with
 KL(teacher || reconstructed) over the k + tail buckets of 5.6e-3 / 1.3e-3 / 1.9e-5 nats mean
 on synthetic Zipf rows. Documented bounds, tested on LM-shaped rows (tests/unit/

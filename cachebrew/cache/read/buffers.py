@@ -2,7 +2,7 @@
 
 Fresh memory costs page faults on first write: decoding a hidden-state cache's chunks into new
 blocks took ~1.5x as long as decoding them into a reused buffer, and a new float32 batch per
-array per batch spent ~25 % of a reader epoch zeroing pages (BENCHMARKS.md, "Reader against
+array per batch spent ~25 % of a reader epoch zeroing pages (docs/benchmarks-history.md, "Reader against
 its codec"). Every numpy view of a pooled buffer, and every tensor made from such a view with
 ``torch.from_numpy``, holds a reference to the flat buffer, so its reference count tells
 whether a batch the caller keeps, a prefetch queue or a cached chunk still uses it.

@@ -4,10 +4,10 @@ A cachebrew array is always a regular ``(chunk_rows, width)`` grid with the defa
 encoding, a little-endian ``bytes`` codec (no endianness for int8) and at most one compressor
 (``zstd``, ``blosc``, or none): :func:`chunk_decoder` reads that from the array's ``zarr.json`` and returns None for
 anything else, so the caller falls back to zarr. Going through zarr cost ~0.15-0.2 of the
-codec's own speed (BENCHMARKS.md, "Reader against its codec"): an event-loop hop, a task and
+codec's own speed (docs/benchmarks-history.md, "Reader against its codec"): an event-loop hop, a task and
 several buffer copies per chunk. Here a local chunk costs one decode from the memory-mapped
 file (the page cache itself: reading it into a buffer first cost ~25 % of the decode,
-BENCHMARKS.md "third pass") into the caller's preallocated output; for ``none`` the file is
+docs/benchmarks-history.md "third pass") into the caller's preallocated output; for ``none`` the file is
 read straight into the output. Published chunk files are never truncated in place (a shard is
 built in ``_staging`` and renamed in; a rewrite makes new files), which a mapped read relies
 on: a file truncated by another program while it is decoded would end the process (SIGBUS).

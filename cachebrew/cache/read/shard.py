@@ -138,7 +138,7 @@ class ShardReader:
         corruption the page cache may hide anyway, or a writer that restores the mtime), and
         any change on a remote store (no signature: checked once per reader); run ``cachebrew
         verify`` for a full re-check. On this box the check cost as much as the lz4 decode
-        it guards (BENCHMARKS.md, "third pass").
+        it guards (docs/benchmarks-history.md, "third pass").
         """
         info = self.meta["arrays"][name]
         chunk_rows = info["chunk_rows"]
