@@ -48,30 +48,18 @@ from cachebrew.distill.objectives import DistillObjective, TeacherSide
 from cachebrew.errors import CheckpointError, ConfigError
 from cachebrew.hf.config import DistillSource, as_distill_config
 from cachebrew.hf.data import CacheBatchLoader, CacheSource, cache_train_dataset
-from cachebrew.models import ARCHITECTURE_SUFFIXES, default_adaptor
+from cachebrew.models import default_adaptor, kind_from_architectures
+from cachebrew.models.request import matched_features
 from cachebrew.runner.tokens import StudentTokens
 
 logger = logging.getLogger(__name__)
 
 
-def model_kind(model: nn.Module) -> str | None:
-    """The head of an HF model from its class name (``sequence_classification``, ``causal_lm``...)."""
-    name = type(model).__name__
-    for suffix, kind in ARCHITECTURE_SUFFIXES.items():
-        if name.endswith(suffix):
-            return kind
-    return None
-
-
 def forward_flags(config: Any) -> dict[str, bool]:
-    """What the student's forward must return for the config's matches."""
-    features = {match.feature for match in config.intermediate_matches}
-    flags = {}
-    if "hidden" in features:
-        flags["output_hidden_states"] = True
-    if "attention" in features:
-        flags["output_attentions"] = True
-    return flags
+    """What the student's forward must return for the config's matches (keyword arguments)."""
+    reads = matched_features(config)
+    flags = {"output_hidden_states": "hidden" in reads, "output_attentions": "attention" in reads}
+    return {name: True for name, wanted in flags.items() if wanted}
 
 
 class _TermMeans:
@@ -169,7 +157,9 @@ class DistillationTrainer(transformers.Trainer):
         self.cache_dataset = dataset
         super().__init__(model=model, args=args, train_dataset=dataset, **kwargs)
         self.projections.to(self.args.device)
-        adaptor = adaptor or functools.partial(default_adaptor, kind=kind or model_kind(model))
+        adaptor = adaptor or functools.partial(
+            default_adaptor, kind=kind or kind_from_architectures([type(model).__name__])
+        )
         loss_fn = DistillationLoss(distill_config_, topk_target=topk_target)
         teachers: dict[str | None, TeacherSide] = {None: TeacherSide([None], [None])}
         self.objective: DistillObjective = DistillObjective(

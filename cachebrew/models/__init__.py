@@ -23,6 +23,7 @@ from cachebrew.models.loading import (
     ROLES,
     TASK_MODEL_CLASSES,
     LoadedModel,
+    kind_from_architectures,
     load_model,
 )
 from cachebrew.models.student import adamw_param_groups, count_parameters, init_from_teacher
@@ -41,6 +42,7 @@ __all__ = [
     "hash_config",
     "hash_state_dict",
     "init_from_teacher",
+    "kind_from_architectures",
     "load_model",
     "load_tokenizer",
     "record_max_length",

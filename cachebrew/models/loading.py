@@ -282,13 +282,13 @@ def _prepare_config(
     """Pick the head, set output flags and label count; return (kind, auto class)."""
     import transformers
 
-    kind = task or _kind_from_architectures(config.architectures)
+    kind = task or kind_from_architectures(config.architectures)
     if kind is None:
         raise ConfigError(
             f"{source}: architectures {config.architectures} name no known head; "
             f"pass task= one of {sorted(TASK_MODEL_CLASSES)}"
         )
-    checkpoint_kind = _kind_from_architectures(config.architectures)
+    checkpoint_kind = kind_from_architectures(config.architectures)
     if checkpoint_kind is not None and checkpoint_kind != kind:
         logger.info(
             "%s: building a fresh %s head (checkpoint has %s)", source, kind, checkpoint_kind
@@ -304,7 +304,8 @@ def _prepare_config(
     return kind, getattr(transformers, TASK_MODEL_CLASSES[kind])
 
 
-def _kind_from_architectures(architectures: Iterable[str] | None) -> str | None:
+def kind_from_architectures(architectures: Iterable[str] | None) -> str | None:
+    """The head (``sequence_classification``, ``causal_lm`` ...) named by HF class names."""
     for name in architectures or ():
         for suffix, kind in ARCHITECTURE_SUFFIXES.items():
             if name.endswith(suffix):
@@ -331,7 +332,7 @@ def _load_factory(spec: str, request: ModelRequest) -> LoadedModel:
         model.to(WEIGHT_DTYPES[request.dtype])
     if request.device_map is not None:
         _dispatch(model, request)
-    kind = _kind_from_architectures([type(model).__name__]) or "custom"
+    kind = kind_from_architectures([type(model).__name__]) or "custom"
     adaptor = adaptor or partial(default_adaptor, kind=kind)
     identity = model_identity(model, kind, spec, (hash_state_dict(model), "state_dict"), False)
     return LoadedModel(model, adaptor, kind, None, identity)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cachebrew.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cachebrew.config import DistillationConfig
 
 ATTN_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "eager", "sdpa", "flash_attention_2")
 #: ``--teacher-dtype`` name -> torch dtype of the weights (``auto`` is resolved per device)
@@ -126,3 +129,9 @@ def apply_outputs(config: Any, request: ModelRequest) -> None:
     """Set the HF config's output flags to what ``request`` asks for."""
     config.output_hidden_states = request.hidden_states
     config.output_attentions = request.attentions
+
+
+def matched_features(distill: DistillationConfig | None) -> set[str]:
+    """What a distillation's matches read from both models: a subset of ``{"hidden",
+    "attention"}`` (empty for hard-label training), so each model is asked for only those."""
+    return {match.feature for match in distill.intermediate_matches} if distill else set()

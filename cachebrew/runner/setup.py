@@ -19,7 +19,7 @@ from cachebrew.distill.base import make_plan
 from cachebrew.distill.checkpoint import LATEST, read_state, resolve_checkpoint
 from cachebrew.distill.plan import TrainPlan
 from cachebrew.errors import ConfigError
-from cachebrew.models.request import ModelRequest
+from cachebrew.models.request import ModelRequest, matched_features
 from cachebrew.runner.checks import (
     CLASSIFICATION_KINDS,
     check_online_teacher,
@@ -136,16 +136,10 @@ def _split(
     return split_eval_ids(ids or reader.example_ids(), cfg.eval.fraction, cfg.eval.seed)
 
 
-def matched_features(cfg: DistillRunConfig) -> set[str]:
-    """What the run's matches read from both models: a subset of ``{"hidden", "attention"}``."""
-    distill = cfg.distill_config
-    return {match.feature for match in distill.intermediate_matches} if distill else set()
-
-
 def student_request(cfg: DistillRunConfig, *, evaluate: bool = False) -> ModelRequest:
     """What the student is asked for: the features its matches read (none to ``evaluate``),
     the run's ``attn_implementation`` and ``training.gradient_checkpointing``."""
-    reads = set() if evaluate else matched_features(cfg)
+    reads = set() if evaluate else matched_features(cfg.distill_config)
     return ModelRequest(
         hidden_states="hidden" in reads,
         attentions="attention" in reads,
@@ -180,7 +174,9 @@ def load_online_teacher(cfg: DistillRunConfig, reader: CacheReader) -> models.Lo
     """The live teacher of online mode, checked against the cache's recorded teacher."""
     teacher_kind = reader.manifest["teacher"].get("kind")
     task = teacher_kind if teacher_kind in models.TASK_MODEL_CLASSES else None
-    reads = matched_features(cfg)  # the matches read the same features of the teacher
+    reads = matched_features(
+        cfg.distill_config
+    )  # the matches read the same features of the teacher
     request = ModelRequest(
         hidden_states="hidden" in reads,
         attentions="attention" in reads,
