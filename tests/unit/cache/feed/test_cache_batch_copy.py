@@ -8,11 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
-from cache_helpers import clone
-from synthetic_cache import synthetic_examples, write_examples
+from cache_helpers import clone, write_cache
+from synthetic_cache import synthetic_examples
 
 import cachebrew.cache.feed.collate as collate_module
-from cachebrew.cache import CacheWriter, parse_feature_spec
+from cachebrew.cache import parse_feature_spec
 from cachebrew.cache.feed.batch_copy import PARALLEL_MIN_BYTES, copy_pool, pad_stored_rows
 from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.cache.format.codecs import encode
@@ -132,13 +132,7 @@ def cache(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> pathlib.Pat
     features = "hidden:0,1" if request.param == "int8" else "hidden:0,hidden_cls:1,attention:1"
     spec = parse_feature_spec(f"logits,{features}", dtype=request.param)
     examples = synthetic_examples(spec, 29, seed=5, num_classes=3, hidden_size=48, num_heads=2)
-    path = tmp_path / "cache"
-    with CacheWriter(
-        path, spec, teacher_info={"class": "T"}, corpus_fingerprint="c", shard_size=13,
-        chunk_bytes=5000,
-    ) as writer:  # fmt: skip
-        write_examples(writer, examples)
-    return path
+    return write_cache(tmp_path / "cache", spec, examples, shard_size=13, chunk_bytes=5000)
 
 
 def test_dataset_batches_equal_the_previous_path_bit_for_bit(

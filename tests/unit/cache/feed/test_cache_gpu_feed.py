@@ -9,9 +9,10 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from synthetic_cache import synthetic_examples, write_examples
+from cache_helpers import write_cache
+from synthetic_cache import synthetic_examples
 
-from cachebrew.cache import CacheWriter, parse_feature_spec
+from cachebrew.cache import parse_feature_spec
 from cachebrew.cache.feed import batch_copy
 from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.cache.feed.gpu_feed import PinnedPool, pack_rows, unpack
@@ -27,12 +28,7 @@ SPECS = {
 def write(path: pathlib.Path, name: str) -> pathlib.Path:
     spec = SPECS[name]
     examples = synthetic_examples(spec, 23, seed=5, num_classes=11, hidden_size=32)
-    with CacheWriter(
-        path, spec, teacher_info={"class": "T"}, corpus_fingerprint="c", shard_size=9,
-        chunk_bytes=4096,
-    ) as writer:  # fmt: skip
-        write_examples(writer, examples)
-    return path
+    return write_cache(path, spec, examples, shard_size=9)
 
 
 def packed(dataset: CacheDataset, pinned: PinnedPool) -> CacheDataset:

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cache_helpers import write_cache
 from synthetic_cache import synthetic_examples
 
-from cachebrew.cache import CacheWriter, parse_feature_spec
+from cachebrew.cache import parse_feature_spec
 from cachebrew.cache.feed.dataset import CacheDataset
 from cachebrew.cache.format.spec import FeatureSpec
 
@@ -41,18 +42,10 @@ LAYOUTS: dict[str, tuple[FeatureSpec, int, int]] = {
 
 def _write(path: pathlib.Path, spec: FeatureSpec, shard_size: int, chunk_bytes: int) -> str:
     names = set(spec.input_names)
-    with CacheWriter(
-        path,
-        spec,
-        teacher_info={"class": "Tiny"},
-        corpus_fingerprint="corpus-1",
-        shard_size=shard_size,
-        chunk_bytes=chunk_bytes,
-    ) as writer:
-        for e in EXAMPLES:
-            features = {k: v for k, v in e["features"].items() if k in names}
-            writer.add(e["example_id"], features, input_ids=e["input_ids"], label=e["label"])
-    return str(path)
+    examples = [
+        {**e, "features": {k: v for k, v in e["features"].items() if k in names}} for e in EXAMPLES
+    ]
+    return str(write_cache(path, spec, examples, shard_size=shard_size, chunk_bytes=chunk_bytes))
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from cache_helpers import same
-from synthetic_cache import synthetic_examples, write_examples
+from cache_helpers import same, write_cache
+from synthetic_cache import synthetic_examples
 
 import cachebrew.cache.read.shard as shard_module
-from cachebrew.cache import CacheWriter, open_cache, parse_feature_spec
+from cachebrew.cache import open_cache, parse_feature_spec
 from cachebrew.cache.feed import batch_copy
 from cachebrew.cache.feed.collate import collate_examples
 from cachebrew.cache.feed.dataset import CacheDataset
@@ -32,12 +32,7 @@ SPECS = {
 def write(path: pathlib.Path, name: str) -> pathlib.Path:
     spec = SPECS[name]
     examples = synthetic_examples(spec, 23, seed=7, num_classes=11, hidden_size=64)
-    with CacheWriter(
-        path, spec, teacher_info={"class": "T"}, corpus_fingerprint="c", shard_size=9,
-        chunk_bytes=4096,
-    ) as writer:  # fmt: skip
-        write_examples(writer, examples)
-    return path
+    return write_cache(path, spec, examples, shard_size=9)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
