@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 FEATURES = "logits,hidden:0,2,attention:1"
 
@@ -40,3 +47,25 @@ def snapshot(directory: Path) -> dict[str, str]:
         for p in sorted(directory.rglob("*"))
         if p.is_file() and not p.is_symlink()
     }
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, size_kib: int) -> Iterator[Path]:
+    """A real tmpfs of ``size_kib`` KiB at ``mount_point`` (a full disk), or skip the test where
+    this user cannot mount one; unmounted afterwards (lazily if a file is still open)."""
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        gc.collect()  # a failed torch.save may hold its file open until collected
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -7,16 +7,15 @@ out of space leaves the previous checkpoint and ``latest`` as they were.
 
 from __future__ import annotations
 
-import gc
 import logging
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from distill_helpers import adaptor, batches, teacher_adaptor, teacher_and_student
+from reliability_helpers import small_tmpfs
 
 import cachebrew
 from cachebrew.distill import checkpoint as ckpt
@@ -113,24 +112,8 @@ def test_a_damaged_only_checkpoint_is_one_clear_error(
 def small_disk(tmp_path: Path, two_checkpoints: Path) -> Iterator[Path]:
     """A tmpfs with room for one checkpoint and not two, or skip where we cannot mount."""
     one = sum(f.stat().st_size for f in (two_checkpoints / "checkpoint-gs1").iterdir())
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    size = f"size={int(one * 1.5) // 1024}k"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", int(one * 1.5) // 1024) as mount_point:
         yield mount_point
-    finally:
-        gc.collect()  # a failed torch.save may hold its file open until collected
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint_and_latest(

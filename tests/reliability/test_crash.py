@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import Outcome, precompute_args
+from reliability_helpers import Outcome, precompute_args, small_tmpfs
 
 from cachebrew.cache import open_cache
 
@@ -68,21 +68,8 @@ def test_disk_full_while_writing_the_manifest(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 96 KiB tmpfs (too small for the cache), or skip where this user cannot mount."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small", 96) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=False)
 
 
 def test_disk_full_while_writing_shards_on_a_real_small_disk(
